@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Test fixtures made by Hugging Face transformers (run with the toolchain venv's python).
+
+    make_fixtures.py OUT_DIR [--smollm2 GGUF_PATH]
+
+For each tiny model family it writes OUT_DIR/<name>/ (config.json + model.safetensors, as
+transformers' save_pretrained writes them) and OUT_DIR/<name>/expected.json with what
+transformers computes on it in float32 (eager attention):
+  prompt           the prompt token ids
+  prefill_logits   logits of the last prompt position
+  hidden           hidden states after layers 0..L-2 for every prompt position
+  tokens           16 greedy tokens (KV-cached decoding)
+  step_logits      logits of every decode step (step i consumes tokens[i])
+
+MiniCPM is not in transformers: it is a llama whose math gets MiniCPM's three scalings via
+module hooks (embedding x scale_emb, residual branches x scale_depth/sqrt(L), lm_head input
+/ (hidden/dim_model_base)), exactly as the upstream modeling_minicpm.py computes them.
+
+With --smollm2, transformers loads the GGUF itself (its own dequantisation and q/k un-permute)
+and writes OUT_DIR/smollm2/expected.json with the greedy continuation of a chat prompt.
+"""
+import json
+import math
+import os
+import sys
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+STEPS = 16
+PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
+torch.manual_seed(0)
+
+
+def dims(**kw):
+    d = dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+             rms_norm_eps=1e-6, initializer_range=0.1, rope_theta=10000.0)
+    d.update(kw)
+    return d
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+
+# name -> (config class, config kwargs, dtype to store, minicpm scales or None)
+FAMILIES = {
+    "llama_tied": (LlamaConfig, dims(tie_word_embeddings=True), torch.float32, None),
+    "llama_rope3": (LlamaConfig, dims(tie_word_embeddings=False, rope_theta=500000.0,
+                                      rope_scaling=LLAMA3_ROPE), torch.float32, None),
+    "llama_rope3_bf16": (LlamaConfig, dims(tie_word_embeddings=False, rope_theta=500000.0,
+                                           rope_scaling=LLAMA3_ROPE), torch.bfloat16, None),
+    "qwen2": (Qwen2Config, dims(tie_word_embeddings=False), torch.float32, None),
+    "qwen2_bf16": (Qwen2Config, dims(tie_word_embeddings=True), torch.bfloat16, None),
+    "qwen3": (Qwen3Config, dims(head_dim=64, tie_word_embeddings=True), torch.float32, None),
+    "minicpm": (LlamaConfig, dims(tie_word_embeddings=True), torch.float32,
+                {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 32}),
+    "minicpm_bf16": (LlamaConfig, dims(tie_word_embeddings=True), torch.bfloat16,
+                     {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 32}),
+}
+
+
+def add_minicpm_hooks(model, s):
+    """MiniCPM's three scalings on a llama, as module hooks."""
+    cfg = model.config
+    branch = s["scale_depth"] / math.sqrt(cfg.num_hidden_layers)
+    model.model.embed_tokens.register_forward_hook(lambda m, i, o: o * s["scale_emb"])
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.register_forward_hook(lambda m, i, o: o * branch)
+        layer.mlp.down_proj.register_forward_hook(lambda m, i, o: o * branch)
+    width = cfg.hidden_size / s["dim_model_base"]
+    model.lm_head.register_forward_pre_hook(lambda m, i: (i[0] / width,))
+
+
+def randomise(model):
+    """Non-trivial norms and biases, so every weight path is exercised."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+
+
+@torch.no_grad()
+def expected(model, prompt):
+    ids = torch.tensor([prompt])
+    out = model(ids, use_cache=True, output_hidden_states=True)
+    n_layers = model.config.num_hidden_layers
+    # hidden_states[i] is the input of layer i; the last one is after the final norm.
+    hidden = [out.hidden_states[i][0].tolist() for i in range(1, n_layers)]
+    result = {"prompt": prompt, "prefill_logits": out.logits[0, -1].tolist(), "hidden": hidden,
+              "tokens": [], "step_logits": []}
+    past, logits = out.past_key_values, out.logits[0, -1]
+    for _ in range(STEPS):
+        tok = int(torch.argmax(logits))
+        result["tokens"].append(tok)
+        out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+        result["step_logits"].append(logits.tolist())
+    return result
+
+
+def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
+    d = os.path.join(out_dir, name)
+    cfg = cls(**kwargs)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    randomise(model)
+    model.to(dtype).save_pretrained(d, safe_serialization=True)
+    if minicpm:
+        path = os.path.join(d, "config.json")
+        c = json.load(open(path))
+        c.update(minicpm, model_type="minicpm", architectures=["MiniCPMForCausalLM"])
+        json.dump(c, open(path, "w"), indent=2)
+    # The expectation is computed in f32 from the stored weights (bf16 ones up-cast).
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        d, dtype=torch.float32, attn_implementation="eager",
+        **({"config": cfg} if minicpm else {})).eval()
+    if minicpm:
+        add_minicpm_hooks(reloaded, minicpm)
+    json.dump(expected(reloaded, PROMPT), open(os.path.join(d, "expected.json"), "w"))
+
+
+@torch.no_grad()
+def make_smollm2(out_dir, gguf):
+    d = os.path.join(out_dir, "smollm2")
+    os.makedirs(d, exist_ok=True)
+    folder, name = os.path.split(gguf)
+    # gguf's wheel does not map its import name to its distribution, so transformers reads
+    # its version as "N/A" and refuses it; give the module the version its metadata has.
+    import importlib.metadata
+    import gguf as gguf_pkg
+    gguf_pkg.__version__ = importlib.metadata.version("gguf")
+    tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    gen = model.generate(torch.tensor([prompt]), max_new_tokens=STEPS, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    tokens = gen[0, len(prompt):].tolist()
+    json.dump({"text": text, "prompt": prompt, "tokens": tokens,
+               "decoded": tok.decode(tokens)}, open(os.path.join(d, "expected.json"), "w"))
+
+
+def main():
+    out_dir = sys.argv[1]
+    os.makedirs(out_dir, exist_ok=True)
+    for name, (cls, kwargs, dtype, minicpm) in FAMILIES.items():
+        make_family(out_dir, name, cls, kwargs, dtype, minicpm)
+        print("fixture", name, flush=True)
+    if "--smollm2" in sys.argv:
+        make_smollm2(out_dir, sys.argv[sys.argv.index("--smollm2") + 1])
+        print("fixture smollm2", flush=True)
+
+
+if __name__ == "__main__":
+    main()

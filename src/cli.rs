@@ -1,0 +1,165 @@
+//! Command-line interface: argument parsing and wiring to the library. No logic lives here.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::InputError;
+use crate::model::Model;
+use crate::reference::Reference;
+use crate::toolchain::{self, doctor, install, Layout, RuntimeLibs};
+
+#[derive(Parser)]
+#[command(
+    name = "llm-convert",
+    version,
+    about = "Convert Hugging Face LLMs into Sophgo TPU bmodels, and prove them right"
+)]
+pub struct Cli {
+    /// Toolchain folder (default: $XDG_CACHE_HOME/llm-convert/tpu-mlir-1.30.2; env LLM_CONVERT_TOOLCHAIN).
+    #[arg(long, global = true)]
+    pub toolchain_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Install or inspect the pinned TPU-MLIR toolchain.
+    Toolchain {
+        #[command(subcommand)]
+        action: ToolchainAction,
+    },
+    /// Check that the toolchain and runtime work; every failure says how to fix it.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
+        #[arg(long)]
+        runtime: Option<String>,
+    },
+    /// Run the candle reference model (the golden model) greedily.
+    Reference(ReferenceArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ToolchainAction {
+    /// Provision everything: Debian packages, Python 3.10 venv, TPU-MLIR, bundled models.
+    Install {
+        /// Do not install Debian packages (someone else manages them).
+        #[arg(long)]
+        skip_apt: bool,
+    },
+    /// Print where the toolchain lives (JSON).
+    Show,
+}
+
+#[derive(Args)]
+pub struct ReferenceArgs {
+    /// Hugging Face model folder, .gguf file, or bundled model folder (models/...).
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub model: PathBuf,
+    /// Prompt token ids, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "prompt",
+        required_unless_present = "prompt"
+    )]
+    pub tokens: Option<Vec<u32>>,
+    /// Prompt text (needs a tokenizer).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Greedy tokens to generate.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let layout = match &cli.toolchain_dir {
+        Some(d) => {
+            // Bundled-model lookups read the same setting.
+            std::env::set_var(toolchain::layout::ENV_TOOLCHAIN_DIR, d);
+            Layout::new(d)
+        }
+        None => Layout::from_env(),
+    };
+    match cli.command {
+        Command::Toolchain {
+            action: ToolchainAction::Install { skip_apt },
+        } => {
+            install::install(&layout, &install::InstallOptions { skip_apt })?;
+            Ok(0)
+        }
+        Command::Toolchain {
+            action: ToolchainAction::Show,
+        } => {
+            let v = serde_json::json!({
+                "root": layout.root, "installed": layout.is_installed(), "python": layout.python(),
+                "tpuc_root": layout.tpuc_root(), "site_packages": layout.site_packages(),
+                "version": toolchain::TPU_MLIR_VERSION,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Command::Doctor { json, runtime } => {
+            let rt = RuntimeLibs::select(&layout, runtime.as_deref());
+            let report = doctor::run(&layout, &rt);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                doctor::print(&report);
+            }
+            Ok(if report.ok() { 0 } else { 1 })
+        }
+        Command::Reference(args) => run_reference(args),
+    }
+}
+
+fn run_reference(args: ReferenceArgs) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    let model = Model::open(&args.model)?;
+    let tokenizer = model.load_tokenizer()?;
+    let prompt_ids: Vec<u32> = match (&args.tokens, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let tok = tokenizer.as_ref().ok_or_else(|| {
+                InputError::invalid(
+                    &args.model,
+                    "--prompt needs a tokenizer and this model has none",
+                    "pass --tokens instead",
+                )
+            })?;
+            tok.encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
+                .get_ids()
+                .to_vec()
+        }
+        (None, None) => unreachable!("clap requires --tokens or --prompt"),
+    };
+    let mut reference = Reference::new(&model).context("building the reference model")?;
+    let generated = reference.generate_greedy(&prompt_ids, args.steps)?;
+    let text = match &tokenizer {
+        Some(t) => Some(
+            t.decode(&generated, false)
+                .map_err(|e| anyhow::anyhow!("decoding: {e}"))?,
+        ),
+        None => None,
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    if args.json {
+        let v = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": generated, "text": text, "seconds": seconds});
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("prompt ids: {prompt_ids:?}");
+        println!("generated ids: {generated:?}");
+        if let Some(t) = text {
+            println!("text: {t}");
+        }
+        eprintln!("({seconds:.2} s)");
+    }
+    Ok(0)
+}

@@ -1,0 +1,9 @@
+//! llm-convert: Hugging Face LLMs → Sophgo TPU bmodels, with a golden reference to prove them.
+//! See shared/design/ARCHITECTURE.md for how the modules fit.
+
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod reference;
+pub mod toolchain;
+pub mod util;

@@ -1,0 +1,337 @@
+//! GGUF checkpoints (llama.cpp format): config from metadata, tensors dequantized on read and
+//! renamed to Hugging Face names.
+//!
+//! llama.cpp's converter permutes the q/k projection rows of `llama` models (to interleaved
+//! rotary pairs); we undo it so the weights mean what the HF checkpoint meant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use super::weights::{StoredDtype, TensorMeta, WeightSource};
+use crate::error::InputError;
+
+/// Architectures whose GGUF layout we understand (`general.architecture`).
+const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    arch: String,
+    /// HF name → GGUF name.
+    hf_to_gguf: HashMap<String, String>,
+    n_head: usize,
+    n_kv_head: usize,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile, InputError> {
+        let file = File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                InputError::missing(path, "the GGUF file given with -m")
+            } else {
+                InputError::invalid(path, format!("cannot open: {e}"), "check permissions")
+            }
+        })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            InputError::invalid(
+                path,
+                format!("not a readable GGUF file: {e}"),
+                "re-download the file; it may be truncated",
+            )
+        })?;
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => {
+                return Err(InputError::invalid(
+                    path,
+                    "metadata has no general.architecture",
+                    "this GGUF was not written by llama.cpp's converter",
+                ))
+            }
+        };
+        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
+            return Err(InputError::invalid(
+                path,
+                format!("unsupported GGUF architecture \"{arch}\""),
+                format!("supported architectures: {}", SUPPORTED_ARCHS.join(", ")),
+            ));
+        }
+        // Every tensor must lie inside the file: catch truncation before any math.
+        for (name, info) in &content.tensor_infos {
+            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
+                * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > file_len {
+                return Err(InputError::invalid(
+                    path,
+                    format!(
+                        "tensor \"{name}\" ends at byte {end} but the file has {file_len} bytes"
+                    ),
+                    "the file is truncated: re-download it",
+                ));
+            }
+        }
+        let mut hf_to_gguf = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let hf = hf_name(name).ok_or_else(|| {
+                InputError::invalid(
+                    path,
+                    format!("unknown tensor name \"{name}\""),
+                    "only llama-family GGUF tensor names are understood",
+                )
+            })?;
+            hf_to_gguf.insert(hf, name.clone());
+        }
+        let mut g = GgufFile {
+            path: path.to_path_buf(),
+            content,
+            arch,
+            hf_to_gguf,
+            n_head: 0,
+            n_kv_head: 0,
+        };
+        g.n_head = g.meta_usize("attention.head_count")?;
+        g.n_kv_head = g
+            .meta_usize_opt("attention.head_count_kv")?
+            .unwrap_or(g.n_head);
+        Ok(g)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    fn meta_usize_opt(&self, key: &str) -> Result<Option<usize>, InputError> {
+        let full = format!("{}.{key}", self.arch);
+        match self.content.metadata.get(&full) {
+            None => Ok(None),
+            Some(v) => v.to_u64().map(|n| Some(n as usize)).map_err(|e| {
+                InputError::invalid(
+                    &self.path,
+                    format!("metadata {full}: {e}"),
+                    "re-convert the model",
+                )
+            }),
+        }
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<usize, InputError> {
+        self.meta_usize_opt(key)?.ok_or_else(|| {
+            InputError::invalid(
+                &self.path,
+                format!("metadata key {}.{key} is missing", self.arch),
+                "re-convert the model with a current llama.cpp",
+            )
+        })
+    }
+
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        let full = format!("{}.{key}", self.arch);
+        self.content.metadata.get(&full).and_then(|v| match v {
+            Value::F32(x) => Some(*x as f64),
+            Value::F64(x) => Some(*x),
+            other => other.to_u64().ok().map(|n| n as f64),
+        })
+    }
+
+    fn global_u32(&self, key: &str) -> Option<u32> {
+        self.content.metadata.get(key).and_then(|v| v.to_u32().ok())
+    }
+
+    /// An HF-style `config.json` built from the GGUF metadata.
+    pub fn hf_config(&self) -> Result<serde_json::Value, InputError> {
+        let embed = self.meta("model.embed_tokens.weight").ok_or_else(|| {
+            InputError::invalid(
+                &self.path,
+                "no token_embd.weight tensor",
+                "re-convert the model",
+            )
+        })?;
+        let hidden = self.meta_usize("embedding_length")?;
+        let mut cfg = json!({
+            "architectures": [match self.arch.as_str() {
+                "llama" => "LlamaForCausalLM", "qwen2" => "Qwen2ForCausalLM", _ => "Qwen3ForCausalLM" }],
+            "model_type": self.arch,
+            "hidden_size": hidden,
+            "intermediate_size": self.meta_usize("feed_forward_length")?,
+            "num_hidden_layers": self.meta_usize("block_count")?,
+            "num_attention_heads": self.n_head,
+            "num_key_value_heads": self.n_kv_head,
+            "vocab_size": embed.shape[0],
+            "max_position_embeddings": self.meta_usize_opt("context_length")?.unwrap_or(2048),
+            "rope_theta": self.meta_f64("rope.freq_base").unwrap_or(10000.0),
+            "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            "tie_word_embeddings": !self.hf_to_gguf.contains_key("lm_head.weight"),
+            "hidden_act": "silu",
+            "torch_dtype": "bfloat16",
+        });
+        if let Some(d) = self.meta_usize_opt("attention.key_length")? {
+            cfg["head_dim"] = json!(d);
+        }
+        if let Some(b) = self.global_u32("tokenizer.ggml.bos_token_id") {
+            cfg["bos_token_id"] = json!(b);
+        }
+        if let Some(e) = self.global_u32("tokenizer.ggml.eos_token_id") {
+            cfg["eos_token_id"] = json!(e);
+        }
+        if self.arch == "llama"
+            && self
+                .hf_to_gguf
+                .contains_key("model.layers.0.self_attn.q_proj.bias")
+        {
+            cfg["attention_bias"] = json!(true);
+        }
+        Ok(cfg)
+    }
+
+    fn dequantize(&self, gguf_name: &str) -> Result<Tensor> {
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let q = self
+            .content
+            .tensor(&mut BufReader::new(file), gguf_name, &Device::Cpu)
+            .with_context(|| format!("{}: reading tensor {gguf_name}", self.path.display()))?;
+        Ok(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl WeightSource for GgufFile {
+    fn meta(&self, name: &str) -> Option<TensorMeta> {
+        let info = self.content.tensor_infos.get(self.hf_to_gguf.get(name)?)?;
+        let dtype = match info.ggml_dtype {
+            GgmlDType::F32 => StoredDtype::F32,
+            GgmlDType::F16 => StoredDtype::F16,
+            GgmlDType::BF16 => StoredDtype::Bf16,
+            _ => StoredDtype::Quantized,
+        };
+        Some(TensorMeta {
+            shape: info.shape.dims().to_vec(),
+            dtype,
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        let sorted: BTreeMap<_, _> = self.hf_to_gguf.iter().collect();
+        sorted.into_keys().cloned().collect()
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Tensor> {
+        let gguf_name = self
+            .hf_to_gguf
+            .get(name)
+            .with_context(|| format!("tensor \"{name}\" is not in {}", self.path.display()))?;
+        let t = self.dequantize(gguf_name)?;
+        if self.arch != "llama" {
+            return Ok(t);
+        }
+        if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
+            unpermute_rows(&t, self.n_head)
+        } else if name.ends_with("self_attn.k_proj.weight")
+            || name.ends_with("self_attn.k_proj.bias")
+        {
+            unpermute_rows(&t, self.n_kv_head)
+        } else {
+            Ok(t)
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Inverse of llama.cpp's `permute`: rows within each head go from interleaved rotary pairs
+/// back to HF's rotate-half order (first half, second half).
+fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let r = t
+        .reshape((n_head, rows / n_head / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?;
+    Ok(r)
+}
+
+/// GGUF tensor name → Hugging Face name.
+fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (stem, kind) = tail.rsplit_once('.')?;
+    let hf = match stem {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_names() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.1.attn_k_norm.weight").unwrap(),
+            "model.layers.1.self_attn.k_norm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert!(hf_name("blk.0.mystery.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() -> Result<()> {
+        // llama.cpp: w.reshape(n_head, 2, rows/n_head/2, in).swapaxes(1, 2).reshape(rows, in)
+        let (n_head, rows, cols) = (2usize, 8usize, 3usize);
+        let hf = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)?.reshape((rows, cols))?;
+        let permuted = hf
+            .reshape((n_head, 2, rows / n_head / 2, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, cols))?;
+        let back = unpermute_rows(&permuted, n_head)?;
+        assert_eq!(back.to_vec2::<f32>()?, hf.to_vec2::<f32>()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! The golden model: a candle forward pass for the llama family, written from the model
+//! math (RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU) straight from the
+//! checkpoint. It shares no code with graph building, so a graph bug shows up as a mismatch.
+//!
+//! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
+//! when they fit a budget, else re-read from the (mmapped) checkpoint on every forward.
+
+mod rope;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor, D};
+
+use crate::model::{layout, Model, ModelConfig};
+pub use rope::inverse_frequencies;
+
+/// Above this many bytes of f32 layer weights, layers are streamed instead of kept.
+const KEEP_LAYERS_BUDGET: usize = 4 << 30;
+
+struct Linear {
+    /// Weight transposed to [in, out], so `x @ wt` needs no per-call transpose.
+    wt: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(model: &Model, prefix: &str, bias: bool) -> Result<Linear> {
+        let wt = model
+            .tensor(&format!("{prefix}.weight"))?
+            .t()?
+            .contiguous()?;
+        let bias = if bias {
+            Some(model.tensor(&format!("{prefix}.bias"))?)
+        } else {
+            None
+        };
+        Ok(Linear { wt, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.wt)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn load(model: &Model, i: usize) -> Result<Layer> {
+        let c = &model.config;
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let norm = |s: &str| model.tensor(&p(s));
+        Ok(Layer {
+            input_norm: norm("input_layernorm.weight")?,
+            q: Linear::load(model, &p("self_attn.q_proj"), c.qkv_bias)?,
+            k: Linear::load(model, &p("self_attn.k_proj"), c.qkv_bias)?,
+            v: Linear::load(model, &p("self_attn.v_proj"), c.qkv_bias)?,
+            o: Linear::load(model, &p("self_attn.o_proj"), c.o_bias)?,
+            q_norm: if c.qk_norm {
+                Some(norm("self_attn.q_norm.weight")?)
+            } else {
+                None
+            },
+            k_norm: if c.qk_norm {
+                Some(norm("self_attn.k_norm.weight")?)
+            } else {
+                None
+            },
+            post_norm: norm("post_attention_layernorm.weight")?,
+            gate: Linear::load(model, &p("mlp.gate_proj"), c.mlp_bias)?,
+            up: Linear::load(model, &p("mlp.up_proj"), c.mlp_bias)?,
+            down: Linear::load(model, &p("mlp.down_proj"), c.mlp_bias)?,
+        })
+    }
+}
+
+/// What one forward call returns.
+pub struct StepOutput {
+    /// Logits of the last position, `[vocab]`.
+    pub logits: Vec<f32>,
+    /// Each layer's output hidden states `[tokens, hidden]` (before the final norm), when
+    /// requested with [`Reference::keep_hidden`].
+    pub layer_outputs: Vec<Tensor>,
+    /// The final-normed hidden state of the last position, `[hidden]`.
+    pub final_hidden: Vec<f32>,
+}
+
+pub struct Reference<'m> {
+    model: &'m Model,
+    embed: Tensor,
+    final_norm: Tensor,
+    /// `[hidden, vocab]`, transposed once.
+    lm_head_t: Tensor,
+    layers: Option<Vec<Layer>>,
+    inv_freq: Vec<f32>,
+    /// Per layer: keys and values so far, `[tokens, kv_heads, head_dim]`.
+    cache: Vec<Option<(Tensor, Tensor)>>,
+    keep_hidden: bool,
+}
+
+impl<'m> Reference<'m> {
+    pub fn new(model: &'m Model) -> Result<Reference<'m>> {
+        let c = &model.config;
+        let embed = model.tensor("model.embed_tokens.weight")?;
+        let lm_head = if c.tie_word_embeddings {
+            embed.clone()
+        } else {
+            model.tensor("lm_head.weight")?
+        };
+        let layer_bytes: usize = layout::expected_tensors(c)
+            .iter()
+            .filter(|(n, _)| n.starts_with("model.layers."))
+            .map(|(_, s)| s.iter().product::<usize>() * 4)
+            .sum();
+        let layers = if layer_bytes <= KEEP_LAYERS_BUDGET {
+            Some(
+                (0..c.num_hidden_layers)
+                    .map(|i| Layer::load(model, i))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(Reference {
+            model,
+            embed,
+            final_norm: model.tensor("model.norm.weight")?,
+            lm_head_t: lm_head.t()?.contiguous()?,
+            layers,
+            inv_freq: inverse_frequencies(c),
+            cache: vec![None; c.num_hidden_layers],
+            keep_hidden: false,
+        })
+    }
+
+    /// Also return every layer's output (for per-block comparisons).
+    pub fn keep_hidden(mut self, yes: bool) -> Self {
+        self.keep_hidden = yes;
+        self
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    /// Tokens currently in the KV cache.
+    pub fn cached_len(&self) -> usize {
+        self.cache[0]
+            .as_ref()
+            .map_or(0, |(k, _)| k.dim(0).unwrap_or(0))
+    }
+
+    /// Clears the KV cache and runs the prompt.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        anyhow::ensure!(!ids.is_empty(), "prefill needs at least one token");
+        self.cache.iter_mut().for_each(|c| *c = None);
+        self.forward(ids)
+    }
+
+    /// Runs one more token after what is cached.
+    pub fn decode(&mut self, id: u32) -> Result<StepOutput> {
+        self.forward(&[id])
+    }
+
+    /// Prefill then `steps` greedy tokens; returns the generated ids.
+    pub fn generate_greedy(&mut self, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(steps);
+        let mut step = self.prefill(prompt)?;
+        for i in 0..steps {
+            let next = argmax(&step.logits);
+            out.push(next);
+            if i + 1 < steps {
+                step = self.decode(next)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embedding of `ids`, `[tokens, hidden]` (with MiniCPM's scale_emb).
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::new(ids, &Device::Cpu)?;
+        let x = self
+            .embed
+            .index_select(&idx, 0)
+            .context("token id outside the vocabulary")?;
+        scale(&x, self.config().embedding_scale())
+    }
+
+    fn forward(&mut self, ids: &[u32]) -> Result<StepOutput> {
+        let c = self.model.config.clone();
+        let vocab = c.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            anyhow::bail!("token id {bad} is outside the vocabulary (size {vocab})");
+        }
+        let start = self.cached_len();
+        let mut x = self.embed(ids)?;
+        let (cos, sin) = rope::tables(&self.inv_freq, start, ids.len())?;
+        let mut layer_outputs = vec![];
+        for i in 0..c.num_hidden_layers {
+            let streamed;
+            let layer = match &self.layers {
+                Some(all) => &all[i],
+                None => {
+                    streamed = Layer::load(self.model, i)?;
+                    &streamed
+                }
+            };
+            x = layer_forward(&c, layer, &mut self.cache[i], &x, &cos, &sin, start)?;
+            if self.keep_hidden {
+                layer_outputs.push(x.clone());
+            }
+        }
+        let n = x.dim(0)?;
+        let last = x.narrow(0, n - 1, 1)?;
+        let normed = rms_norm(&last, &self.final_norm, c.rms_norm_eps)?;
+        let head_in = scale(&normed, c.lm_head_input_scale())?;
+        let logits = head_in
+            .matmul(&self.lm_head_t)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
+        Ok(StepOutput {
+            logits,
+            layer_outputs,
+            final_hidden: normed.squeeze(0)?.to_vec1::<f32>()?,
+        })
+    }
+}
+
+/// One decoder layer; appends this step's keys/values to `cache`.
+fn layer_forward(
+    c: &ModelConfig,
+    l: &Layer,
+    cache: &mut Option<(Tensor, Tensor)>,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    start: usize,
+) -> Result<Tensor> {
+    let (t, nh, kvh, d) = (
+        x.dim(0)?,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
+    let h = rms_norm(x, &l.input_norm, c.rms_norm_eps)?;
+    let mut q = l.q.forward(&h)?.reshape((t, nh, d))?;
+    let mut k = l.k.forward(&h)?.reshape((t, kvh, d))?;
+    let v = l.v.forward(&h)?.reshape((t, kvh, d))?;
+    if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+        q = rms_norm(&q, qn, c.rms_norm_eps)?;
+        k = rms_norm(&k, kn, c.rms_norm_eps)?;
+    }
+    let q = rope::apply(&q, cos, sin)?;
+    let k = rope::apply(&k, cos, sin)?;
+    let (keys, values) = match cache.take() {
+        Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 0)?, Tensor::cat(&[&pv, &v], 0)?),
+        None => (k, v),
+    };
+    *cache = Some((keys.clone(), values.clone()));
+    let attn = attention(&q, &keys, &values, start)?; // [t, nh*d]
+    let res = c.residual_scale();
+    let x = (x + scale(&l.o.forward(&attn)?, res)?)?;
+    let h2 = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+    let act = silu(&l.gate.forward(&h2)?)?.mul(&l.up.forward(&h2)?)?;
+    Ok((&x + scale(&l.down.forward(&act)?, res)?)?)
+}
+
+/// Causal grouped-query attention. `q`: `[t, heads, d]` at absolute positions `start..start+t`;
+/// `k`, `v`: `[start+t, kv_heads, d]`. Returns `[t, heads*d]`.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    let (t, nh, d) = q.dims3()?;
+    let (s, kvh, _) = k.dims3()?;
+    let groups = nh / kvh;
+    let expand = |x: &Tensor| -> Result<Tensor> {
+        // [s, kvh, d] → [nh, s, d], each kv head serving `groups` query heads.
+        Ok(x.transpose(0, 1)?
+            .unsqueeze(1)?
+            .expand((kvh, groups, s, d))?
+            .reshape((nh, s, d))?)
+    };
+    let (k, v) = (expand(k)?, expand(v)?);
+    let q = q.transpose(0, 1)?.contiguous()?; // [nh, t, d]
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // [nh, t, s]
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, s), &Device::Cpu)?;
+    let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
+    let out = probs.matmul(&v)?; // [nh, t, d]
+    Ok(out.transpose(0, 1)?.reshape((t, nh * d))?)
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+fn silu(x: &Tensor) -> Result<Tensor> {
+    // x * sigmoid(x) = x / (1 + e^-x)
+    Ok((x / (x.neg()?.exp()? + 1.0)?)?)
+}
+
+fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    Ok(if s == 1.0 { x.clone() } else { (x * s)? })
+}
+
+/// Index of the largest value (first one on ties, like torch.argmax).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,78 @@
+//! Rotary position embedding as transformers computes it (rotate-half layout), including
+//! linear and llama3 frequency scaling.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, D};
+
+use crate::model::config::RopeScaling;
+use crate::model::ModelConfig;
+
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling`. f32 like torch.
+pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
+    let d = c.head_dim;
+    let base: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
+    match &c.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, lo, hi, old) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+                *original_max_position_embeddings as f32,
+            );
+            let low_freq_wavelen = old / lo;
+            let high_freq_wavelen = old / hi;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_freq_wavelen {
+                        f
+                    } else if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// cos and sin tables `[len, 1, head_dim]` for positions `start..start+len` (halves duplicated).
+pub fn tables(inv_freq: &[f32], start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(len * half * 2);
+    let mut sin = Vec::with_capacity(len * half * 2);
+    for p in start..start + len {
+        for _ in 0..2 {
+            for f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    let shape = (len, 1, half * 2);
+    Ok((
+        Tensor::from_vec(cos, shape, &Device::Cpu)?,
+        Tensor::from_vec(sin, shape, &Device::Cpu)?,
+    ))
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x`: `[len, heads, head_dim]`.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}

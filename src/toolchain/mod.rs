@@ -1,0 +1,26 @@
+//! Finding, provisioning and checking the pinned TPU-MLIR toolchain, and running its tools
+//! with the right environment. Decides nothing about what to compile.
+
+pub mod doctor;
+pub mod env;
+pub mod install;
+pub mod layout;
+pub mod runtime;
+
+pub use layout::{Layout, TPU_MLIR_VERSION};
+pub use runtime::RuntimeLibs;
+
+use anyhow::{bail, Result};
+
+/// The installed toolchain, or an error that says how to install it.
+pub fn require_installed(layout: &Layout) -> Result<()> {
+    if !layout.is_installed() {
+        bail!(
+            "TPU-MLIR {TPU_MLIR_VERSION} is not installed in {}: run `llm-convert toolchain install` \
+             (or scripts/setup.sh), or point {} at an existing install",
+            layout.root.display(),
+            layout::ENV_TOOLCHAIN_DIR
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The candle reference against Hugging Face transformers on the same weights.
+
+mod common;
+
+use candle_core::Tensor;
+use llm_convert::model::Model;
+use llm_convert::reference::{argmax, Reference};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Expected {
+    prompt: Vec<u32>,
+    prefill_logits: Vec<f32>,
+    hidden: Vec<Vec<Vec<f32>>>,
+    tokens: Vec<u32>,
+    step_logits: Vec<Vec<f32>>,
+}
+
+const TOL: f32 = 1e-4;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn check_family(name: &str) {
+    let dir = common::fixtures().join(name);
+    let exp: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let model = Model::open(&dir).unwrap();
+    let mut r = Reference::new(&model).unwrap().keep_hidden(true);
+    let out = r.prefill(&exp.prompt).unwrap();
+    let d = max_abs_diff(&out.logits, &exp.prefill_logits);
+    println!("{name}: prefill logits max |diff| = {d:.2e}");
+    assert!(d <= TOL, "{name}: prefill logits differ by {d}");
+    for (i, h) in exp.hidden.iter().enumerate() {
+        let want: Vec<f32> = h.iter().flatten().copied().collect();
+        let d = max_abs_diff(&flat(&out.layer_outputs[i]), &want);
+        assert!(d <= TOL, "{name}: layer {i} output differs by {d}");
+    }
+    let mut logits = out.logits;
+    let mut worst = 0f32;
+    for (step, want_tok) in exp.tokens.iter().enumerate() {
+        let tok = argmax(&logits);
+        assert_eq!(tok, *want_tok, "{name}: greedy token {step} differs");
+        logits = r.decode(tok).unwrap().logits;
+        let d = max_abs_diff(&logits, &exp.step_logits[step]);
+        worst = worst.max(d);
+        assert!(d <= TOL, "{name}: decode step {step} logits differ by {d}");
+    }
+    println!(
+        "{name}: {} greedy tokens equal, worst decode logits |diff| = {worst:.2e}",
+        exp.tokens.len()
+    );
+}
+
+#[test]
+fn llama_tied_embeddings() {
+    check_family("llama_tied");
+}
+
+#[test]
+fn llama_untied_with_llama3_rope_scaling() {
+    check_family("llama_rope3");
+}
+
+#[test]
+fn llama_bf16_checkpoint() {
+    check_family("llama_rope3_bf16");
+}
+
+#[test]
+fn qwen2_qkv_bias() {
+    check_family("qwen2");
+}
+
+#[test]
+fn qwen2_bf16_tied() {
+    check_family("qwen2_bf16");
+}
+
+#[test]
+fn qwen3_qk_norm_and_explicit_head_dim() {
+    check_family("qwen3");
+}
+
+#[test]
+fn minicpm_scalings() {
+    check_family("minicpm");
+}
+
+#[test]
+fn minicpm_bf16() {
+    check_family("minicpm_bf16");
+}
+
+#[derive(Deserialize)]
+struct ChatExpected {
+    text: String,
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+}
+
+/// SmolLM2 GGUF: our loader (dequantise, un-permute q/k, rebuilt tokenizer) against
+/// transformers' own GGUF loader, on a chat prompt.
+#[test]
+fn smollm2_gguf_greedy_matches_transformers() {
+    let exp: ChatExpected = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("smollm2/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let model = Model::open(&common::smollm2_gguf()).unwrap();
+    let tok = model
+        .load_tokenizer()
+        .unwrap()
+        .expect("tokenizer rebuilt from GGUF metadata");
+    let ids = tok
+        .encode(exp.text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(ids, exp.prompt, "tokenization differs from transformers'");
+    let mut r = Reference::new(&model).unwrap();
+    let got = r.generate_greedy(&ids, exp.tokens.len()).unwrap();
+    assert_eq!(got, exp.tokens);
+    let text = tok.decode(&got, true).unwrap();
+    println!("smollm2: {text:?}");
+    assert!(text.contains("Paris"), "not sensible English: {text:?}");
+}
