@@ -41,6 +41,24 @@ pub enum Command {
     },
     /// Run the candle reference model (the golden model) greedily.
     Reference(ReferenceArgs),
+    /// Write every piece (embedding, blocks, lm_head, ...) as an ONNX file.
+    ExportOnnx(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Hugging Face model folder, .gguf file, or bundled model folder (models/...).
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub model: PathBuf,
+    /// KV cache length (SEQLEN).
+    #[arg(short = 's', long = "seq_length")]
+    pub seq_length: usize,
+    /// Prefill length (default: seq_length).
+    #[arg(long = "max_input_length")]
+    pub max_input_length: Option<usize>,
+    /// Output folder; the ONNX files go to <out_dir>/onnx.
+    #[arg(short = 'o', long = "out_dir")]
+    pub out_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +134,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if report.ok() { 0 } else { 1 })
         }
         Command::Reference(args) => run_reference(args),
+        Command::ExportOnnx(args) => {
+            let model = Model::open(&args.model)?;
+            let opts = crate::arch::PieceOptions::new(args.seq_length, args.max_input_length)
+                .map_err(|e| {
+                    InputError::invalid(&args.model, format!("{e}"), "fix -s / --max_input_length")
+                })?;
+            let t0 = std::time::Instant::now();
+            let done =
+                crate::export::export_onnx(&model, &opts, &args.out_dir.join("onnx"), false)?;
+            let bytes: u64 = done.iter().map(|d| d.weight_bytes).sum();
+            eprintln!(
+                "{} pieces, {:.1} MB of weights in {:.1} s",
+                done.len(),
+                bytes as f64 / 1e6,
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(0)
+        }
     }
 }
 

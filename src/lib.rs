@@ -1,9 +1,13 @@
 //! llm-convert: Hugging Face LLMs → Sophgo TPU bmodels, with a golden reference to prove them.
 //! See shared/design/ARCHITECTURE.md for how the modules fit.
 
+pub mod arch;
 pub mod cli;
 pub mod error;
+pub mod export;
+pub mod graph;
 pub mod model;
+pub mod onnx;
 pub mod reference;
 pub mod toolchain;
 pub mod util;

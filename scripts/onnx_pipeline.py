@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Chains exported ONNX pieces the way the LLM-TPU runtime chains bmodel nets (run with the
+toolchain venv's python: onnx 1.14.1 + onnxruntime 1.16.3, the versions TPU-MLIR pins).
+
+    onnx_pipeline.py ONNX_DIR PROMPT_IDS STEPS OUT.json
+
+First every piece must pass onnx.checker.check_model(full_check=True). Then prefill:
+embedding -> block_0..L-1 (static mask, positions 0..T-1, padded to MAX_INPUT_LENGTH) ->
+lm_head on row T-1; decode: embedding_cache -> block_cache_i with the KV cache written at
+history_length-1 -> lm_head. Writes the greedy tokens and each prefill block's output rows.
+"""
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+MASK = -10000.0  # the runtime's f16 mask value (bf16 uses -9984)
+
+
+def main():
+    d, prompt, steps, out_path = sys.argv[1], [int(t) for t in sys.argv[2].split(",")], int(sys.argv[3]), sys.argv[4]
+    paths = sorted(glob.glob(os.path.join(d, "*.onnx")))
+    for p in paths:
+        onnx.checker.check_model(p, full_check=True)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    net = {os.path.basename(p)[:-5]: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in paths}
+    layers = sum(1 for n in net if n.startswith("block_") and not n.startswith("block_cache_"))
+    mil = net["embedding"].get_inputs()[0].shape[1]
+    _, seq, kvh, dim = net["block_cache_0"].get_inputs()[3].shape
+    t = len(prompt)
+    assert t <= mil, f"prompt of {t} tokens > MAX_INPUT_LENGTH {mil}"
+
+    ids = np.zeros((1, mil), np.int32)
+    ids[0, :t] = prompt
+    x = net["embedding"].run(None, {"input_ids": ids})[0]
+    pos = np.zeros((1, mil), np.int32)
+    pos[0, :t] = np.arange(t)
+    mask = np.full((1, 1, mil, mil), MASK, np.float32)
+    for i in range(t):
+        mask[0, 0, i, : i + 1] = 0
+    kc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
+    vc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
+    hidden = []
+    for i in range(layers):
+        x, k, v = net[f"block_{i}"].run(None, {"input_states": x, "position_ids": pos, "attention_mask": mask})
+        kc[i][:, :t] = k[:, :t]
+        vc[i][:, :t] = v[:, :t]
+        hidden.append(x[0, :t].tolist())
+    tok = int(net["lm_head"].run(None, {"hidden_states": x[:, t - 1]})[0][0, 0])
+    tokens = [tok]
+    history = t + 1
+    for _ in range(steps - 1):
+        x = net["embedding_cache"].run(None, {"input_ids": np.array([[tok]], np.int32)})[0]
+        pos1 = np.array([[history - 1]], np.int32)
+        m1 = np.zeros((1, 1, 1, seq + 1), np.float32)
+        m1[..., history - 1 : seq] = MASK
+        for i in range(layers):
+            x, k, v = net[f"block_cache_{i}"].run(None, {
+                "input_states": x, "position_ids": pos1, "attention_mask": m1,
+                "history_k": kc[i], "history_v": vc[i]})
+            kc[i][:, history - 1] = k[:, 0]
+            vc[i][:, history - 1] = v[:, 0]
+        tok = int(net["lm_head"].run(None, {"hidden_states": x[:, 0]})[0][0, 0])
+        tokens.append(tok)
+        history += 1
+    json.dump({"tokens": tokens, "hidden": hidden, "checked": len(paths)}, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+//! One decoder layer of the llama family (llama, qwen2, qwen3, minicpm) as `block_i` (prefill)
+//! and `block_cache_i` (decode with the KV history), in the runtime's `[batch, seq, heads,
+//! head_dim]` layout. RoPE is applied to q and the new k, so cached keys are post-RoPE.
+
+use super::{rope, PieceOptions};
+use crate::graph::{Attr, Elem, Graph};
+use crate::model::ModelConfig;
+
+/// `block_i`: input_states `[1,L,H]`, position_ids `[1,L]`, attention_mask `[1,1,L,L]` →
+/// output_states, k `[1,L,KVH,D]`, v.
+pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
+    let l = o.max_input_length;
+    let mut g = Graph::new(format!("block_{layer}"));
+    let x = g.input("input_states", Elem::F32, &[1, l, cfg.hidden_size]);
+    let pos = g.input("position_ids", Elem::I32, &[1, l]);
+    let mask = g.input("attention_mask", Elem::F32, &[1, 1, l, l]);
+    layer_body(&mut g, cfg, o, layer, &x, &pos, &mask, None, l);
+    g
+}
+
+/// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask `[1,1,1,S+1]`,
+/// history_k/v `[1,S,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token is
+/// concatenated after the S history slots).
+pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
+    let s = o.seq_length;
+    let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
+    let mut g = Graph::new(format!("block_cache_{layer}"));
+    let x = g.input("input_states", Elem::F32, &[1, 1, cfg.hidden_size]);
+    let pos = g.input("position_ids", Elem::I32, &[1, 1]);
+    let mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, s + 1]);
+    let hk = g.input("history_k", Elem::F32, &[1, s, kvh, d]);
+    let hv = g.input("history_v", Elem::F32, &[1, s, kvh, d]);
+    layer_body(&mut g, cfg, o, layer, &x, &pos, &mask, Some((&hk, &hv)), 1);
+    g
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_body(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    o: &PieceOptions,
+    layer: usize,
+    x: &str,
+    pos: &str,
+    mask: &str,
+    history: Option<(&str, &str)>,
+    len: usize,
+) {
+    let (h, nh, kvh, d) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let p = |s: &str| format!("model.layers.{layer}.{s}");
+    let ln = rms_norm(g, cfg, x, &p("input_layernorm.weight"), h);
+    let q = linear(g, &ln, &p("self_attn.q_proj"), h, nh * d, cfg.qkv_bias);
+    let k = linear(g, &ln, &p("self_attn.k_proj"), h, kvh * d, cfg.qkv_bias);
+    let v = linear(g, &ln, &p("self_attn.v_proj"), h, kvh * d, cfg.qkv_bias);
+    let mut q = g.reshape(&q, &[1, len as i64, nh as i64, d as i64]);
+    let mut k = g.reshape(&k, &[1, len as i64, kvh as i64, d as i64]);
+    let v = g.reshape(&v, &[1, len as i64, kvh as i64, d as i64]);
+    if cfg.qk_norm {
+        q = rms_norm(g, cfg, &q, &p("self_attn.q_norm.weight"), d);
+        k = rms_norm(g, cfg, &k, &p("self_attn.k_norm.weight"), d);
+    }
+    let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
+    let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, d], cos_t);
+    let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, d], sin_t);
+    let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
+    let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
+    let q = apply_rope(g, &q, &cos, &sin, d);
+    let k = apply_rope(g, &k, &cos, &sin, d);
+    let (k_all, v_all, kv_len) = match history {
+        Some((hk, hv)) => (
+            g.concat(&[hk, &k], 1),
+            g.concat(&[hv, &v], 1),
+            o.seq_length + 1,
+        ),
+        None => (k.clone(), v.clone(), len),
+    };
+    let attn = attention(g, cfg, &q, &k_all, &v_all, mask, len, kv_len);
+    let o_proj = linear(g, &attn, &p("self_attn.o_proj"), nh * d, h, cfg.o_bias);
+    let o_proj = g.scale(&o_proj, cfg.residual_scale());
+    let x = g.add(x, &o_proj);
+    let ln2 = rms_norm(g, cfg, &x, &p("post_attention_layernorm.weight"), h);
+    let gate = linear(
+        g,
+        &ln2,
+        &p("mlp.gate_proj"),
+        h,
+        cfg.intermediate_size,
+        cfg.mlp_bias,
+    );
+    let sig = g.op("Sigmoid", &[&gate], vec![]);
+    let act = g.mul(&gate, &sig);
+    let up = linear(
+        g,
+        &ln2,
+        &p("mlp.up_proj"),
+        h,
+        cfg.intermediate_size,
+        cfg.mlp_bias,
+    );
+    let m = g.mul(&act, &up);
+    let down = linear(
+        g,
+        &m,
+        &p("mlp.down_proj"),
+        cfg.intermediate_size,
+        h,
+        cfg.mlp_bias,
+    );
+    let down = g.scale(&down, cfg.residual_scale());
+    let mut out = g.add(&x, &down);
+    // Single device: the final norm is folded into the last block.
+    if layer + 1 == cfg.num_hidden_layers {
+        out = rms_norm(g, cfg, &out, "model.norm.weight", h);
+    }
+    g.output(&out, "output_states", Elem::F32, &[1, len, h]);
+    g.output(&k, "k_cache", Elem::F32, &[1, len, kvh, d]);
+    g.output(&v, "v_cache", Elem::F32, &[1, len, kvh, d]);
+}
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last axis.
+fn rms_norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
+    let sq = g.mul(x, x);
+    let ms = g.op(
+        "ReduceMean",
+        &[&sq],
+        vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
+    );
+    let eps = g.scalar("eps", cfg.rms_norm_eps as f32);
+    let var = g.add(&ms, &eps);
+    let rms = g.op("Sqrt", &[&var], vec![]);
+    let normed = g.op("Div", &[x, &rms], vec![]);
+    let w = g.weight(weight, &[dim], false);
+    g.mul(&normed, &w)
+}
+
+/// `x Wᵀ (+ b)` with W stored transposed as `[in, out]`.
+fn linear(g: &mut Graph, x: &str, prefix: &str, inp: usize, out: usize, bias: bool) -> String {
+    let w = g.weight(&format!("{prefix}.weight"), &[inp, out], true);
+    let y = g.op("MatMul", &[x, &w], vec![]);
+    if bias {
+        let b = g.weight(&format!("{prefix}.bias"), &[out], false);
+        g.add(&y, &b)
+    } else {
+        y
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin`, x `[1, len, heads, D]`, cos/sin `[1, len, 1, D]`.
+fn apply_rope(g: &mut Graph, x: &str, cos: &str, sin: &str, d: usize) -> String {
+    let half = (d / 2) as i64;
+    let x1 = g.slice(x, 3, 0, half);
+    let x2 = g.slice(x, 3, half, d as i64);
+    let neg = g.op("Neg", &[&x2], vec![]);
+    let rot = g.concat(&[&neg, &x1], 3);
+    let a = g.mul(x, cos);
+    let b = g.mul(&rot, sin);
+    g.add(&a, &b)
+}
+
+/// Grouped-query attention with an additive mask; returns `[1, len, heads*D]`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    q: &str,
+    k: &str,
+    v: &str,
+    mask: &str,
+    len: usize,
+    kv_len: usize,
+) -> String {
+    let (nh, kvh, d) = (
+        cfg.num_attention_heads as i64,
+        cfg.num_key_value_heads as i64,
+        cfg.head_dim as i64,
+    );
+    let groups = nh / kvh;
+    // [1, kv_len, kvh, D] → [1, kv_len, nh, D]: each kv head serves `groups` query heads.
+    let repeat = |g: &mut Graph, t: &str| -> String {
+        if groups == 1 {
+            return t.to_string();
+        }
+        let t = g.reshape(t, &[1, kv_len as i64, kvh, 1, d]);
+        let reps = g.const_i64("reps", &[1, 1, 1, groups, 1]);
+        let t = g.op("Tile", &[&t, &reps], vec![]);
+        g.reshape(&t, &[1, kv_len as i64, nh, d])
+    };
+    let k = repeat(g, k);
+    let v = repeat(g, v);
+    let qt = g.transpose(q, &[0, 2, 1, 3]); // [1, nh, len, D]
+    let kt = g.transpose(&k, &[0, 2, 3, 1]); // [1, nh, D, kv_len]
+    let vt = g.transpose(&v, &[0, 2, 1, 3]); // [1, nh, kv_len, D]
+    let scores = g.op("MatMul", &[&qt, &kt], vec![]);
+    let scores = g.scale(&scores, 1.0 / (d as f64).sqrt());
+    let scores = g.add(&scores, mask);
+    let probs = g.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
+    let o = g.op("MatMul", &[&probs, &vt], vec![]);
+    let o = g.transpose(&o, &[0, 2, 1, 3]);
+    g.reshape(&o, &[1, len as i64, nh * d])
+}

@@ -1,0 +1,50 @@
+//! Rotary tables as weights: cos/sin `[seq_length, 1, head_dim]` (halves duplicated), gathered
+//! by position_ids in the graph. Written from the formulas independently of `reference`.
+
+use crate::model::config::RopeScaling;
+use crate::model::ModelConfig;
+
+/// (cos, sin) tables, row-major `[seq, 1, head_dim]`.
+pub fn tables(cfg: &ModelConfig, seq: usize) -> (Vec<f32>, Vec<f32>) {
+    let d = cfg.head_dim;
+    let freqs: Vec<f64> = (0..d / 2)
+        .map(|i| scaled(cfg, cfg.rope_theta.powf(-(2.0 * i as f64) / d as f64)))
+        .collect();
+    let mut cos = Vec::with_capacity(seq * d);
+    let mut sin = Vec::with_capacity(seq * d);
+    for pos in 0..seq {
+        for _ in 0..2 {
+            for f in &freqs {
+                // f32 product, like the checkpoint's framework computes position * inv_freq.
+                let angle = (pos as f32 * *f as f32) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// One inverse frequency after `rope_scaling`.
+fn scaled(cfg: &ModelConfig, f: f64) -> f64 {
+    match &cfg.rope_scaling {
+        None => f,
+        Some(RopeScaling::Linear { factor }) => f / factor,
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        }) => {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < old / high_freq_factor {
+                f
+            } else if wavelen > old / low_freq_factor {
+                f / factor
+            } else {
+                let s = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 - s) * f / factor + s * f
+            }
+        }
+    }
+}

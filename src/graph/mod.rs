@@ -1,0 +1,218 @@
+//! A small typed op graph: what `arch` builds and `onnx` serialises. Ops use ONNX operator
+//! names and semantics (opset 17), but nothing here depends on protobuf. Weights are
+//! referenced by checkpoint name and read only when the graph is written.
+
+/// Element type of a graph input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    I32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op: &'static str,
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attrs: Vec<(&'static str, Attr)>,
+}
+
+/// Where an initializer's values come from.
+#[derive(Debug, Clone)]
+pub enum InitData {
+    /// A checkpoint tensor by its Hugging Face name; 2-D weights may be stored transposed
+    /// (`[out, in]` → `[in, out]`, so `MatMul(x, W)` computes `x Wᵀ`).
+    Weight {
+        name: String,
+        transpose: bool,
+    },
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Initializer {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub data: InitData,
+}
+
+/// A graph input/output: name, element type, shape.
+#[derive(Debug, Clone)]
+pub struct Io {
+    pub name: String,
+    pub elem: Elem,
+    pub dims: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    pub nodes: Vec<Node>,
+    pub initializers: Vec<Initializer>,
+    counter: usize,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn input(&mut self, name: &str, elem: Elem, dims: &[usize]) -> String {
+        self.inputs.push(Io {
+            name: name.into(),
+            elem,
+            dims: dims.to_vec(),
+        });
+        name.to_string()
+    }
+
+    /// Declares `value` as a graph output called `name` (through Identity when renamed).
+    pub fn output(&mut self, value: &str, name: &str, elem: Elem, dims: &[usize]) {
+        if value != name {
+            self.nodes.push(Node {
+                op: "Identity",
+                name: format!("{name}_identity"),
+                inputs: vec![value.into()],
+                outputs: vec![name.into()],
+                attrs: vec![],
+            });
+        }
+        self.outputs.push(Io {
+            name: name.into(),
+            elem,
+            dims: dims.to_vec(),
+        });
+    }
+
+    fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{hint}_{}", self.counter)
+    }
+
+    /// Adds a one-output node; returns the output's name.
+    pub fn op(
+        &mut self,
+        op: &'static str,
+        inputs: &[&str],
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> String {
+        self.op_n(op, inputs, 1, attrs).remove(0)
+    }
+
+    /// Adds a node with `n` outputs.
+    pub fn op_n(
+        &mut self,
+        op: &'static str,
+        inputs: &[&str],
+        n: usize,
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> Vec<String> {
+        let base = self.fresh(op);
+        let outputs: Vec<String> = (0..n).map(|i| format!("{base}_out{i}")).collect();
+        self.nodes.push(Node {
+            op,
+            name: base,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.clone(),
+            attrs,
+        });
+        outputs
+    }
+
+    /// A checkpoint tensor as an initializer (named after it).
+    pub fn weight(&mut self, name: &str, dims: &[usize], transpose: bool) -> String {
+        let id = if transpose {
+            format!("{name}.T")
+        } else {
+            name.to_string()
+        };
+        if !self.initializers.iter().any(|i| i.name == id) {
+            self.initializers.push(Initializer {
+                name: id.clone(),
+                dims: dims.to_vec(),
+                data: InitData::Weight {
+                    name: name.into(),
+                    transpose,
+                },
+            });
+        }
+        id
+    }
+
+    pub fn const_f32(&mut self, hint: &str, dims: &[usize], values: Vec<f32>) -> String {
+        let name = self.fresh(hint);
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data: InitData::F32(values),
+        });
+        name
+    }
+
+    pub fn const_i64(&mut self, hint: &str, values: &[i64]) -> String {
+        let name = self.fresh(hint);
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            dims: vec![values.len()],
+            data: InitData::I64(values.to_vec()),
+        });
+        name
+    }
+
+    /// A scalar f32 constant.
+    pub fn scalar(&mut self, hint: &str, v: f32) -> String {
+        self.const_f32(hint, &[], vec![v])
+    }
+
+    pub fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
+        let s = self.const_i64("shape", shape);
+        self.op("Reshape", &[x, &s], vec![])
+    }
+
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.op("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.op("Mul", &[a, b], vec![])
+    }
+
+    pub fn add(&mut self, a: &str, b: &str) -> String {
+        self.op("Add", &[a, b], vec![])
+    }
+
+    /// `x * s`, skipped when `s == 1`.
+    pub fn scale(&mut self, x: &str, s: f64) -> String {
+        if s == 1.0 {
+            return x.to_string();
+        }
+        let c = self.scalar("scale", s as f32);
+        self.mul(x, &c)
+    }
+
+    /// Slice along one axis.
+    pub fn slice(&mut self, x: &str, axis: i64, start: i64, end: i64) -> String {
+        let s = self.const_i64("starts", &[start]);
+        let e = self.const_i64("ends", &[end]);
+        let a = self.const_i64("axes", &[axis]);
+        self.op("Slice", &[x, &s, &e, &a], vec![])
+    }
+
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
+        self.op("Concat", xs, vec![("axis", Attr::Int(axis))])
+    }
+}

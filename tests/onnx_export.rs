@@ -1,0 +1,117 @@
+//! Exported ONNX pieces, chained the way the runtime chains the nets, against the reference.
+
+mod common;
+
+use std::process::Command;
+
+use llm_convert::arch::PieceOptions;
+use llm_convert::model::Model;
+use llm_convert::reference::{rms_norm, Reference};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct PipelineResult {
+    tokens: Vec<u32>,
+    hidden: Vec<Vec<Vec<f32>>>,
+    checked: usize,
+}
+
+const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
+const STEPS: usize = 16;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn check(name: &str, seq: usize, mil: usize) {
+    let layout = common::toolchain();
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PieceOptions::new(seq, Some(mil)).unwrap();
+    let exported = llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
+    assert_eq!(exported.len(), 3 + 2 * model.config.num_hidden_layers);
+
+    let out = dir.path().join("result.json");
+    let ids: Vec<String> = PROMPT.iter().map(|t| t.to_string()).collect();
+    let status = Command::new(layout.python())
+        .arg(common::repo().join("scripts/onnx_pipeline.py"))
+        .args([
+            dir.path().to_str().unwrap(),
+            &ids.join(","),
+            &STEPS.to_string(),
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{name}: onnx_pipeline.py failed (checker or onnxruntime)"
+    );
+    let got: PipelineResult =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        got.checked,
+        exported.len(),
+        "every piece passes onnx.checker"
+    );
+
+    let mut r = Reference::new(&model).unwrap().keep_hidden(true);
+    let prefill = r.prefill(&PROMPT).unwrap();
+    let last = model.config.num_hidden_layers - 1;
+    let final_norm = model.tensor("model.norm.weight").unwrap();
+    for (i, rows) in got.hidden.iter().enumerate() {
+        let mut want = prefill.layer_outputs[i].clone();
+        if i == last {
+            want = rms_norm(&want, &final_norm, model.config.rms_norm_eps).unwrap();
+        }
+        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let have: Vec<f32> = rows.iter().flatten().copied().collect();
+        let cos = cosine(&have, &want);
+        let max = have
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("{name} block_{i}: cosine {cos:.8}, max |diff| {max:.2e}");
+        assert!(cos >= 0.99999, "{name}: block_{i} output cosine {cos}");
+    }
+    let want_tokens = r.generate_greedy(&PROMPT, STEPS).unwrap();
+    assert_eq!(
+        got.tokens, want_tokens,
+        "{name}: ONNX pipeline tokens differ from the reference"
+    );
+}
+
+#[test]
+fn llama_tied_static() {
+    check("llama_tied", 32, 16);
+}
+
+#[test]
+fn llama_llama3_rope_untied() {
+    check("llama_rope3", 32, 8);
+}
+
+#[test]
+fn qwen2_bias() {
+    check("qwen2", 32, 16);
+}
+
+#[test]
+fn qwen3_qk_norm() {
+    check("qwen3", 32, 16);
+}
+
+#[test]
+fn minicpm_scalings() {
+    check("minicpm", 32, 16);
+}
+
+#[test]
+fn bf16_checkpoints() {
+    check("qwen2_bf16", 32, 16);
+    check("minicpm_bf16", 32, 16);
+}
