@@ -199,6 +199,19 @@ impl WeightSource for SafetensorsWeights {
         let dtype = stored_dtype(info.dtype).context("dtype checked at open")?;
         let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &info.shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;
+        // The data is copied: drop the mapped pages from our resident set so streaming a
+        // model keeps memory near one piece (the page cache still holds them).
+        let page = 4096;
+        let begin = (shard.data_start + start) / page * page;
+        // SAFETY: MADV_DONTNEED on a read-only file mapping only discards clean pages; later
+        // reads fault them back in from the file. No reference into the range outlives this.
+        let _ = unsafe {
+            shard.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                begin,
+                shard.data_start + end - begin,
+            )
+        };
         Ok(t.to_dtype(DType::F32)?)
     }
 
