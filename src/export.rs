@@ -25,7 +25,8 @@ pub fn export_onnx(
 ) -> Result<Vec<Exported>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pieces = arch::pieces(&model.config);
-    let mut done = Vec::with_capacity(pieces.len());
+    let total = pieces.len();
+    let mut done = Vec::with_capacity(total);
     for (n, piece) in pieces.into_iter().enumerate() {
         let t0 = Instant::now();
         let graph = arch::build(piece, &model.config, opts);
