@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::convert::{self, ConvertArgs};
 use crate::error::InputError;
 use crate::model::Model;
 use crate::reference::Reference;
@@ -14,18 +15,26 @@ use crate::toolchain::{self, doctor, install, Layout, RuntimeLibs};
 #[command(
     name = "llm-convert",
     version,
-    about = "Convert Hugging Face LLMs into Sophgo TPU bmodels, and prove them right"
+    about = "Convert Hugging Face LLMs into Sophgo TPU bmodels, and prove them right",
+    long_about = "Convert Hugging Face LLMs into Sophgo TPU bmodels, and prove them right.\n\n\
+        Without a subcommand, converts a model with TPU-MLIR llm_convert.py's flags:\n  \
+        llm-convert -m <hf_dir|file.gguf> -s <seq> -q w4bf16 -c bm1684x -o <dir>",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     /// Toolchain folder (default: $XDG_CACHE_HOME/llm-convert/tpu-mlir-1.30.2; env LLM_CONVERT_TOOLCHAIN).
     #[arg(long, global = true)]
     pub toolchain_dir: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub convert: ConvertArgs,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Convert a model (the same as giving the flags without a subcommand).
+    Convert(ConvertArgs),
     /// Install or inspect the pinned TPU-MLIR toolchain.
     Toolchain {
         #[command(subcommand)]
@@ -105,7 +114,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         None => Layout::from_env(),
     };
-    match cli.command {
+    let Some(command) = cli.command else {
+        return run_convert(&cli.convert, &layout);
+    };
+    match command {
+        Command::Convert(args) => run_convert(&args, &layout),
         Command::Toolchain {
             action: ToolchainAction::Install { skip_apt },
         } => {
@@ -196,6 +209,42 @@ fn run_reference(args: ReferenceArgs) -> Result<i32> {
             println!("text: {t}");
         }
         eprintln!("({seconds:.2} s)");
+    }
+    Ok(0)
+}
+
+fn run_convert(args: &ConvertArgs, layout: &Layout) -> Result<i32> {
+    // Ctrl-C: kill every TPU-MLIR process we started (they live in their own process groups).
+    let _ = ctrlc::set_handler(|| {
+        convert::worker::kill_all_children();
+        eprintln!("interrupted: finished pieces stay cached; rerun the same command to resume");
+        std::process::exit(130);
+    });
+    let Some(outcome) = convert::convert(args, layout, args.json)? else {
+        return Ok(0);
+    };
+    let m = &outcome.manifest;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+    } else {
+        let cached = m.pieces.iter().filter(|p| p.cached).count();
+        println!(
+            "bmodel: {} ({:.1} MB)",
+            m.bmodel.display(),
+            m.bmodel_bytes as f64 / 1e6
+        );
+        println!("manifest: {}", outcome.manifest_path.display());
+        println!(
+            "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s, compile {:.1} s on {} workers, combine {:.1} s",
+            m.pieces.len(),
+            m.pieces.len() - cached,
+            cached,
+            m.timings.total_s,
+            m.timings.export_s,
+            m.timings.compile_s,
+            m.timings.workers,
+            m.timings.combine_s
+        );
     }
     Ok(0)
 }

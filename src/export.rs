@@ -14,6 +14,8 @@ pub struct Exported {
     pub path: PathBuf,
     pub weight_bytes: u64,
     pub seconds: f64,
+    /// Graph output names, in order.
+    pub outputs: Vec<String>,
 }
 
 /// Writes `<out_dir>/<piece>.onnx` for every piece; returns what was written.
@@ -23,33 +25,45 @@ pub fn export_onnx(
     out_dir: &Path,
     quiet: bool,
 ) -> Result<Vec<Exported>> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let pieces = arch::pieces(&model.config);
     let total = pieces.len();
     let mut done = Vec::with_capacity(total);
     for (n, piece) in pieces.into_iter().enumerate() {
-        let t0 = Instant::now();
-        let graph = arch::build(piece, &model.config, opts);
-        let path = out_dir.join(format!("{}.onnx", piece.name()));
-        let weight_bytes = crate::onnx::write(&graph, model.weights.as_ref(), &path)
-            .with_context(|| format!("exporting piece {}", piece.name()))?;
-        let seconds = t0.elapsed().as_secs_f64();
+        let e = export_piece(model, piece, opts, out_dir)?;
         if !quiet {
             eprintln!(
                 "[{}/{}] {} ({:.1} MB of weights, {:.2} s)",
                 n + 1,
-                arch::pieces(&model.config).len(),
-                path.display(),
-                weight_bytes as f64 / 1e6,
-                seconds
+                total,
+                e.path.display(),
+                e.weight_bytes as f64 / 1e6,
+                e.seconds
             );
         }
-        done.push(Exported {
-            piece,
-            path,
-            weight_bytes,
-            seconds,
-        });
+        done.push(e);
     }
     Ok(done)
+}
+
+/// Writes `<out_dir>/<piece>.onnx`.
+pub fn export_piece(
+    model: &Model,
+    piece: Piece,
+    opts: &PieceOptions,
+    out_dir: &Path,
+) -> Result<Exported> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let t0 = Instant::now();
+    let graph = arch::build(piece, &model.config, opts);
+    let path = out_dir.join(format!("{}.onnx", piece.name()));
+    let outputs = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let weight_bytes = crate::onnx::write(&graph, model.weights.as_ref(), &path)
+        .with_context(|| format!("exporting piece {}", piece.name()))?;
+    Ok(Exported {
+        piece,
+        path,
+        weight_bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        outputs,
+    })
 }

@@ -14,7 +14,8 @@ pub fn embedding(cfg: &ModelConfig, len: usize, name: &str) -> Graph {
     );
     let x = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
     let x = g.scale(&x, cfg.embedding_scale());
-    g.output(&x, "input_states", Elem::F32, &[1, len, cfg.hidden_size]);
+    // Output names match TPU-MLIR llm_convert.py's bmodels.
+    g.output(&x, name, Elem::F32, &[1, len, cfg.hidden_size]);
     g
 }
 
@@ -30,11 +31,16 @@ pub fn lm_head(cfg: &ModelConfig) -> Graph {
     } else {
         "lm_head.weight"
     };
-    let w = g.weight(w, &[h, v], true);
-    let logits = g.op("MatMul", &[&x, &w], vec![]);
+    // `W [V,H] · xᵀ` keeps the weight in its checkpoint layout, so with tied embeddings the
+    // combined bmodel stores one table for embedding and lm_head (model_tool --combine shares
+    // identical weight blobs); `x · Wᵀ` would make TPU-MLIR fold in a transposed copy.
+    let w = g.weight(w, &[v, h], false);
+    let xt = g.reshape(&x, &[h as i64, 1]);
+    let logits = g.op("MatMul", &[&w, &xt], vec![]);
+    let logits = g.reshape(&logits, &[1, v as i64]);
     let k = g.const_i64("k", &[1]);
     let top = g.op_n("TopK", &[&logits, &k], 2, vec![("axis", Attr::Int(1))]);
     let token = g.op("Cast", &[&top[1]], vec![("to", Attr::Int(6))]);
-    g.output(&token, "token", Elem::I32, &[1, 1]);
+    g.output(&token, "token_id", Elem::I32, &[1, 1]);
     g
 }

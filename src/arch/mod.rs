@@ -52,6 +52,17 @@ impl Piece {
             Piece::LmHead => "lm_head".into(),
         }
     }
+
+    /// The piece kind, as `templates/deploy.json` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Piece::Embedding => "embedding",
+            Piece::EmbeddingCache => "embedding_cache",
+            Piece::Block(_) => "block",
+            Piece::BlockCache(_) => "block_cache",
+            Piece::LmHead => "lm_head",
+        }
+    }
 }
 
 /// Every piece of a model, in the runtime's combine order.

@@ -114,14 +114,8 @@ fn initializer_bytes(
     weights: &dyn WeightSource,
 ) -> Result<(DataType, Vec<u8>)> {
     Ok(match data {
-        InitData::F32(v) => (
-            DataType::Float,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        InitData::I64(v) => (
-            DataType::Int64,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
+        InitData::F32(v) => (DataType::Float, le_bytes(v)),
+        InitData::I64(v) => (DataType::Int64, le_bytes(v)),
         InitData::Weight { name, transpose } => {
             let mut t = weights.read_f32(name)?;
             if *transpose {
@@ -129,12 +123,18 @@ fn initializer_bytes(
             }
             let t = t.reshape(dims.to_vec())?;
             let v = t.flatten_all()?.to_vec1::<f32>()?;
-            (
-                DataType::Float,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            (DataType::Float, le_bytes(&v))
         }
     })
+}
+
+// ONNX raw_data is little-endian; so is every machine TPU-MLIR runs on.
+#[cfg(target_endian = "big")]
+compile_error!("ONNX raw_data is written by casting memory, which needs a little-endian target");
+
+/// The raw little-endian bytes of a numeric slice (a memory cast, fast even unoptimised).
+fn le_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
 }
 
 fn elem_type(e: Elem) -> i32 {

@@ -1,0 +1,100 @@
+//! Content-addressed store of compiled pieces. A piece's key covers everything that decides its
+//! bmodel: the ONNX bytes (weights included), the tool command lines, the chip (inside the
+//! flags), the TPU-MLIR version and our worker script. A stored piece is never recompiled.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Bump when the way pieces are produced changes in a way the key does not capture.
+const FORMAT: &str = "llm-convert piece cache v2";
+
+pub struct PieceCache {
+    root: PathBuf,
+}
+
+/// The key of one piece.
+pub fn piece_key(
+    onnx: &Path,
+    transform_argv: &[String],
+    deploy_argv: &[String],
+    output_names: &[String],
+) -> Result<String> {
+    let mut h = Sha256::new();
+    for part in [FORMAT, crate::toolchain::TPU_MLIR_VERSION] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(include_bytes!("../../support/python/tpu_worker.py"));
+    for list in [transform_argv, deploy_argv, output_names] {
+        for a in list {
+            h.update(a.as_bytes());
+            h.update([0]);
+        }
+        h.update([1]);
+    }
+    hash_file_into(onnx, &mut h)?;
+    Ok(crate::util::hex(&h.finalize()))
+}
+
+fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<()> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// sha256 of a whole file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    hash_file_into(path, &mut h)?;
+    Ok(crate::util::hex(&h.finalize()))
+}
+
+impl PieceCache {
+    pub fn open(root: &Path) -> Result<PieceCache> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("creating cache {}", root.display()))?;
+        Ok(PieceCache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// `$XDG_CACHE_HOME/llm-convert/pieces` (or ~/.cache/...).
+    pub fn default_root() -> PathBuf {
+        crate::toolchain::layout::cache_root().join("pieces")
+    }
+
+    pub fn path(&self, key: &str, ext: &str) -> PathBuf {
+        self.root.join(&key[..2]).join(format!("{key}.{ext}"))
+    }
+
+    /// The stored artifact, if this key was finished before.
+    pub fn get(&self, key: &str, ext: &str) -> Option<PathBuf> {
+        let p = self.path(key, ext);
+        p.is_file().then_some(p)
+    }
+
+    /// Moves (or copies) a finished artifact into the store atomically; returns its path.
+    pub fn put(&self, key: &str, ext: &str, file: &Path) -> Result<PathBuf> {
+        let dest = self.path(key, ext);
+        let dir = dest.parent().context("cache path has no parent")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(".{key}.{ext}.tmp.{}", std::process::id()));
+        if std::fs::rename(file, &tmp).is_err() {
+            std::fs::copy(file, &tmp)
+                .with_context(|| format!("copying {} into the cache", file.display()))?;
+        }
+        std::fs::rename(&tmp, &dest).with_context(|| format!("storing {}", dest.display()))?;
+        Ok(dest)
+    }
+}

