@@ -5,7 +5,8 @@ toolchain venv's python: onnx 1.14.1 + onnxruntime 1.16.3, the versions TPU-MLIR
     onnx_pipeline.py ONNX_DIR PROMPT_IDS STEPS OUT.json
 
 First every piece must pass onnx.checker.check_model(full_check=True). Then prefill:
-embedding -> block_0..L-1 (static mask, positions 0..T-1, padded to MAX_INPUT_LENGTH) ->
+embedding -> block_0..L-1 (static: mask input, positions 0..T-1, padded to MAX_INPUT_LENGTH;
+dynamic: exactly T rows, no mask input) ->
 lm_head on row T-1; decode: embedding_cache -> block_cache_i with the KV cache written at
 history_length-1 -> lm_head. Writes the greedy tokens and each prefill block's output rows.
 """
@@ -43,11 +44,18 @@ def main():
     mask = np.full((1, 1, mil, mil), MASK, np.float32)
     for i in range(t):
         mask[0, 0, i, : i + 1] = 0
+    # --dynamic prefill blocks have no mask input and take exactly the prompt's rows.
+    dynamic = len(net["block_0"].get_inputs()) == 2
+    if dynamic:
+        x, pos = x[:, :t], pos[:, :t]
     kc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
     vc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
     hidden = []
     for i in range(layers):
-        x, k, v = net[f"block_{i}"].run(None, {"input_states": x, "position_ids": pos, "attention_mask": mask})
+        feed = {"input_states": x, "position_ids": pos}
+        if not dynamic:
+            feed["attention_mask"] = mask
+        x, k, v = net[f"block_{i}"].run(None, feed)
         kc[i][:, :t] = k[:, :t]
         vc[i][:, :t] = v[:, :t]
         hidden.append(x[0, :t].tolist())

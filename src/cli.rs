@@ -65,6 +65,9 @@ pub struct ExportArgs {
     /// Prefill length (default: seq_length).
     #[arg(long = "max_input_length")]
     pub max_input_length: Option<usize>,
+    /// Dynamic prefill blocks (no mask input; any length up to max_input_length).
+    #[arg(long)]
+    pub dynamic: bool,
     /// Output folder; the ONNX files go to <out_dir>/onnx.
     #[arg(short = 'o', long = "out_dir")]
     pub out_dir: PathBuf,
@@ -152,7 +155,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             let opts = crate::arch::PieceOptions::new(args.seq_length, args.max_input_length)
                 .map_err(|e| {
                     InputError::invalid(&args.model, format!("{e}"), "fix -s / --max_input_length")
-                })?;
+                })?
+                .with_dynamic(args.dynamic);
             let t0 = std::time::Instant::now();
             let done =
                 crate::export::export_onnx(&model, &opts, &args.out_dir.join("onnx"), false)?;

@@ -16,6 +16,9 @@ pub struct Exported {
     pub seconds: f64,
     /// Graph output names, in order.
     pub outputs: Vec<String>,
+    /// For a graph with per-call axes: every input's largest shape (model_transform.py needs
+    /// them as `--input_shapes`).
+    pub dynamic_input_shapes: Option<Vec<Vec<usize>>>,
 }
 
 /// Writes `<out_dir>/<piece>.onnx` for every piece; returns what was written.
@@ -57,6 +60,9 @@ pub fn export_piece(
     let graph = arch::build(piece, &model.config, opts);
     let path = out_dir.join(format!("{}.onnx", piece.name()));
     let outputs = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let dynamic_input_shapes = graph
+        .is_dynamic()
+        .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
     let weight_bytes = crate::onnx::write(&graph, model.weights.as_ref(), &path)
         .with_context(|| format!("exporting piece {}", piece.name()))?;
     Ok(Exported {
@@ -65,5 +71,6 @@ pub fn export_piece(
         weight_bytes,
         seconds: t0.elapsed().as_secs_f64(),
         outputs,
+        dynamic_input_shapes,
     })
 }

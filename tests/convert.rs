@@ -49,7 +49,11 @@ fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
         {
             let (name, rest) = rest.split_once(", [").unwrap();
             let (dims, rest) = rest.split_once("], ").unwrap();
-            let dims = dims.split(", ").map(|d| d.parse().unwrap()).collect();
+            // Dynamic nets print their largest shape as `max:N`.
+            let dims = dims
+                .split(", ")
+                .map(|d| d.trim_start_matches("max:").parse().unwrap())
+                .collect();
             let dtype = rest.split(',').next().unwrap().to_string();
             let net = nets.get_mut(current.as_ref().unwrap()).unwrap();
             let io = (name.to_string(), dims, dtype);
@@ -256,6 +260,16 @@ fn qwen2_bf16_and_w4bf16_static() {
         q + 150_000 < b,
         "w4bf16 block_cache_0 is {q} bytes, bf16 {b}"
     );
+}
+
+#[test]
+fn qwen2_w4bf16_dynamic() {
+    converts_to_contract("qwen2", "w4bf16", true);
+}
+
+#[test]
+fn llama_tied_bf16_dynamic() {
+    converts_to_contract("llama_tied", "bf16", true);
 }
 
 #[test]

@@ -27,10 +27,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn check(name: &str, seq: usize, mil: usize) {
+    check_variant(name, seq, mil, false);
+}
+
+fn check_variant(name: &str, seq: usize, mil: usize, dynamic: bool) {
     let layout = common::toolchain();
     let model = Model::open(&common::fixtures().join(name)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = PieceOptions::new(seq, Some(mil)).unwrap();
+    let opts = PieceOptions::new(seq, Some(mil))
+        .unwrap()
+        .with_dynamic(dynamic);
     let exported = llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
     assert_eq!(exported.len(), 3 + 2 * model.config.num_hidden_layers);
 
@@ -114,4 +120,13 @@ fn minicpm_scalings() {
 fn bf16_checkpoints() {
     check("qwen2_bf16", 32, 16);
     check("minicpm_bf16", 32, 16);
+}
+
+/// `--dynamic`: prefill blocks take exactly the prompt's rows and build the causal mask from
+/// position_ids (no mask input).
+#[test]
+fn dynamic_prefill_blocks() {
+    check_variant("qwen2", 32, 16, true);
+    check_variant("llama_rope3", 32, 32, true);
+    check_variant("minicpm", 32, 16, true);
 }

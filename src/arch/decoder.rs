@@ -7,16 +7,35 @@ use crate::graph::{Attr, Elem, Graph};
 use crate::model::ModelConfig;
 
 /// `block_i`: input_states `[1,L,H]`, position_ids `[1,L]`, attention_mask `[1,1,L,L]` →
-/// output_states, k `[1,L,KVH,D]`, v.
+/// output_states, k `[1,L,KVH,D]`, v. With `dynamic`, L varies per call (up to
+/// MAX_INPUT_LENGTH) and there is no mask input: the causal mask is built from position_ids.
 pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
     let l = o.max_input_length;
+    let axis = o.dynamic.then_some(1);
     let mut g = Graph::new(format!("block_{layer}"));
-    let x = g.input("input_states", Elem::F32, &[1, l, cfg.hidden_size]);
-    let pos = g.input("position_ids", Elem::I32, &[1, l]);
-    let mask = g.input("attention_mask", Elem::F32, &[1, 1, l, l]);
+    let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
+    let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], axis);
+    let mask = if o.dynamic {
+        causal_mask(&mut g, &pos)
+    } else {
+        g.input("attention_mask", Elem::F32, &[1, 1, l, l])
+    };
     layer_body(&mut g, cfg, o, layer, &x, &pos, &mask, None, l);
     g
 }
+
+/// Additive mask `[1,1,L,L]`: `MASK_VALUE` where key position > query position, else 0.
+fn causal_mask(g: &mut Graph, pos: &str) -> String {
+    let p = g.op("Cast", &[pos], vec![("to", Attr::Int(1))]);
+    let q = g.reshape(&p, &[1, 1, -1, 1]);
+    let k = g.reshape(&p, &[1, 1, 1, -1]);
+    let future = g.op("Greater", &[&k, &q], vec![]);
+    let future = g.op("Cast", &[&future], vec![("to", Attr::Int(1))]);
+    g.scale(&future, MASK_VALUE)
+}
+
+/// The runtime's f16 mask value (bf16 rounds it to -9984, the runtime's bf16 value).
+const MASK_VALUE: f64 = -10000.0;
 
 /// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask `[1,1,1,S+1]`,
 /// history_k/v `[1,S,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token is
@@ -57,9 +76,10 @@ fn layer_body(
     let q = linear(g, &ln, &p("self_attn.q_proj"), h, nh * d, cfg.qkv_bias);
     let k = linear(g, &ln, &p("self_attn.k_proj"), h, kvh * d, cfg.qkv_bias);
     let v = linear(g, &ln, &p("self_attn.v_proj"), h, kvh * d, cfg.qkv_bias);
-    let mut q = g.reshape(&q, &[1, len as i64, nh as i64, d as i64]);
-    let mut k = g.reshape(&k, &[1, len as i64, kvh as i64, d as i64]);
-    let v = g.reshape(&v, &[1, len as i64, kvh as i64, d as i64]);
+    // -1 on the sequence axis: dynamic prefill blocks see any length.
+    let mut q = g.reshape(&q, &[1, -1, nh as i64, d as i64]);
+    let mut k = g.reshape(&k, &[1, -1, kvh as i64, d as i64]);
+    let v = g.reshape(&v, &[1, -1, kvh as i64, d as i64]);
     if cfg.qk_norm {
         q = rms_norm(g, cfg, &q, &p("self_attn.q_norm.weight"), d);
         k = rms_norm(g, cfg, &k, &p("self_attn.k_norm.weight"), d);
@@ -71,15 +91,11 @@ fn layer_body(
     let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
     let q = apply_rope(g, &q, &cos, &sin, d);
     let k = apply_rope(g, &k, &cos, &sin, d);
-    let (k_all, v_all, kv_len) = match history {
-        Some((hk, hv)) => (
-            g.concat(&[hk, &k], 1),
-            g.concat(&[hv, &v], 1),
-            o.seq_length + 1,
-        ),
-        None => (k.clone(), v.clone(), len),
+    let (k_all, v_all) = match history {
+        Some((hk, hv)) => (g.concat(&[hk, &k], 1), g.concat(&[hv, &v], 1)),
+        None => (k.clone(), v.clone()),
     };
-    let attn = attention(g, cfg, &q, &k_all, &v_all, mask, len, kv_len);
+    let attn = attention(g, cfg, &q, &k_all, &v_all, mask);
     let o_proj = linear(g, &attn, &p("self_attn.o_proj"), nh * d, h, cfg.o_bias);
     let o_proj = g.scale(&o_proj, cfg.residual_scale());
     let x = g.add(x, &o_proj);
@@ -117,9 +133,10 @@ fn layer_body(
     if layer + 1 == cfg.num_hidden_layers {
         out = rms_norm(g, cfg, &out, "model.norm.weight", h);
     }
-    g.output(&out, "output_states", Elem::F32, &[1, len, h]);
-    g.output(&k, "k_cache", Elem::F32, &[1, len, kvh, d]);
-    g.output(&v, "v_cache", Elem::F32, &[1, len, kvh, d]);
+    let axis = (o.dynamic && history.is_none()).then_some(1);
+    g.output_with_axis(&out, "output_states", Elem::F32, &[1, len, h], axis);
+    g.output_with_axis(&k, "k_cache", Elem::F32, &[1, len, kvh, d], axis);
+    g.output_with_axis(&v, "v_cache", Elem::F32, &[1, len, kvh, d], axis);
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last axis.
@@ -163,17 +180,7 @@ fn apply_rope(g: &mut Graph, x: &str, cos: &str, sin: &str, d: usize) -> String 
 }
 
 /// Grouped-query attention with an additive mask; returns `[1, len, heads*D]`.
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    g: &mut Graph,
-    cfg: &ModelConfig,
-    q: &str,
-    k: &str,
-    v: &str,
-    mask: &str,
-    len: usize,
-    kv_len: usize,
-) -> String {
+fn attention(g: &mut Graph, cfg: &ModelConfig, q: &str, k: &str, v: &str, mask: &str) -> String {
     let (nh, kvh, d) = (
         cfg.num_attention_heads as i64,
         cfg.num_key_value_heads as i64,
@@ -185,10 +192,10 @@ fn attention(
         if groups == 1 {
             return t.to_string();
         }
-        let t = g.reshape(t, &[1, kv_len as i64, kvh, 1, d]);
+        let t = g.reshape(t, &[1, -1, kvh, 1, d]);
         let reps = g.const_i64("reps", &[1, 1, 1, groups, 1]);
         let t = g.op("Tile", &[&t, &reps], vec![]);
-        g.reshape(&t, &[1, kv_len as i64, nh, d])
+        g.reshape(&t, &[1, -1, nh, d])
     };
     let k = repeat(g, k);
     let v = repeat(g, v);
@@ -201,5 +208,5 @@ fn attention(
     let probs = g.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
     let o = g.op("MatMul", &[&probs, &vt], vec![]);
     let o = g.transpose(&o, &[0, 2, 1, 3]);
-    g.reshape(&o, &[1, len as i64, nh * d])
+    g.reshape(&o, &[1, -1, nh * d])
 }

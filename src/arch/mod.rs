@@ -17,6 +17,9 @@ pub struct PieceOptions {
     pub seq_length: usize,
     /// Prefill length (MAX_INPUT_LENGTH); defaults to `seq_length`.
     pub max_input_length: usize,
+    /// `--dynamic`: prefill blocks take any length up to MAX_INPUT_LENGTH and build their
+    /// causal mask in-graph (no attention_mask input), as the runtime contract says.
+    pub dynamic: bool,
 }
 
 impl PieceOptions {
@@ -28,7 +31,13 @@ impl PieceOptions {
         Ok(PieceOptions {
             seq_length,
             max_input_length: mil,
+            dynamic: false,
         })
+    }
+
+    pub fn with_dynamic(mut self, dynamic: bool) -> PieceOptions {
+        self.dynamic = dynamic;
+        self
     }
 }
 

@@ -75,7 +75,8 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
     let model = Model::open(&model_path)?;
     let opts = args.resolve(&model.config)?;
     let template = DeployTemplate::builtin()?;
-    let piece_opts = PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?;
+    let piece_opts =
+        PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?.with_dynamic(opts.dynamic);
     let folder = opts.out_dir.join(opts.folder_name());
 
     if opts.dry_run {
@@ -245,10 +246,27 @@ fn plan_pieces(
             "{onnx}".into(),
             "--mlir".into(),
             format!("{name}.mlir"),
-            // Our graphs are already simple: onnxsim and its two constant-folding passes only
-            // cost time (10 s on a 113 MB embedding). `type=bool` upstream: empty means False.
-            "--do_onnx_sim=".into(),
         ];
+        if let Some(shapes) = &e.dynamic_input_shapes {
+            // Symbolic ONNX axes get their largest size; the Top MLIR stays static, and
+            // model_deploy --dynamic makes the net dynamic (llm_convert.py's bmodels do the same).
+            let list: Vec<String> = shapes
+                .iter()
+                .map(|s| {
+                    format!(
+                        "[{}]",
+                        s.iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
+                })
+                .collect();
+            transform_argv.extend(["--input_shapes".into(), format!("[{}]", list.join(","))]);
+        }
+        // Our graphs are already simple: onnxsim and its two constant-folding passes only cost
+        // time (10 s on a 113 MB embedding). `type=bool` upstream: an empty value means False.
+        transform_argv.push("--do_onnx_sim=".into());
         if opts.debug {
             transform_argv.push("--debug".into());
         }

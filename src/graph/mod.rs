@@ -50,7 +50,10 @@ pub struct Initializer {
 pub struct Io {
     pub name: String,
     pub elem: Elem,
+    /// For a dynamic axis, its largest size (what TPU-MLIR compiles for).
     pub dims: Vec<usize>,
+    /// An axis whose size varies per call (ONNX `dim_param` "seq_len").
+    pub dynamic_axis: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,16 +75,45 @@ impl Graph {
     }
 
     pub fn input(&mut self, name: &str, elem: Elem, dims: &[usize]) -> String {
+        self.input_with_axis(name, elem, dims, None)
+    }
+
+    /// An input whose `axis` varies per call, up to `dims[axis]`.
+    pub fn input_with_axis(
+        &mut self,
+        name: &str,
+        elem: Elem,
+        dims: &[usize],
+        dynamic_axis: Option<usize>,
+    ) -> String {
         self.inputs.push(Io {
             name: name.into(),
             elem,
             dims: dims.to_vec(),
+            dynamic_axis,
         });
         name.to_string()
     }
 
+    /// Whether any input has a per-call axis.
+    pub fn is_dynamic(&self) -> bool {
+        self.inputs.iter().any(|i| i.dynamic_axis.is_some())
+    }
+
     /// Declares `value` as a graph output called `name` (through Identity when renamed).
     pub fn output(&mut self, value: &str, name: &str, elem: Elem, dims: &[usize]) {
+        self.output_with_axis(value, name, elem, dims, None)
+    }
+
+    /// An output whose `axis` varies per call.
+    pub fn output_with_axis(
+        &mut self,
+        value: &str,
+        name: &str,
+        elem: Elem,
+        dims: &[usize],
+        dynamic_axis: Option<usize>,
+    ) {
         if value != name {
             self.nodes.push(Node {
                 op: "Identity",
@@ -95,6 +127,7 @@ impl Graph {
             name: name.into(),
             elem,
             dims: dims.to_vec(),
+            dynamic_axis,
         });
     }
 

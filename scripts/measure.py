@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Runs a command and prints its wall time and the peak memory of its whole process tree
+(the sum of the RSS of every live descendant, sampled every 0.1 s) as one JSON line.
+
+    measure.py LABEL -- CMD ARGS...
+"""
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def tree_rss(proc):
+    total = 0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def main():
+    label = sys.argv[1]
+    cmd = sys.argv[sys.argv.index("--") + 1:]
+    t0 = time.time()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.1)
+    wall = time.time() - t0
+    err = child.stderr.read().decode(errors="replace")
+    if child.returncode != 0:
+        sys.stderr.write(err[-3000:])
+    print(json.dumps({"label": label, "ok": child.returncode == 0, "wall_s": round(wall, 1),
+                      "peak_rss_mb": round(peak / 2**20)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
