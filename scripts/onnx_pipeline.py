@@ -8,7 +8,8 @@ First every piece must pass onnx.checker.check_model(full_check=True). Then pref
 embedding -> block_0..L-1 (static: mask input, positions 0..T-1, padded to MAX_INPUT_LENGTH;
 dynamic: exactly T rows, no mask input) ->
 lm_head on row T-1; decode: embedding_cache -> block_cache_i with the KV cache written at
-history_length-1 -> lm_head. Writes the greedy tokens and each prefill block's output rows.
+history_length-1 -> lm_head (--do_sample: lm_head -> greedy_head, and sample_head checked
+against a numpy re-implementation). Writes the greedy tokens and each prefill block's output rows.
 """
 import glob
 import json
@@ -20,6 +21,39 @@ import onnx
 import onnxruntime as ort
 
 MASK = -10000.0  # the runtime's f16 mask value (bf16 uses -9984)
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def sample_head_numpy(logits, ids, penalty, temperature, top_k, top_p):
+    """TPU-MLIR LlmConverter's sample_head, re-implemented: repetition penalty, top-50,
+    temperature, top-p over the cumulative softmax (first 5 always kept), top-k, softmax."""
+    l = logits[0].copy()
+    seen = l[ids]
+    l[ids] = np.where(seen < 0, seen * penalty, seen / penalty)
+    idx = np.argsort(-l, kind="stable")[:50]
+    scaled = l[idx] / temperature
+    rank = np.arange(50)
+    keep = ((np.cumsum(softmax(scaled)) < top_p) | (rank < 5)) & (rank < top_k)
+    return softmax(np.where(keep, scaled, -1000.0)), idx
+
+
+def check_sample_head(net, logits, history):
+    """sample_head on real logits against the numpy version, for a few parameter sets."""
+    worst = 0.0
+    for penalty, temperature, top_k, top_p in [(1.0, 1.0, 50, 1.0), (1.2, 0.7, 40, 0.8), (1.5, 2.0, 3, 0.5)]:
+        ids = np.array([history], np.int32)
+        probs, tokens = net["sample_head"].run(None, {
+            "m_logits": logits, "input_ids": ids, "penalty": np.array([penalty], np.float32),
+            "temperature": np.array([temperature], np.float32), "top_k": np.array([top_k], np.int32),
+            "top_p": np.array([top_p], np.float32)})
+        want_p, want_t = sample_head_numpy(logits, ids[0], penalty, temperature, top_k, top_p)
+        assert (tokens[0] == want_t).all(), f"sample_head tokens differ: {tokens[0][:8]} vs {want_t[:8]}"
+        worst = max(worst, float(np.abs(probs[0] - want_p).max()))
+    return worst
 
 
 def main():
@@ -59,7 +93,17 @@ def main():
         kc[i][:, :t] = k[:, :t]
         vc[i][:, :t] = v[:, :t]
         hidden.append(x[0, :t].tolist())
-    tok = int(net["lm_head"].run(None, {"hidden_states": x[:, t - 1]})[0][0, 0])
+    # --do_sample: lm_head returns logits and greedy_head picks the token.
+    sampling = "greedy_head" in net
+
+    def next_token(row):
+        out = net["lm_head"].run(None, {"hidden_states": row})[0]
+        if not sampling:
+            return int(out[0, 0]), None
+        return int(net["greedy_head"].run(None, {"m_logits": out})[0][0, 0]), out
+
+    tok, logits = next_token(x[:, t - 1])
+    sample_err = check_sample_head(net, logits, prompt) if sampling else None
     tokens = [tok]
     history = t + 1
     for _ in range(steps - 1):
@@ -73,10 +117,11 @@ def main():
                 "history_k": kc[i], "history_v": vc[i]})
             kc[i][:, history - 1] = k[:, 0]
             vc[i][:, history - 1] = v[:, 0]
-        tok = int(net["lm_head"].run(None, {"hidden_states": x[:, 0]})[0][0, 0])
+        tok, _ = next_token(x[:, 0])
         tokens.append(tok)
         history += 1
-    json.dump({"tokens": tokens, "hidden": hidden, "checked": len(paths)}, open(out_path, "w"))
+    json.dump({"tokens": tokens, "hidden": hidden, "checked": len(paths), "sample_head_max_diff": sample_err},
+              open(out_path, "w"))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ pub struct ExportArgs {
     /// Dynamic prefill blocks (no mask input; any length up to max_input_length).
     #[arg(long)]
     pub dynamic: bool,
+    /// lm_head returns logits; adds greedy_head and sample_head.
+    #[arg(long = "do_sample")]
+    pub do_sample: bool,
     /// Output folder; the ONNX files go to <out_dir>/onnx.
     #[arg(short = 'o', long = "out_dir")]
     pub out_dir: PathBuf,
@@ -156,7 +159,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .map_err(|e| {
                     InputError::invalid(&args.model, format!("{e}"), "fix -s / --max_input_length")
                 })?
-                .with_dynamic(args.dynamic);
+                .with_dynamic(args.dynamic)
+                .with_do_sample(args.do_sample);
             let t0 = std::time::Instant::now();
             let done =
                 crate::export::export_onnx(&model, &opts, &args.out_dir.join("onnx"), false)?;

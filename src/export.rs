@@ -28,7 +28,7 @@ pub fn export_onnx(
     out_dir: &Path,
     quiet: bool,
 ) -> Result<Vec<Exported>> {
-    let pieces = arch::pieces(&model.config);
+    let pieces = arch::pieces(&model.config, opts);
     let total = pieces.len();
     let mut done = Vec::with_capacity(total);
     for (n, piece) in pieces.into_iter().enumerate() {

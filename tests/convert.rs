@@ -81,6 +81,17 @@ fn expected_nets(
     half: &'static str,
     dynamic: bool,
 ) -> BTreeMap<String, (Io, Io)> {
+    expected_nets_with(config, seq, mil, half, dynamic, false)
+}
+
+fn expected_nets_with(
+    config: &Value,
+    seq: usize,
+    mil: usize,
+    half: &'static str,
+    dynamic: bool,
+    do_sample: bool,
+) -> BTreeMap<String, (Io, Io)> {
     let u = |k: &str| config[k].as_u64().unwrap() as usize;
     let (h, layers, heads, kvh) = (
         u("hidden_size"),
@@ -107,13 +118,50 @@ fn expected_nets(
             vec![("embedding_cache", vec![1, 1, h], half)],
         ),
     );
-    nets.insert(
-        "lm_head".into(),
-        (
-            vec![("hidden_states", vec![1, h], half)],
-            vec![("token_id", vec![1, 1], "int32")],
-        ),
-    );
+    let vocab = u("vocab_size");
+    if do_sample {
+        // Deploy appends a cast to the logits (no --quant_output); its name is TPU-MLIR's, so
+        // the checks below compare lm_head's output by shape and dtype only.
+        nets.insert(
+            "lm_head".into(),
+            (
+                vec![("hidden_states", vec![1, h], half)],
+                vec![("*", vec![1, vocab], "float32")],
+            ),
+        );
+        nets.insert(
+            "greedy_head".into(),
+            (
+                vec![("m_logits", vec![1, vocab], "float32")],
+                vec![("token_id", vec![1, 1], "int32")],
+            ),
+        );
+        nets.insert(
+            "sample_head".into(),
+            (
+                vec![
+                    ("m_logits", vec![1, vocab], "float32"),
+                    ("input_ids", vec![1, seq], "int32"),
+                    ("penalty", vec![1], "float32"),
+                    ("temperature", vec![1], "float32"),
+                    ("top_k", vec![1], "int32"),
+                    ("top_p", vec![1], "float32"),
+                ],
+                vec![
+                    ("probs", vec![1, 50], "float32"),
+                    ("token", vec![1, 50], "int32"),
+                ],
+            ),
+        );
+    } else {
+        nets.insert(
+            "lm_head".into(),
+            (
+                vec![("hidden_states", vec![1, h], half)],
+                vec![("token_id", vec![1, 1], "int32")],
+            ),
+        );
+    }
     for i in 0..layers {
         let mut inputs = vec![
             ("input_states", vec![1, mil, h], half),
@@ -174,6 +222,15 @@ fn run_convert(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Value 
 
 /// Converts `fixture` and checks the combined bmodel against the contract.
 fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
+    converts_to_contract_with(fixture, quantize, dynamic, false)
+}
+
+fn converts_to_contract_with(
+    fixture: &str,
+    quantize: &str,
+    dynamic: bool,
+    do_sample: bool,
+) -> Value {
     common::toolchain();
     let model = common::fixtures().join(fixture);
     let config: Value =
@@ -182,6 +239,9 @@ fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
     let mut extra = vec!["-q", quantize];
     if dynamic {
         extra.push("--dynamic");
+    }
+    if do_sample {
+        extra.push("--do_sample");
     }
     let m = run_convert(
         &model,
@@ -202,7 +262,7 @@ fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
     } else {
         "float16"
     };
-    let want = expected_nets(&config, SEQ, SEQ, half, dynamic);
+    let want = expected_nets_with(&config, SEQ, SEQ, half, dynamic, do_sample);
     assert_eq!(
         nets.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -210,14 +270,34 @@ fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
     );
     for (name, (inputs, outputs)) in &want {
         let got = &nets[name];
-        let as_owned = |v: &Io| {
+        // "*": any name (TPU-MLIR names that tensor).
+        let as_owned = |v: &Io, got: &[(String, Vec<usize>, String)]| {
             v.iter()
-                .map(|(n, d, t)| (n.to_string(), d.clone(), t.to_string()))
+                .enumerate()
+                .map(|(i, (n, d, t))| {
+                    let n = match (*n, got.get(i)) {
+                        ("*", Some(g)) => g.0.clone(),
+                        _ => n.to_string(),
+                    };
+                    (n, d.clone(), t.to_string())
+                })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(got.inputs, as_owned(inputs), "{fixture} {name}: inputs");
-        assert_eq!(got.outputs, as_owned(outputs), "{fixture} {name}: outputs");
-        let dynamic_net = dynamic && name.starts_with("block_") && !name.starts_with("block_cache");
+        assert_eq!(
+            got.inputs,
+            as_owned(inputs, &got.inputs),
+            "{fixture} {name}: inputs"
+        );
+        assert_eq!(
+            got.outputs,
+            as_owned(outputs, &got.outputs),
+            "{fixture} {name}: outputs"
+        );
+        // The heads are io_alone nets, which TPU-MLIR (and llm_convert.py) marks dynamic.
+        let dynamic_net =
+            (dynamic && name.starts_with("block_") && !name.starts_with("block_cache"))
+                || name == "greedy_head"
+                || name == "sample_head";
         assert_eq!(got.dynamic, dynamic_net, "{fixture} {name}: static/dynamic");
     }
     // The runtime's companions are there.
@@ -265,6 +345,11 @@ fn qwen2_bf16_and_w4bf16_static() {
 #[test]
 fn qwen2_w4bf16_dynamic() {
     converts_to_contract("qwen2", "w4bf16", true);
+}
+
+#[test]
+fn qwen3_bf16_do_sample() {
+    converts_to_contract_with("qwen3", "bf16", false, true);
 }
 
 #[test]

@@ -14,6 +14,7 @@ struct PipelineResult {
     tokens: Vec<u32>,
     hidden: Vec<Vec<Vec<f32>>>,
     checked: usize,
+    sample_head_max_diff: Option<f64>,
 }
 
 const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
@@ -31,14 +32,20 @@ fn check(name: &str, seq: usize, mil: usize) {
 }
 
 fn check_variant(name: &str, seq: usize, mil: usize, dynamic: bool) {
+    check_options(name, seq, mil, dynamic, false);
+}
+
+fn check_options(name: &str, seq: usize, mil: usize, dynamic: bool, do_sample: bool) {
     let layout = common::toolchain();
     let model = Model::open(&common::fixtures().join(name)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = PieceOptions::new(seq, Some(mil))
         .unwrap()
-        .with_dynamic(dynamic);
+        .with_dynamic(dynamic)
+        .with_do_sample(do_sample);
     let exported = llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
-    assert_eq!(exported.len(), 3 + 2 * model.config.num_hidden_layers);
+    let heads = if do_sample { 5 } else { 3 };
+    assert_eq!(exported.len(), heads + 2 * model.config.num_hidden_layers);
 
     let out = dir.path().join("result.json");
     let ids: Vec<String> = PROMPT.iter().map(|t| t.to_string()).collect();
@@ -64,6 +71,14 @@ fn check_variant(name: &str, seq: usize, mil: usize, dynamic: bool) {
         "every piece passes onnx.checker"
     );
 
+    match (do_sample, got.sample_head_max_diff) {
+        (true, Some(d)) => {
+            println!("{name} sample_head: max |probs diff| vs numpy {d:.2e}");
+            assert!(d < 1e-5, "{name}: sample_head probs differ by {d}");
+        }
+        (false, None) => {}
+        other => panic!("{name}: sample_head checked = {other:?}"),
+    }
     let mut r = Reference::new(&model).unwrap().keep_hidden(true);
     let prefill = r.prefill(&PROMPT).unwrap();
     let last = model.config.num_hidden_layers - 1;
@@ -129,4 +144,12 @@ fn dynamic_prefill_blocks() {
     check_variant("qwen2", 32, 16, true);
     check_variant("llama_rope3", 32, 32, true);
     check_variant("minicpm", 32, 16, true);
+}
+
+/// `--do_sample`: lm_head returns logits, greedy_head picks the same tokens as the reference,
+/// and sample_head matches a numpy re-implementation of TPU-MLIR's sampling head.
+#[test]
+fn do_sample_heads() {
+    check_options("qwen2", 32, 16, false, true);
+    check_options("llama_tied", 32, 16, true, true);
 }

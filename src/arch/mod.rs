@@ -20,6 +20,8 @@ pub struct PieceOptions {
     /// `--dynamic`: prefill blocks take any length up to MAX_INPUT_LENGTH and build their
     /// causal mask in-graph (no attention_mask input), as the runtime contract says.
     pub dynamic: bool,
+    /// `--do_sample`: lm_head returns logits; greedy_head and sample_head are added.
+    pub do_sample: bool,
 }
 
 impl PieceOptions {
@@ -32,11 +34,17 @@ impl PieceOptions {
             seq_length,
             max_input_length: mil,
             dynamic: false,
+            do_sample: false,
         })
     }
 
     pub fn with_dynamic(mut self, dynamic: bool) -> PieceOptions {
         self.dynamic = dynamic;
+        self
+    }
+
+    pub fn with_do_sample(mut self, do_sample: bool) -> PieceOptions {
+        self.do_sample = do_sample;
         self
     }
 }
@@ -48,6 +56,8 @@ pub enum Piece {
     Block(usize),
     BlockCache(usize),
     LmHead,
+    GreedyHead,
+    SampleHead,
 }
 
 impl Piece {
@@ -59,6 +69,8 @@ impl Piece {
             Piece::Block(i) => format!("block_{i}"),
             Piece::BlockCache(i) => format!("block_cache_{i}"),
             Piece::LmHead => "lm_head".into(),
+            Piece::GreedyHead => "greedy_head".into(),
+            Piece::SampleHead => "sample_head".into(),
         }
     }
 
@@ -70,13 +82,18 @@ impl Piece {
             Piece::Block(_) => "block",
             Piece::BlockCache(_) => "block_cache",
             Piece::LmHead => "lm_head",
+            Piece::GreedyHead => "greedy_head",
+            Piece::SampleHead => "sample_head",
         }
     }
 }
 
 /// Every piece of a model, in the runtime's combine order.
-pub fn pieces(cfg: &ModelConfig) -> Vec<Piece> {
+pub fn pieces(cfg: &ModelConfig, opts: &PieceOptions) -> Vec<Piece> {
     let mut out = vec![Piece::Embedding, Piece::EmbeddingCache, Piece::LmHead];
+    if opts.do_sample {
+        out.extend([Piece::GreedyHead, Piece::SampleHead]);
+    }
     for i in 0..cfg.num_hidden_layers {
         out.push(Piece::Block(i));
         out.push(Piece::BlockCache(i));
@@ -89,7 +106,9 @@ pub fn build(piece: Piece, cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
     match piece {
         Piece::Embedding => heads::embedding(cfg, opts.max_input_length, "embedding"),
         Piece::EmbeddingCache => heads::embedding(cfg, 1, "embedding_cache"),
-        Piece::LmHead => heads::lm_head(cfg),
+        Piece::LmHead => heads::lm_head(cfg, opts.do_sample),
+        Piece::GreedyHead => heads::greedy_head(cfg),
+        Piece::SampleHead => heads::sample_head(cfg, opts.seq_length),
         Piece::Block(i) => decoder::prefill_block(cfg, opts, i),
         Piece::BlockCache(i) => decoder::decode_block(cfg, opts, i),
     }

@@ -75,18 +75,19 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
     let model = Model::open(&model_path)?;
     let opts = args.resolve(&model.config)?;
     let template = DeployTemplate::builtin()?;
-    let piece_opts =
-        PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?.with_dynamic(opts.dynamic);
+    let piece_opts = PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?
+        .with_dynamic(opts.dynamic)
+        .with_do_sample(opts.do_sample);
     let folder = opts.out_dir.join(opts.folder_name());
 
     if opts.dry_run {
-        print_plan(&model, &opts, &template, &folder)?;
+        print_plan(&model, &opts, &template, &folder, &piece_opts)?;
         return Ok(None);
     }
     crate::toolchain::require_installed(layout)?;
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
 
-    let pieces = crate::arch::pieces(&model.config);
+    let pieces = crate::arch::pieces(&model.config, &piece_opts);
     let jobs_n = worker_count(&opts, pieces.len());
     // Start the workers first: their ~6-10 s import overlaps the ONNX export.
     let runners = start_runners(layout, &opts, &folder, jobs_n)?;
@@ -407,6 +408,7 @@ fn print_plan(
     opts: &ConvertOptions,
     template: &DeployTemplate,
     folder: &Path,
+    piece_opts: &PieceOptions,
 ) -> Result<()> {
     println!(
         "model: {} ({:?})",
@@ -414,7 +416,7 @@ fn print_plan(
         model.config.family
     );
     println!("output: {}.bmodel", folder.display());
-    for piece in crate::arch::pieces(&model.config) {
+    for piece in crate::arch::pieces(&model.config, piece_opts) {
         let name = piece.name();
         println!(
             "{name}:\n  model_transform.py --model_name {name} --model_def onnx/{name}.onnx --mlir {name}.mlir --do_onnx_sim=\n  model_deploy.py {}",

@@ -174,6 +174,7 @@ pub struct ConvertOptions {
     pub num_core: usize,
     pub symmetric: bool,
     pub dynamic: bool,
+    pub do_sample: bool,
     pub debug: bool,
     pub only_mlir: bool,
     pub dry_run: bool,
@@ -212,17 +213,13 @@ impl ConvertArgs {
                 "pass e.g. -s 512",
             ));
         }
-        let unsupported: [(bool, &str); 7] = [
+        let unsupported: [(bool, &str); 6] = [
             (
                 self.num_device > 1,
                 "--num_device > 1 (multi-device tensor parallel)",
             ),
             (self.batch > 1, "--batch > 1"),
             (self.embedding_disk, "--embedding_disk"),
-            (
-                self.do_sample,
-                "--do_sample (logits lm_head, greedy_head, sample_head)",
-            ),
             (
                 self.use_history_kv,
                 "--use_history_kv / --use_block_with_kv (block_kv_i)",
@@ -325,6 +322,7 @@ impl ConvertArgs {
             num_core,
             symmetric: self.symmetric,
             dynamic: self.dynamic,
+            do_sample: self.do_sample,
             debug: self.debug,
             only_mlir: self.only_mlir,
             dry_run: self.dry_run,
