@@ -1,0 +1,89 @@
+//! dlopens libbmlib then libbmrt once per process and keeps them loaded for good: every
+//! `Runtime`, `DeviceMem` and `NetInfo` holds plain function pointers into them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
+
+use super::ffi::BmrtApi;
+use crate::toolchain::RuntimeLibs;
+
+struct Loaded {
+    /// The folder the libraries came from (canonical when possible).
+    dir: PathBuf,
+    /// Held only to keep libbmlib (and its global symbols) loaded.
+    _bmlib: Library,
+    api: BmrtApi,
+}
+
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+/// Serialises the first load, so two threads never dlopen concurrently.
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// The runtime API from `libs`, loading it on first use. One folder per process: the simulator's
+/// and libsophon's libbmlib share the soname `libbmlib.so.0`, so they cannot coexist.
+pub(crate) fn api(libs: &RuntimeLibs) -> Result<&'static BmrtApi> {
+    let dir = canonical(libs.dir());
+    // A poisoned lock only means another thread panicked while loading; LOADED tells the truth.
+    let _guard = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+    let loaded = match LOADED.get() {
+        Some(l) => l,
+        None => {
+            let l = open(&dir).with_context(|| format!("loading the {}", libs.describe()))?;
+            LOADED.get_or_init(|| l)
+        }
+    };
+    if loaded.dir != dir {
+        bail!(
+            "this process already loaded the runtime libraries from {}; it cannot also load {} \
+             (one runtime per process)",
+            loaded.dir.display(),
+            dir.display()
+        );
+    }
+    Ok(&loaded.api)
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+fn open(dir: &Path) -> Result<Loaded> {
+    let bmlib_path = dir.join("libbmlib.so");
+    let bmrt_path = dir.join("libbmrt.so");
+    for p in [&bmlib_path, &bmrt_path] {
+        if !p.exists() {
+            bail!(
+                "{} does not exist: install the toolchain (`llm-convert toolchain install`) for \
+                 the simulator, or libsophon for a device",
+                p.display()
+            );
+        }
+    }
+    // libbmlib first, by absolute path and RTLD_GLOBAL: libbmrt's `NEEDED libbmlib.so.0` then
+    // resolves to this copy (same soname) whatever LD_LIBRARY_PATH said at process start. The
+    // simulator's libbmlib dlopens libcmodel.so itself, through its own RUNPATH ($ORIGIN).
+    // SAFETY: loading runs the library's initialisers; these are the vendor runtime libraries
+    // the user chose to run, and nothing else in the process has loaded another copy.
+    let bmlib = unsafe { Library::open(Some(&bmlib_path), RTLD_NOW | RTLD_GLOBAL) }
+        .with_context(|| format!("dlopen {}", bmlib_path.display()))?;
+    // SAFETY: as above.
+    let bmrt = unsafe { Library::open(Some(&bmrt_path), RTLD_NOW | RTLD_LOCAL) }
+        .with_context(|| format!("dlopen {}", bmrt_path.display()))?;
+    // SAFETY: every symbol is looked up by the name and C signature our header declares
+    // (checked against TPU-MLIR 1.30.2's libraries); bm_* symbols resolve through libbmrt's
+    // dependency on libbmlib. Fails cleanly if any is missing (dynamic_link_require_all).
+    let api = unsafe { BmrtApi::from_library(bmrt) }.with_context(|| {
+        format!(
+            "{} lacks a bmrt/bmlib function llm-convert needs (runtime too old?)",
+            dir.display()
+        )
+    })?;
+    Ok(Loaded {
+        dir: dir.to_path_buf(),
+        _bmlib: bmlib,
+        api,
+    })
+}
