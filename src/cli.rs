@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and wiring to the library. No logic lives here.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -50,6 +51,8 @@ pub enum Command {
     },
     /// Run the candle reference model (the golden model) greedily.
     Reference(ReferenceArgs),
+    /// Run a bmodel and the reference on the same tokens; compare every block and every token.
+    Verify(VerifyArgs),
     /// Write every piece (embedding, blocks, lm_head, ...) as an ONNX file.
     ExportOnnx(ExportArgs),
 }
@@ -74,6 +77,43 @@ pub struct ExportArgs {
     /// Output folder; the ONNX files go to <out_dir>/onnx.
     #[arg(short = 'o', long = "out_dir")]
     pub out_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The combined bmodel (ours or TPU-MLIR llm_convert.py's).
+    pub bmodel: PathBuf,
+    /// The model it was made from (the reference runs on its weights).
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub model: PathBuf,
+    /// Prompt token ids, comma separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    pub tokens: Option<Vec<u32>>,
+    /// Prompt text (needs a tokenizer).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Tokens to generate (the first comes from prefill).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// The bmodel's quantization, for the default thresholds (default: from manifest.json next
+    /// to the bmodel, else from its file name).
+    #[arg(short = 'q', long)]
+    pub quantize: Option<String>,
+    /// Minimum cosine of every block's output (default by quantization).
+    #[arg(long = "min-cosine")]
+    pub min_cosine: Option<f64>,
+    /// Minimum fraction of generated tokens the reference agrees with (default by quantization).
+    #[arg(long = "min-agreement")]
+    pub min_agreement: Option<f64>,
+    /// A differing token counts as agreeing when the reference ranks it within this fraction
+    /// of its logit range below its own pick (default by quantization; 0 = exact only).
+    #[arg(long = "tie-margin")]
+    pub tie_margin: Option<f32>,
+    /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +193,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(if report.ok() { 0 } else { 1 })
         }
         Command::Reference(args) => run_reference(args),
+        Command::Verify(args) => run_verify(args, &layout),
         Command::ExportOnnx(args) => {
             let model = Model::open(&args.model)?;
             let opts = crate::arch::PieceOptions::new(args.seq_length, args.max_input_length)
@@ -180,23 +221,7 @@ fn run_reference(args: ReferenceArgs) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let model = Model::open(&args.model)?;
     let tokenizer = model.load_tokenizer()?;
-    let prompt_ids: Vec<u32> = match (&args.tokens, &args.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => {
-            let tok = tokenizer.as_ref().ok_or_else(|| {
-                InputError::invalid(
-                    &args.model,
-                    "--prompt needs a tokenizer and this model has none",
-                    "pass --tokens instead",
-                )
-            })?;
-            tok.encode(text.as_str(), false)
-                .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
-                .get_ids()
-                .to_vec()
-        }
-        (None, None) => unreachable!("clap requires --tokens or --prompt"),
-    };
+    let prompt_ids = prompt_ids(&args.model, tokenizer.as_ref(), &args.tokens, &args.prompt)?;
     let mut reference = Reference::new(&model).context("building the reference model")?;
     let generated = reference.generate_greedy(&prompt_ids, args.steps)?;
     let text = match &tokenizer {
@@ -255,4 +280,150 @@ fn run_convert(args: &ConvertArgs, layout: &Layout) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// `--tokens` as given, or `--prompt` through the model's tokenizer.
+fn prompt_ids(
+    model: &std::path::Path,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    tokens: &Option<Vec<u32>>,
+    prompt: &Option<String>,
+) -> Result<Vec<u32>> {
+    match (tokens, prompt) {
+        (Some(ids), _) => Ok(ids.clone()),
+        (None, Some(text)) => {
+            let tok = tokenizer.ok_or_else(|| {
+                InputError::invalid(
+                    model,
+                    "--prompt needs a tokenizer and this model has none",
+                    "pass --tokens instead",
+                )
+            })?;
+            Ok(tok
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
+                .get_ids()
+                .to_vec())
+        }
+        (None, None) => Err(InputError::invalid(
+            model,
+            "no prompt given",
+            "pass --tokens 1,2,3 or --prompt TEXT",
+        )
+        .into()),
+    }
+}
+
+/// The quantization a bmodel was built with: manifest.json beside it, else its file name.
+fn bmodel_quantize(bmodel: &std::path::Path) -> Option<String> {
+    let manifest = bmodel.parent()?.join("manifest.json");
+    if let Ok(text) = std::fs::read_to_string(manifest) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if let Some(q) = v["options"]["quantize"].as_str() {
+                return Some(q.to_string());
+            }
+        }
+    }
+    let name = bmodel.file_name()?.to_string_lossy().to_lowercase();
+    ["w4bf16", "w4f16", "w8bf16", "w8f16", "bf16", "f16", "f32"]
+        .iter()
+        .find(|q| name.contains(&format!("_{q}_")))
+        .map(|q| q.to_string())
+}
+
+fn run_verify(args: VerifyArgs, layout: &Layout) -> Result<i32> {
+    use crate::runner::verify::{verify, Thresholds};
+    if !args.bmodel.is_file() {
+        return Err(InputError::missing(&args.bmodel, "the bmodel to verify").into());
+    }
+    let model = Model::open(&args.model)?;
+    let tokenizer = model.load_tokenizer()?;
+    let prompt = prompt_ids(&args.model, tokenizer.as_ref(), &args.tokens, &args.prompt)?;
+    let quantize = args
+        .quantize
+        .clone()
+        .or_else(|| bmodel_quantize(&args.bmodel))
+        .unwrap_or_else(|| "unknown".into());
+    let mut thresholds = Thresholds::for_quantize(&quantize);
+    if let Some(c) = args.min_cosine {
+        thresholds.min_cosine = c;
+    }
+    if let Some(a) = args.min_agreement {
+        thresholds.min_agreement = a;
+    }
+    if let Some(t) = args.tie_margin {
+        thresholds.tie_margin = t;
+    }
+    let mut out = crate::util::stdout_to_stderr()?;
+    let libs = RuntimeLibs::select(layout, args.runtime.as_deref());
+    let mut rt = crate::bmrt::Runtime::open(&libs, 0)?;
+    rt.load_bmodel(&args.bmodel)?;
+    let mut pipeline = crate::runner::Pipeline::new(&rt)?;
+    let quiet = args.json;
+    let report = verify(
+        &mut pipeline,
+        &model,
+        &prompt,
+        args.steps,
+        thresholds,
+        |s| {
+            if quiet {
+                return;
+            }
+            let worst = s.blocks.iter().min_by(|a, b| a.cosine.total_cmp(&b.cosine));
+            let mark = if s.token == s.reference_token {
+                ""
+            } else {
+                "  <-- differs"
+            };
+            eprintln!(
+            "step {:>3}: token {:>6} (reference {:>6}){mark}; worst block {} cosine {:.6} ({:.1} s)",
+            s.step,
+            s.token,
+            s.reference_token,
+            worst.map_or(0, |b| b.layer),
+            worst.map_or(1.0, |b| b.cosine),
+            s.seconds
+        );
+        },
+    )?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "quantization: {quantize} (thresholds: block cosine >= {}, token agreement >= {})",
+            thresholds.min_cosine, thresholds.min_agreement
+        )?;
+        writeln!(out, "prefill blocks:")?;
+        for b in &report.steps[0].blocks {
+            let flag = if b.cosine < thresholds.min_cosine {
+                "  <-- below threshold"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  block_{:<3} cosine {:.6}  max |diff| {:.3e}{flag}",
+                b.layer, b.cosine, b.max_abs_diff
+            )?;
+        }
+        writeln!(
+            out,
+            "tokens: {:?}\nagreement with the reference: {:.0}% ({:.0}% exact, near ties at steps {:?}; {}); lowest block cosine {:.6} at step {} block_{}",
+            report.tokens,
+            report.agreement * 100.0,
+            report.exact_agreement * 100.0,
+            report.near_ties,
+            match report.first_divergence {
+                Some(s) => format!("first divergence at step {s}"),
+                None => "no divergence".into(),
+            },
+            report.min_cosine,
+            report.worst_block.0,
+            report.worst_block.1
+        )?;
+        writeln!(out, "{}", if report.pass { "PASS" } else { "FAIL" })?;
+    }
+    Ok(if report.pass { 0 } else { 3 })
 }

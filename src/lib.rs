@@ -11,5 +11,6 @@ pub mod graph;
 pub mod model;
 pub mod onnx;
 pub mod reference;
+pub mod runner;
 pub mod toolchain;
 pub mod util;

@@ -28,3 +28,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
+
+/// Points fd 1 at stderr (the CPU simulator prints its chatter to stdout) and returns a file
+/// on the original stdout, for the command's real output (`--json` must stay parseable).
+pub fn stdout_to_stderr() -> Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    std::io::stdout().flush()?;
+    // SAFETY: dup/dup2 on the process's own standard descriptors; the new fd is owned by the
+    // returned File.
+    unsafe {
+        let saved = libc::dup(1);
+        anyhow::ensure!(saved >= 0, "dup(stdout) failed");
+        anyhow::ensure!(libc::dup2(2, 1) >= 0, "dup2(stderr, stdout) failed");
+        Ok(std::fs::File::from_raw_fd(saved))
+    }
+}

@@ -25,6 +25,9 @@ struct PieceFlags {
     dynamic: DynamicRule,
     #[serde(default)]
     group_size: bool,
+    /// Extra flags only when the piece is compiled `--dynamic`.
+    #[serde(default)]
+    dynamic_flags: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -104,6 +107,7 @@ impl DeployTemplate {
         }
         if self.is_dynamic(piece, o)? {
             a.push("--dynamic".into());
+            a.extend(f.dynamic_flags.iter().cloned());
         }
         if o.debug {
             a.push("--debug".into());

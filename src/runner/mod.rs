@@ -1,0 +1,9 @@
+//! The LLM pipeline on a combined bmodel (our own or TPU-MLIR llm_convert.py's), on the CPU
+//! simulator or a device, and what is built on it: `verify` against the reference.
+
+mod nets;
+mod pipeline;
+pub mod verify;
+
+pub use nets::LlmNets;
+pub use pipeline::{Pipeline, StepResult};

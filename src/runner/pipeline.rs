@@ -1,0 +1,260 @@
+//! Prefill and decode exactly as the LLM-TPU runtime runs them (shared/reference/llm-tpu.md
+//! §4.4-4.5): BM_RUNTIME_SHARE_MEM, the KV cache is block_cache_i's own history inputs, prefill
+//! copies each block's new K/V into it, decode lets the net write its new K/V in place at
+//! (history_length-1)·kv_bytes, and position ids / masks go to layer 0's buffers only.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::nets::LlmNets;
+use crate::bmrt::{DType, DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
+
+/// What one prefill or decode step produced.
+pub struct StepResult {
+    pub token: u32,
+    /// Each block's output rows (real tokens only), f32, when capture is on.
+    pub block_outputs: Vec<Vec<f32>>,
+    /// Launch seconds per net name, in call order.
+    pub launches: Vec<(String, f64)>,
+}
+
+pub struct Pipeline<'rt> {
+    rt: &'rt Runtime,
+    pub nets: LlmNets,
+    past_k: Vec<DeviceMem>,
+    past_v: Vec<DeviceMem>,
+    /// The embedding's output, copied out of the shared neuron memory before block_0's position
+    /// ids and mask (which may live at the same addresses) are written.
+    embedded: DeviceBuffer<'rt>,
+    /// One token's hidden state / K / V in bytes.
+    hidden_bytes: usize,
+    kv_bytes: usize,
+    /// Tokens in the KV cache plus the one being decoded (the runtime's history_length).
+    history: usize,
+    /// Read every block's output back (for verify).
+    pub capture: bool,
+}
+
+impl<'rt> Pipeline<'rt> {
+    pub fn new(rt: &'rt Runtime) -> Result<Pipeline<'rt>> {
+        let nets = LlmNets::discover(rt)?;
+        let c0 = nets.block_caches[0].stage(0)?;
+        let hidden_bytes = c0.output_mems[0].size();
+        let kv_bytes = c0.output_mems[1].size();
+        let mut past_k = Vec::new();
+        let mut past_v = Vec::new();
+        for c in &nets.block_caches {
+            let s = c.stage(0)?;
+            rt.memset_zero(&s.input_mems[3])?;
+            rt.memset_zero(&s.input_mems[4])?;
+            past_k.push(s.input_mems[3]);
+            past_v.push(s.input_mems[4]);
+        }
+        let embedded = rt.alloc(nets.embedding.output_tensor(0, 0)?.mem.size())?;
+        Ok(Pipeline {
+            rt,
+            embedded,
+            nets,
+            past_k,
+            past_v,
+            hidden_bytes,
+            kv_bytes,
+            history: 0,
+            capture: false,
+        })
+    }
+
+    /// Empties the KV cache (a new conversation).
+    pub fn clear(&mut self) -> Result<()> {
+        for m in self.past_k.iter().chain(&self.past_v) {
+            self.rt.memset_zero(m)?;
+        }
+        self.history = 0;
+        Ok(())
+    }
+
+    pub fn history(&self) -> usize {
+        self.history
+    }
+
+    fn launch(
+        &self,
+        net: &NetInfo,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+        log: &mut Vec<(String, f64)>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        self.rt.launch(net, inputs, outputs)?;
+        log.push((net.name.clone(), t0.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    fn encode(&self, dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
+        dtype.encode_f32(values)
+    }
+
+    /// Runs the prompt; returns the first generated token.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<StepResult> {
+        self.clear()?;
+        let n = &self.nets;
+        let (len, mil, seq) = (tokens.len(), n.max_input_length, n.seq_length);
+        anyhow::ensure!(
+            len > 0 && len <= mil && len < seq,
+            "the prompt has {len} tokens; this bmodel takes 1..={} (MAX_INPUT_LENGTH {mil}, SEQLEN {seq})",
+            mil.min(seq - 1)
+        );
+        let mut log = Vec::new();
+        // embedding: ids padded with 0 to MAX_INPUT_LENGTH.
+        let mut ids = vec![0i32; mil];
+        for (slot, &t) in ids.iter_mut().zip(tokens) {
+            *slot = t as i32;
+        }
+        let emb_in = n.embedding.input_tensors(0)?;
+        let emb_out = n.embedding.output_tensors(0)?;
+        self.rt.s2d(&emb_in[0].mem, &ids)?;
+        self.launch(&n.embedding, &emb_in, &emb_out, &mut log)?;
+        self.rt.d2d(
+            &self.embedded,
+            0,
+            &emb_out[0].mem,
+            0,
+            len * self.hidden_bytes,
+        )?;
+
+        // Position ids and mask go to block_0's buffers; every layer binds those.
+        let b0 = n.blocks[0].input_tensors(0)?;
+        let rows = if n.dynamic { len } else { mil };
+        let mut pos = vec![0i32; rows];
+        for (i, p) in pos.iter_mut().enumerate().take(len) {
+            *p = i as i32;
+        }
+        self.rt.s2d_partial(&b0[1].mem, &pos)?;
+        if n.prefill_mask {
+            let mut mask = vec![n.mask_value(); mil * mil];
+            for i in 0..len {
+                mask[i * mil..i * mil + i + 1].fill(0.0);
+            }
+            let bytes = self.encode(b0[2].dtype, &mask)?;
+            self.rt.s2d(&b0[2].mem, &bytes)?;
+        }
+
+        let mut prev: DeviceMem = *self.embedded;
+        let mut block_outputs = Vec::new();
+        for (i, block) in n.blocks.iter().enumerate() {
+            let mut inputs = block.input_tensors(0)?;
+            let outputs = block.output_tensors(0)?;
+            // Compiled with in-place hidden states, a block's input is the previous output.
+            if inputs[0].mem.addr() != prev.addr() {
+                self.rt
+                    .d2d(&inputs[0].mem, 0, &prev, 0, len * self.hidden_bytes)
+                    .with_context(|| format!("feeding block_{i}"))?;
+            }
+            for (k, t) in inputs.iter_mut().enumerate().skip(1) {
+                t.mem = b0[k].mem;
+            }
+            if n.dynamic {
+                inputs[0].shape[1] = len;
+                inputs[1].shape[1] = len;
+            }
+            self.launch(block, &inputs, &outputs, &mut log)?;
+            let kv = len * self.kv_bytes;
+            self.rt.d2d(&self.past_k[i], 0, &outputs[1].mem, 0, kv)?;
+            self.rt.d2d(&self.past_v[i], 0, &outputs[2].mem, 0, kv)?;
+            if self.capture {
+                block_outputs.push(self.read_rows(&outputs[0], len)?);
+            }
+            prev = outputs[0].mem;
+        }
+        let token = self.head(&prev, (len - 1) * self.hidden_bytes, &mut log)?;
+        self.history = len + 1;
+        Ok(StepResult {
+            token,
+            block_outputs,
+            launches: log,
+        })
+    }
+
+    /// Feeds the last generated token; returns the next one.
+    pub fn decode(&mut self, token: u32) -> Result<StepResult> {
+        let n = &self.nets;
+        let (seq, hist) = (n.seq_length, self.history);
+        anyhow::ensure!(
+            hist >= 1 && hist <= seq,
+            "the KV cache is full ({seq} tokens, SEQLEN of this bmodel)"
+        );
+        let mut log = Vec::new();
+        let ec_in = n.embedding_cache.input_tensors(0)?;
+        let ec_out = n.embedding_cache.output_tensors(0)?;
+        self.rt.s2d(&ec_in[0].mem, &[token as i32])?;
+        self.launch(&n.embedding_cache, &ec_in, &ec_out, &mut log)?;
+
+        let c0 = n.block_caches[0].input_tensors(0)?;
+        self.rt.s2d(&c0[1].mem, &[(hist - 1) as i32])?;
+        let mut mask = vec![0f32; seq + 1];
+        mask[hist - 1..seq].fill(n.mask_value());
+        let bytes = self.encode(c0[2].dtype, &mask)?;
+        self.rt.s2d(&c0[2].mem, &bytes)?;
+
+        let mut prev = ec_out[0].mem;
+        let mut block_outputs = Vec::new();
+        let offset = (hist - 1) * self.kv_bytes;
+        for (i, net) in n.block_caches.iter().enumerate() {
+            let mut inputs = net.input_tensors(0)?;
+            let mut outputs = net.output_tensors(0)?;
+            inputs[0].mem = prev;
+            inputs[1].mem = c0[1].mem;
+            inputs[2].mem = c0[2].mem;
+            // In-place KV append: the net writes its new K/V straight into the cache slot.
+            outputs[1].mem = self.past_k[i].sub(offset, self.kv_bytes)?;
+            outputs[2].mem = self.past_v[i].sub(offset, self.kv_bytes)?;
+            self.launch(net, &inputs, &outputs, &mut log)?;
+            if self.capture {
+                block_outputs.push(self.read_rows(&outputs[0], 1)?);
+            }
+            prev = outputs[0].mem;
+        }
+        let token = self.head(&prev, 0, &mut log)?;
+        self.history += 1;
+        Ok(StepResult {
+            token,
+            block_outputs,
+            launches: log,
+        })
+    }
+
+    /// lm_head on one row of `hidden` (at byte `offset`), then greedy_head if lm_head returns
+    /// logits.
+    fn head(&self, hidden: &DeviceMem, offset: usize, log: &mut Vec<(String, f64)>) -> Result<u32> {
+        let n = &self.nets;
+        let lm_in = n.lm_head.input_tensors(0)?;
+        let lm_out = n.lm_head.output_tensors(0)?;
+        self.rt
+            .d2d(&lm_in[0].mem, 0, hidden, offset, self.hidden_bytes)?;
+        self.launch(&n.lm_head, &lm_in, &lm_out, log)?;
+        let out = if n.lm_head_topk {
+            lm_out[0].mem
+        } else {
+            let greedy = n
+                .greedy_head
+                .as_ref()
+                .context("lm_head returns logits but there is no greedy_head")?;
+            let g_in = greedy.input_tensors(0)?;
+            let g_out = greedy.output_tensors(0)?;
+            self.rt
+                .d2d(&g_in[0].mem, 0, &lm_out[0].mem, 0, lm_out[0].bytes())?;
+            self.launch(greedy, &g_in, &g_out, log)?;
+            g_out[0].mem
+        };
+        let token: Vec<i32> = self.rt.read(&out, 1)?;
+        Ok(token[0] as u32)
+    }
+
+    /// The first `rows` rows of a `[1, rows.., H]` hidden-state tensor, as f32.
+    fn read_rows(&self, t: &Tensor, rows: usize) -> Result<Vec<f32>> {
+        let bytes = rows * self.hidden_bytes;
+        let raw: Vec<u8> = self.rt.read(&t.mem, bytes)?;
+        t.dtype.decode_f32(&raw)
+    }
+}

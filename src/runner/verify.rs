@@ -1,0 +1,216 @@
+//! `verify`: the bmodel and the candle reference on the same tokens. Prefill compares every
+//! block's output rows; decode is teacher-forced (both sides get the bmodel's token) so each
+//! step compares every block and whether the reference would pick the same token.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::pipeline::Pipeline;
+use crate::model::Model;
+use crate::reference::{argmax, rms_norm, Reference, StepOutput};
+
+/// Pass/fail limits; defaults depend on the quantization (see [`Thresholds::for_quantize`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Thresholds {
+    /// Every block output's cosine with the reference must reach this.
+    pub min_cosine: f64,
+    /// Fraction of generated tokens the reference must agree with.
+    pub min_agreement: f64,
+    /// A different token still agrees when the reference ranks it within this fraction of its
+    /// logit range below its own pick: 16-bit activations cannot break closer ties.
+    pub tie_margin: f32,
+}
+
+impl Thresholds {
+    /// bf16/f16 activations on a healthy model stay above 0.99 per block and agree on every
+    /// greedy token; weight-only quantization moves both, w4 most.
+    pub fn for_quantize(q: &str) -> Thresholds {
+        let (min_cosine, min_agreement, tie_margin) = match q {
+            "f32" => (0.9999, 1.0, 0.0005),
+            "bf16" | "f16" => (0.99, 1.0, 0.005),
+            "w8bf16" | "w8f16" => (0.98, 0.75, 0.02),
+            _ => (0.95, 0.5, 0.05), // w4*, unknown
+        };
+        Thresholds {
+            min_cosine,
+            min_agreement,
+            tie_margin,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockCheck {
+    pub layer: usize,
+    pub cosine: f64,
+    pub max_abs_diff: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepCheck {
+    /// 0 = prefill (the first generated token), then one per decode step.
+    pub step: usize,
+    pub token: u32,
+    pub reference_token: u32,
+    /// How far below the reference's best logit the bmodel's token is, relative to the
+    /// logits' range (0 when they agree; tiny when bf16 rounding broke a near tie).
+    pub reference_margin: f32,
+    pub blocks: Vec<BlockCheck>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub prompt: Vec<u32>,
+    pub steps: Vec<StepCheck>,
+    pub tokens: Vec<u32>,
+    /// Fraction of steps where the bmodel's token is the reference's, or a near tie
+    /// (`thresholds.tie_margin`).
+    pub agreement: f64,
+    /// Fraction of steps with exactly the reference's token.
+    pub exact_agreement: f64,
+    /// Steps where the tokens differ only by a near tie.
+    pub near_ties: Vec<usize>,
+    pub first_divergence: Option<usize>,
+    pub min_cosine: f64,
+    /// (step, layer) of the lowest cosine.
+    pub worst_block: (usize, usize),
+    pub thresholds: Thresholds,
+    pub pass: bool,
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        return if na == nb { 1.0 } else { 0.0 };
+    }
+    dot / (na * nb)
+}
+
+fn compare(
+    model: &Model,
+    device: &[Vec<f32>],
+    reference: &StepOutput,
+    rows: usize,
+) -> Result<Vec<BlockCheck>> {
+    let last = reference.layer_outputs.len().saturating_sub(1);
+    let norm = model.tensor("model.norm.weight")?;
+    let mut out = Vec::with_capacity(device.len());
+    for (layer, got) in device.iter().enumerate() {
+        let mut want = reference.layer_outputs[layer].clone();
+        // The final norm is folded into the last block.
+        if layer == last {
+            want = rms_norm(&want, &norm, model.config.rms_norm_eps)?;
+        }
+        let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+        let tail = want.len() - rows * model.config.hidden_size;
+        let want = &want[tail..];
+        out.push(BlockCheck {
+            layer,
+            cosine: cosine(got, want),
+            max_abs_diff: got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max),
+        });
+    }
+    Ok(out)
+}
+
+/// `(best - logits[token]) / (best - worst)` of the reference logits.
+fn margin(logits: &[f32], token: u32) -> f32 {
+    let best = logits.iter().copied().fold(f32::MIN, f32::max);
+    let worst = logits.iter().copied().fold(f32::MAX, f32::min);
+    match logits.get(token as usize) {
+        Some(&l) if best > worst => (best - l) / (best - worst),
+        _ => 1.0,
+    }
+}
+
+/// Runs `prompt` and `steps` generated tokens on both sides.
+pub fn verify(
+    pipeline: &mut Pipeline,
+    model: &Model,
+    prompt: &[u32],
+    steps: usize,
+    thresholds: Thresholds,
+    mut on_step: impl FnMut(&StepCheck),
+) -> Result<VerifyReport> {
+    pipeline.capture = true;
+    let mut reference = Reference::new(model)?.keep_hidden(true);
+    let mut checks = Vec::new();
+    let t0 = std::time::Instant::now();
+    let dev = pipeline.prefill(prompt)?;
+    let refs = reference.prefill(prompt)?;
+    checks.push(StepCheck {
+        step: 0,
+        token: dev.token,
+        reference_token: argmax(&refs.logits),
+        reference_margin: margin(&refs.logits, dev.token),
+        blocks: compare(model, &dev.block_outputs, &refs, prompt.len())?,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    on_step(&checks[0]);
+    let mut token = dev.token;
+    for step in 1..steps.max(1) {
+        if pipeline.history() >= pipeline.nets.seq_length {
+            break;
+        }
+        let t0 = std::time::Instant::now();
+        let dev = pipeline.decode(token)?;
+        let refs = reference.decode(token)?;
+        checks.push(StepCheck {
+            step,
+            token: dev.token,
+            reference_token: argmax(&refs.logits),
+            reference_margin: margin(&refs.logits, dev.token),
+            blocks: compare(model, &dev.block_outputs, &refs, 1)?,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        on_step(&checks[checks.len() - 1]);
+        token = dev.token;
+    }
+    let exact = checks
+        .iter()
+        .filter(|c| c.token == c.reference_token)
+        .count();
+    let near_ties: Vec<usize> = checks
+        .iter()
+        .filter(|c| c.token != c.reference_token && c.reference_margin <= thresholds.tie_margin)
+        .map(|c| c.step)
+        .collect();
+    let n = checks.len() as f64;
+    let agreement = (exact + near_ties.len()) as f64 / n;
+    let exact_agreement = exact as f64 / n;
+    let first_divergence = checks
+        .iter()
+        .find(|c| c.token != c.reference_token)
+        .map(|c| c.step);
+    let mut min_cosine = f64::INFINITY;
+    let mut worst_block = (0, 0);
+    for c in &checks {
+        for b in &c.blocks {
+            if b.cosine < min_cosine {
+                min_cosine = b.cosine;
+                worst_block = (c.step, b.layer);
+            }
+        }
+    }
+    let pass = min_cosine >= thresholds.min_cosine && agreement >= thresholds.min_agreement;
+    Ok(VerifyReport {
+        prompt: prompt.to_vec(),
+        tokens: checks.iter().map(|c| c.token).collect(),
+        steps: checks,
+        agreement,
+        exact_agreement,
+        near_ties,
+        first_divergence,
+        min_cosine,
+        worst_block,
+        thresholds,
+        pass,
+    })
+}

@@ -1,0 +1,299 @@
+//! The LLM pipeline on the CPU simulator: bmodels we convert (and one made by TPU-MLIR's own
+//! llm_convert.py) run prefill + decode exactly as the LLM-TPU runtime does, and `verify`
+//! compares every block and every token with the candle reference.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const PROMPT: &str = "3,17,256,999,42,7,511,128";
+
+/// Converts `fixture` (seq 64) and returns the combined bmodel's path.
+fn convert(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let model = common::fixtures().join(fixture);
+    let out = dir.join("out");
+    let cache = dir.join("cache");
+    let mut args = vec![
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&["--cache-dir", cache.to_str().unwrap(), "--json"]);
+    args.extend_from_slice(extra);
+    let o = common::llm_convert(&args);
+    assert!(
+        o.status.success(),
+        "convert {fixture} {extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    PathBuf::from(m["bmodel"].as_str().unwrap())
+}
+
+/// `llm-convert verify --json`; returns (exit code, report).
+fn verify(bmodel: &Path, fixture: &str, steps: usize, extra: &[&str]) -> (i32, Value) {
+    let model = common::fixtures().join(fixture);
+    let steps = steps.to_string();
+    let mut args = vec![
+        "verify",
+        bmodel.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&["--tokens", PROMPT, "--steps", &steps, "--json"]);
+    args.extend_from_slice(extra);
+    let o = common::llm_convert(&args);
+    let report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap_or(-1), report)
+}
+
+fn min_cosine(r: &Value) -> f64 {
+    r["min_cosine"].as_f64().unwrap()
+}
+
+fn tokens(r: &Value) -> Vec<u64> {
+    r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+/// The reference's own greedy tokens (free-running, not teacher-forced).
+fn reference_tokens(fixture: &str, steps: usize) -> Vec<u64> {
+    let model = common::fixtures().join(fixture);
+    let o = common::llm_convert(&[
+        "reference",
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        PROMPT,
+        "--steps",
+        &steps.to_string(),
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+/// bf16 bmodels over 16 steps: every block's cosine >= 0.999 and every token the reference's,
+/// except where bf16 broke a near tie (the reference ranks the bmodel's token within 0.5% of
+/// its logit range below its own pick; the random tiny models have flat logits). Where no tie
+/// was broken, the free-running greedy sequence equals the reference's.
+fn bf16_matches_reference(fixture: &str, extra: &[&str]) {
+    common::toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = vec!["-q", "bf16"];
+    flags.extend_from_slice(extra);
+    let bmodel = convert(fixture, dir.path(), &flags);
+    let (code, r) = verify(&bmodel, fixture, 16, &[]);
+    println!(
+        "{fixture} {extra:?}: min block cosine {:.6}, exact agreement {}, near ties at {}",
+        min_cosine(&r),
+        r["exact_agreement"],
+        r["near_ties"]
+    );
+    assert_eq!(code, 0, "{fixture}: verify failed: {r}");
+    assert_eq!(r["pass"], true);
+    assert_eq!(r["agreement"].as_f64(), Some(1.0), "{fixture}: {r}");
+    assert!(
+        min_cosine(&r) >= 0.999,
+        "{fixture}: min block cosine {}",
+        min_cosine(&r)
+    );
+    for step in r["steps"].as_array().unwrap() {
+        if step["token"] != step["reference_token"] {
+            let m = step["reference_margin"].as_f64().unwrap();
+            assert!(
+                m <= 0.005,
+                "{fixture}: step {} differs by {m} of the logit range",
+                step["step"]
+            );
+        }
+    }
+    if r["near_ties"].as_array().unwrap().is_empty() {
+        assert_eq!(
+            tokens(&r),
+            reference_tokens(fixture, 16),
+            "{fixture}: greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn qwen2_bf16_static() {
+    bf16_matches_reference("qwen2", &[]);
+}
+
+#[test]
+fn llama_tied_bf16_dynamic() {
+    bf16_matches_reference("llama_tied", &["--dynamic"]);
+}
+
+#[test]
+fn qwen3_bf16_static() {
+    bf16_matches_reference("qwen3", &[]);
+}
+
+#[test]
+fn minicpm_bf16_dynamic() {
+    bf16_matches_reference("minicpm", &["--dynamic"]);
+}
+
+/// --do_sample bmodels: lm_head returns logits and the greedy token comes from greedy_head.
+#[test]
+fn llama_rope3_bf16_do_sample_greedy_head() {
+    bf16_matches_reference("llama_rope3", &["--do_sample"]);
+}
+
+/// w4bf16: the verification runs and its agreement is reported (4-bit weights of a random tiny
+/// model move the numbers; the default w4 thresholds apply).
+#[test]
+fn qwen2_w4bf16_agreement_is_reported() {
+    common::toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let bmodel = convert("qwen2", dir.path(), &["-q", "w4bf16"]);
+    let (code, r) = verify(&bmodel, "qwen2", 8, &[]);
+    println!(
+        "qwen2 w4bf16: min block cosine {:.6}, agreement {}",
+        min_cosine(&r),
+        r["agreement"]
+    );
+    assert_eq!(
+        r["thresholds"]["min_cosine"].as_f64(),
+        Some(0.95),
+        "w4 thresholds from manifest.json"
+    );
+    assert_eq!(r["steps"].as_array().unwrap().len(), 8);
+    // 4-bit groups of 64 over uniform random weights lose more than real checkpoints do.
+    assert!(min_cosine(&r) > 0.8, "w4bf16 block cosine collapsed: {r}");
+    assert_eq!(code, if r["pass"] == true { 0 } else { 3 });
+    // Thresholds are overridable: an impossible one fails with exit code 3.
+    let (code, r) = verify(&bmodel, "qwen2", 2, &["--min-cosine", "1.01"]);
+    assert_eq!((code, &r["pass"]), (3, &Value::Bool(false)));
+}
+
+/// A bmodel made by TPU-MLIR's own llm_convert.py runs in our runner with the same greedy
+/// tokens as our bmodel of the same model (bf16 checkpoint; llm_convert.py refuses f32 ones).
+#[test]
+fn llm_convert_py_bmodel_runs_like_ours() {
+    let layout = common::toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("qwen2_bf16");
+    let theirs_dir = dir.path().join("theirs");
+    let tool = layout.python_tool("llm_convert.py");
+    let mut cmd = Command::new(layout.python());
+    cmd.arg(&tool)
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-q",
+            "bf16",
+            "-c",
+            "bm1684x",
+        ])
+        .args(["-o", theirs_dir.to_str().unwrap()]);
+    for (k, v) in llm_convert::toolchain::env::tool_env(&layout) {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "llm_convert.py failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let theirs = std::fs::read_dir(&theirs_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
+        .expect("llm_convert.py wrote a bmodel");
+    let ours = convert("qwen2_bf16", dir.path(), &["-q", "bf16"]);
+    let (code_t, rt) = verify(&theirs, "qwen2_bf16", 8, &["-q", "bf16"]);
+    let (code_o, ro) = verify(&ours, "qwen2_bf16", 8, &[]);
+    println!(
+        "llm_convert.py: min cosine {:.6}; ours {:.6}",
+        min_cosine(&rt),
+        min_cosine(&ro)
+    );
+    assert_eq!(
+        tokens(&rt),
+        tokens(&ro),
+        "same greedy tokens from both bmodels"
+    );
+    assert_eq!((code_t, code_o), (0, 0));
+}
+
+/// A bmodel that lacks a net the contract requires fails with a message naming it.
+#[test]
+fn missing_net_is_named() {
+    let layout = common::toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("qwen2");
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "-o",
+        dir.path().join("out").to_str().unwrap(),
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let pieces: Vec<&str> = m["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "block_cache_1")
+        .map(|p| p["bmodel"].as_str().unwrap())
+        .collect();
+    let broken = dir.path().join("broken.bmodel");
+    let status = Command::new(layout.tool("model_tool"))
+        .arg("--combine")
+        .args(&pieces)
+        .args(["-o", broken.to_str().unwrap()])
+        .envs(llm_convert::toolchain::env::tool_env(&layout))
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success());
+    let o = common::llm_convert(&[
+        "verify",
+        broken.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        "1,2",
+        "--steps",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("block_cache_1"), "{err}");
+}
