@@ -7,6 +7,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -30,16 +31,18 @@ def main():
     label = sys.argv[1]
     cmd = sys.argv[sys.argv.index("--") + 1:]
     t0 = time.time()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A file, not a pipe: nobody reads a pipe while the child runs, and a full one blocks it.
+    log = tempfile.TemporaryFile()
+    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc = psutil.Process(child.pid)
     peak = 0
     while child.poll() is None:
         peak = max(peak, tree_rss(proc))
         time.sleep(0.1)
     wall = time.time() - t0
-    err = child.stderr.read().decode(errors="replace")
     if child.returncode != 0:
-        sys.stderr.write(err[-3000:])
+        log.seek(0)
+        sys.stderr.write(log.read().decode(errors="replace")[-3000:])
     print(json.dumps({"label": label, "ok": child.returncode == 0, "wall_s": round(wall, 1),
                       "peak_rss_mb": round(peak / 2**20)}), flush=True)
 

@@ -53,6 +53,8 @@ pub enum Command {
     Reference(ReferenceArgs),
     /// Run a bmodel and the reference on the same tokens; compare every block and every token.
     Verify(VerifyArgs),
+    /// First-token latency, decode tokens/s, time per net and device memory of a bmodel.
+    Bench(BenchArgs),
     /// Write every piece (embedding, blocks, lm_head, ...) as an ONNX file.
     ExportOnnx(ExportArgs),
 }
@@ -109,6 +111,23 @@ pub struct VerifyArgs {
     /// of its logit range below its own pick (default by quantization; 0 = exact only).
     #[arg(long = "tie-margin")]
     pub tie_margin: Option<f32>,
+    /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The combined bmodel.
+    pub bmodel: PathBuf,
+    /// Prompt length for the prefill (capped at MAX_INPUT_LENGTH).
+    #[arg(long = "prompt-tokens", default_value_t = 16)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode after the prefill.
+    #[arg(long = "decode-tokens", default_value_t = 8)]
+    pub decode_tokens: usize,
     /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
     #[arg(long)]
     pub runtime: Option<String>,
@@ -194,6 +213,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Reference(args) => run_reference(args),
         Command::Verify(args) => run_verify(args, &layout),
+        Command::Bench(args) => run_bench(args, &layout),
         Command::ExportOnnx(args) => {
             let model = Model::open(&args.model)?;
             let opts = crate::arch::PieceOptions::new(args.seq_length, args.max_input_length)
@@ -426,4 +446,68 @@ fn run_verify(args: VerifyArgs, layout: &Layout) -> Result<i32> {
         writeln!(out, "{}", if report.pass { "PASS" } else { "FAIL" })?;
     }
     Ok(if report.pass { 0 } else { 3 })
+}
+
+fn run_bench(args: BenchArgs, layout: &Layout) -> Result<i32> {
+    if !args.bmodel.is_file() {
+        return Err(InputError::missing(&args.bmodel, "the bmodel to benchmark").into());
+    }
+    let mut out = crate::util::stdout_to_stderr()?;
+    let libs = RuntimeLibs::select(layout, args.runtime.as_deref());
+    let mut rt = crate::bmrt::Runtime::open(&libs, 0)?;
+    let t0 = std::time::Instant::now();
+    rt.load_bmodel(&args.bmodel)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let r = crate::runner::bench::bench(
+        &rt,
+        load_s,
+        args.prompt_tokens,
+        args.decode_tokens,
+        libs.is_simulator(),
+    )?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+        return Ok(0);
+    }
+    let label = if r.simulated {
+        " (SIMULATED: CPU cmodel, not a TPU's speed)"
+    } else {
+        ""
+    };
+    writeln!(out, "runtime: {}{label}", r.runtime)?;
+    writeln!(
+        out,
+        "model: {} layers, MAX_INPUT_LENGTH {}, SEQLEN {}, {}",
+        r.layers,
+        r.max_input_length,
+        r.seq_length,
+        if r.dynamic { "dynamic" } else { "static" }
+    )?;
+    writeln!(out, "load: {:.2} s", r.load_s)?;
+    writeln!(
+        out,
+        "first token ({} prompt tokens): {:.3} s",
+        r.prompt_tokens, r.first_token_s
+    )?;
+    writeln!(
+        out,
+        "decode: {:.2} tokens/s over {} tokens",
+        r.decode_tokens_per_s, r.decode_tokens
+    )?;
+    writeln!(out, "mean time per net:")?;
+    for n in &r.nets {
+        writeln!(
+            out,
+            "  {:<18} {:>4} launches  {:>10.2} ms",
+            n.net, n.launches, n.mean_ms
+        )?;
+    }
+    match r.device_memory_mb {
+        (0, 0) => writeln!(
+            out,
+            "device memory: not reported by this runtime (the simulator reports none)"
+        )?,
+        (total, used) => writeln!(out, "device memory: {used} MB used of {total} MB")?,
+    }
+    Ok(0)
 }

@@ -22,35 +22,8 @@ const TOKEN: usize = 17;
 
 /// `llm-convert -m <fixture> -s 64 -q bf16 --json`, returning the combined bmodel's path.
 fn convert(model: &Path, tmp: &Path) -> PathBuf {
-    let args = [
-        "-m",
-        model.to_str().unwrap(),
-        "-s",
-        &SEQ.to_string(),
-        "-q",
-        "bf16",
-        "-o",
-        tmp.join("out").to_str().unwrap(),
-        "--cache-dir",
-        tmp.join("cache").to_str().unwrap(),
-        "--json",
-    ]
-    .map(String::from);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = common::llm_convert(&args);
-    assert!(
-        o.status.success(),
-        "llm-convert {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&o.stdout).expect("--json prints the manifest");
-    PathBuf::from(
-        manifest["bmodel"]
-            .as_str()
-            .expect("manifest names the bmodel"),
-    )
+    let m = common::convert_seq64(model, &tmp.join("out"), &tmp.join("cache"), &["-q", "bf16"]);
+    PathBuf::from(m["bmodel"].as_str().expect("manifest names the bmodel"))
 }
 
 /// A `[rows, cols]` weight as f32 rows.

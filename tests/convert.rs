@@ -198,26 +198,7 @@ fn expected_nets_with(
 }
 
 fn run_convert(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "-m",
-        model.to_str().unwrap(),
-        "-s",
-        "64",
-        "-o",
-        out.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let o = common::llm_convert(&args);
-    assert!(
-        o.status.success(),
-        "llm-convert {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
+    common::convert_seq64(model, out, cache, extra)
 }
 
 /// Converts `fixture` and checks the combined bmodel against the contract.
@@ -651,6 +632,7 @@ fn smollm2_w4bf16_seq512() {
     let nets = parse_info(&std::fs::read_to_string(dir.path().join("out/model.log")).unwrap());
     let config = serde_json::json!({
         "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "vocab_size": 49152,
     });
     let want = expected_nets(&config, 512, 512, "bfloat16", false);
     assert_eq!(nets.len(), want.len());

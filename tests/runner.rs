@@ -14,25 +14,7 @@ const PROMPT: &str = "3,17,256,999,42,7,511,128";
 /// Converts `fixture` (seq 64) and returns the combined bmodel's path.
 fn convert(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
     let model = common::fixtures().join(fixture);
-    let out = dir.join("out");
-    let cache = dir.join("cache");
-    let mut args = vec![
-        "-m",
-        model.to_str().unwrap(),
-        "-s",
-        "64",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&["--cache-dir", cache.to_str().unwrap(), "--json"]);
-    args.extend_from_slice(extra);
-    let o = common::llm_convert(&args);
-    assert!(
-        o.status.success(),
-        "convert {fixture} {extra:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = common::convert_seq64(&model, &dir.join("out"), &dir.join("cache"), extra);
     PathBuf::from(m["bmodel"].as_str().unwrap())
 }
 
@@ -168,7 +150,7 @@ fn llama_rope3_bf16_do_sample_greedy_head() {
 /// w4bf16: the verification runs and its agreement is reported (4-bit weights of a random tiny
 /// model move the numbers; the default w4 thresholds apply).
 #[test]
-fn qwen2_w4bf16_agreement_is_reported() {
+fn qwen2_w4bf16_verify_and_bench() {
     common::toolchain();
     let dir = tempfile::tempdir().unwrap();
     let bmodel = convert("qwen2", dir.path(), &["-q", "w4bf16"]);
@@ -190,6 +172,38 @@ fn qwen2_w4bf16_agreement_is_reported() {
     // Thresholds are overridable: an impossible one fails with exit code 3.
     let (code, r) = verify(&bmodel, "qwen2", 2, &["--min-cosine", "1.01"]);
     assert_eq!((code, &r["pass"]), (3, &Value::Bool(false)));
+
+    // bench: figures from real launches, labelled as simulated.
+    let o = common::llm_convert(&[
+        "bench",
+        bmodel.to_str().unwrap(),
+        "--prompt-tokens",
+        "5",
+        "--decode-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(b["simulated"], true);
+    assert_eq!(
+        (b["prompt_tokens"].as_u64(), b["decode_tokens"].as_u64()),
+        (Some(5), Some(3))
+    );
+    assert!(b["first_token_s"].as_f64().unwrap() > 0.0);
+    assert!(b["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let launches = |net: &str| {
+        b["nets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["net"] == net)
+            .unwrap()["launches"]
+            .as_u64()
+    };
+    assert_eq!(launches("block_1"), Some(1));
+    assert_eq!(launches("block_cache_1"), Some(3));
+    assert_eq!(launches("lm_head"), Some(4));
 }
 
 /// A bmodel made by TPU-MLIR's own llm_convert.py runs in our runner with the same greedy
@@ -251,21 +265,12 @@ fn missing_net_is_named() {
     let layout = common::toolchain();
     let dir = tempfile::tempdir().unwrap();
     let model = common::fixtures().join("qwen2");
-    let o = common::llm_convert(&[
-        "-m",
-        model.to_str().unwrap(),
-        "-s",
-        "64",
-        "-q",
-        "bf16",
-        "-o",
-        dir.path().join("out").to_str().unwrap(),
-        "--cache-dir",
-        dir.path().join("cache").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success());
-    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = common::convert_seq64(
+        &model,
+        &dir.path().join("out"),
+        &dir.path().join("cache"),
+        &["-q", "bf16"],
+    );
     let pieces: Vec<&str> = m["pieces"]
         .as_array()
         .unwrap()

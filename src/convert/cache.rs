@@ -53,6 +53,12 @@ fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<()> {
     }
 }
 
+fn sidecar(artifact: &Path) -> PathBuf {
+    let mut name = artifact.as_os_str().to_os_string();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
 /// sha256 of a whole file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
@@ -84,7 +90,18 @@ impl PieceCache {
         p.is_file().then_some(p)
     }
 
-    /// Moves (or copies) a finished artifact into the store atomically; returns its path.
+    /// sha256 of a stored artifact, from the sidecar written by [`Self::put`] (hashed again
+    /// if the sidecar is missing).
+    pub fn sha256(&self, artifact: &Path) -> Result<String> {
+        let sidecar = sidecar(artifact);
+        match std::fs::read_to_string(&sidecar) {
+            Ok(s) if s.trim().len() == 64 => Ok(s.trim().to_string()),
+            _ => sha256_file(artifact),
+        }
+    }
+
+    /// Moves (or copies) a finished artifact into the store atomically, with a sha256
+    /// sidecar; returns its path.
     pub fn put(&self, key: &str, ext: &str, file: &Path) -> Result<PathBuf> {
         let dest = self.path(key, ext);
         let dir = dest.parent().context("cache path has no parent")?;
@@ -94,6 +111,8 @@ impl PieceCache {
             std::fs::copy(file, &tmp)
                 .with_context(|| format!("copying {} into the cache", file.display()))?;
         }
+        let sha = sha256_file(&tmp)?;
+        crate::util::write_atomic(&sidecar(&dest), sha.as_bytes())?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("storing {}", dest.display()))?;
         Ok(dest)
     }

@@ -93,9 +93,24 @@ pub fn mask_create_time(bytes: &[u8]) -> Vec<u8> {
 
 /// sha256 of a bmodel with its create time masked (see [`mask_create_time`]).
 pub fn sha256_without_create_time(path: &Path) -> Result<String> {
+    Ok(sha256_both(path)?.1)
+}
+
+/// (sha256, sha256 with the create time masked) of a bmodel, hashed on two threads.
+pub fn sha256_both(path: &Path) -> Result<(String, String)> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(crate::util::hex(&Sha256::digest(mask_create_time(&bytes))))
+    let head = bytes.len().min(64 * 1024);
+    let (raw, masked) = std::thread::scope(|s| {
+        let raw = s.spawn(|| crate::util::hex(&Sha256::digest(&bytes)));
+        let mut h = Sha256::new();
+        h.update(mask_create_time(&bytes[..head]));
+        h.update(&bytes[head..]);
+        let masked = crate::util::hex(&h.finalize());
+        (raw.join(), masked)
+    });
+    let raw = raw.map_err(|_| anyhow::anyhow!("hashing thread panicked"))?;
+    Ok((raw, masked))
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ impl Manifest {
         config_files: Vec<String>,
         timings: Timings,
     ) -> Result<Manifest> {
+        let (sha, masked) = super::combine::sha256_both(bmodel)?;
         Ok(Manifest {
             tool: format!("llm-convert {}", env!("CARGO_PKG_VERSION")),
             tpu_mlir_version: crate::toolchain::TPU_MLIR_VERSION.into(),
@@ -67,8 +68,8 @@ impl Manifest {
             options: opts.clone(),
             bmodel: bmodel.to_path_buf(),
             bmodel_bytes,
-            bmodel_sha256: super::cache::sha256_file(bmodel)?,
-            bmodel_sha256_without_create_time: super::combine::sha256_without_create_time(bmodel)?,
+            bmodel_sha256: sha,
+            bmodel_sha256_without_create_time: masked,
             config_files,
             pieces,
             timings,

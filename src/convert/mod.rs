@@ -28,7 +28,7 @@ use crate::toolchain::Layout;
 use cache::PieceCache;
 use deploy_flags::DeployTemplate;
 use progress::Progress;
-use worker::{PythonWorker, SpawnRunner, ToolRunner};
+use worker::{LazyWorker, SpawnRunner, ToolRunner};
 
 /// Workers use ~0.9 GB each once TPU-MLIR (and torch) are imported.
 const WORKER_MEM: u64 = 1 << 30;
@@ -89,7 +89,7 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
 
     let pieces = crate::arch::pieces(&model.config, &piece_opts);
     let jobs_n = worker_count(&opts, pieces.len());
-    // Start the workers first: their ~6-10 s import overlaps the ONNX export.
+    // Workers start on their first job, so their ~6-10 s import overlaps the rest of the export.
     let runners = start_runners(layout, &opts, &folder, jobs_n)?;
     let cache_root = opts
         .cache_dir
@@ -165,7 +165,7 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
                 .and_then(|b| std::fs::metadata(b).ok())
                 .map(|m| m.len()),
             bmodel_sha256: match &bmodel {
-                Some(b) => Some(cache::sha256_file(b)?),
+                Some(b) => Some(cache.sha256(b)?),
                 None => None,
             },
             bmodel,
@@ -234,65 +234,104 @@ fn plan_pieces(
     progress: &Progress,
     to_compile: &std::sync::mpsc::Sender<PieceJob>,
 ) -> Result<(Vec<PieceJob>, f64)> {
-    let mut planned = Vec::with_capacity(pieces.len());
-    let mut export_s = 0.0;
-    for &piece in pieces {
-        let e = crate::export::export_piece(model, piece, piece_opts, onnx_dir)?;
-        export_s += e.seconds;
-        let name = piece.name();
-        let mut transform_argv = vec![
-            "--model_name".to_string(),
-            name.clone(),
-            "--model_def".into(),
-            "{onnx}".into(),
-            "--mlir".into(),
-            format!("{name}.mlir"),
-        ];
-        if let Some(shapes) = &e.dynamic_input_shapes {
-            // Symbolic ONNX axes get their largest size; the Top MLIR stays static, and
-            // model_deploy --dynamic makes the net dynamic (llm_convert.py's bmodels do the same).
-            let list: Vec<String> = shapes
-                .iter()
-                .map(|s| {
-                    format!(
-                        "[{}]",
-                        s.iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )
-                })
-                .collect();
-            transform_argv.extend(["--input_shapes".into(), format!("[{}]", list.join(","))]);
-        }
-        // Our graphs are already simple: onnxsim and its two constant-folding passes only cost
-        // time (10 s on a 113 MB embedding). `type=bool` upstream: an empty value means False.
-        transform_argv.push("--do_onnx_sim=".into());
-        if opts.debug {
-            transform_argv.push("--debug".into());
-        }
-        let deploy_argv = template.deploy_argv(piece, opts)?;
-        let key = cache::piece_key(&e.path, &transform_argv, &deploy_argv, &e.outputs)?;
-        let onnx_bytes = std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0);
-        inject_fault(&name, &e.path, onnx_bytes)?;
-        let job = PieceJob {
-            piece,
-            onnx: std::path::absolute(&e.path)?,
-            onnx_bytes,
-            outputs: e.outputs,
-            transform_argv,
-            deploy_argv,
-            key,
-        };
-        if !opts.only_mlir && cache.get(&job.key, "bmodel").is_some() {
-            progress.finish(&format!("{name} (cached)"));
-        } else if to_compile.send(job.clone()).is_err() {
-            // The compilers stopped (a piece failed); their error is the one to report.
-            break;
-        }
-        planned.push(job);
+    // Two stages: this thread exports, a second one hashes each ONNX file for its cache key
+    // (sha256 of 1.2 GB of f32 weights costs ~10 s on a CPU without SHA extensions) and hands
+    // uncached pieces to the compilers.
+    let (exported_tx, exported_rx) = std::sync::mpsc::channel::<Exported>();
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || -> Result<Vec<PieceJob>> {
+            let mut planned = Vec::new();
+            for x in exported_rx {
+                let name = x.piece.name();
+                let key = cache::piece_key(&x.path, &x.transform_argv, &x.deploy_argv, &x.outputs)?;
+                let onnx_bytes = std::fs::metadata(&x.path).map(|m| m.len()).unwrap_or(0);
+                inject_fault(&name, &x.path, onnx_bytes)?;
+                let job = PieceJob {
+                    piece: x.piece,
+                    onnx: std::path::absolute(&x.path)?,
+                    onnx_bytes,
+                    outputs: x.outputs,
+                    transform_argv: x.transform_argv,
+                    deploy_argv: x.deploy_argv,
+                    key,
+                };
+                if !opts.only_mlir && cache.get(&job.key, "bmodel").is_some() {
+                    progress.finish(&format!("{name} (cached)"));
+                } else if to_compile.send(job.clone()).is_err() {
+                    // The compilers stopped (a piece failed); their error is the one to report.
+                    break;
+                }
+                planned.push(job);
+            }
+            Ok(planned)
+        });
+        let mut export_s = 0.0;
+        let exporting = (|| -> Result<()> {
+            for &piece in pieces {
+                let e = crate::export::export_piece(model, piece, piece_opts, onnx_dir)?;
+                export_s += e.seconds;
+                let transform_argv = transform_argv(&piece.name(), &e, opts);
+                let deploy_argv = template.deploy_argv(piece, opts)?;
+                let x = Exported {
+                    piece,
+                    path: e.path,
+                    outputs: e.outputs,
+                    transform_argv,
+                    deploy_argv,
+                };
+                if exported_tx.send(x).is_err() {
+                    break; // the hasher failed; its error is reported below
+                }
+            }
+            Ok(())
+        })();
+        drop(exported_tx);
+        let planned = hasher
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the hashing thread panicked")));
+        exporting?;
+        Ok((planned?, export_s))
+    })
+}
+
+/// A piece's ONNX file, on its way to being keyed.
+struct Exported {
+    piece: Piece,
+    path: PathBuf,
+    outputs: Vec<String>,
+    transform_argv: Vec<String>,
+    deploy_argv: Vec<String>,
+}
+
+/// `model_transform.py` arguments; `{onnx}` stands for the ONNX path (not part of the key).
+fn transform_argv(name: &str, e: &crate::export::Exported, opts: &ConvertOptions) -> Vec<String> {
+    let mut argv = vec![
+        "--model_name".to_string(),
+        name.to_string(),
+        "--model_def".into(),
+        "{onnx}".into(),
+        "--mlir".into(),
+        format!("{name}.mlir"),
+    ];
+    if let Some(shapes) = &e.dynamic_input_shapes {
+        // Symbolic ONNX axes get their largest size; the Top MLIR stays static, and
+        // model_deploy --dynamic makes the net dynamic (llm_convert.py's bmodels do the same).
+        let list: Vec<String> = shapes
+            .iter()
+            .map(|s| {
+                let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                format!("[{}]", dims.join(","))
+            })
+            .collect();
+        argv.extend(["--input_shapes".into(), format!("[{}]", list.join(","))]);
     }
-    Ok((planned, export_s))
+    // Our graphs are already simple: onnxsim and its two constant-folding passes only cost
+    // time (10 s on a 113 MB embedding). `type=bool` upstream: an empty value means False.
+    argv.push("--do_onnx_sim=".into());
+    if opts.debug {
+        argv.push("--debug".into());
+    }
+    argv
 }
 
 /// Test hook: `LLM_CONVERT_FAULT_PIECE=<piece>` truncates that piece's ONNX file after its
@@ -328,7 +367,7 @@ fn start_runners(
             runners.push(Box::new(SpawnRunner::new(layout)));
         } else {
             let log = folder.join(format!("worker_{i}.log"));
-            runners.push(Box::new(PythonWorker::start(layout, &log)?));
+            runners.push(Box::new(LazyWorker::new(layout, &log)));
         }
     }
     Ok(runners)

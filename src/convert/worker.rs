@@ -211,6 +211,36 @@ impl Drop for PythonWorker {
     }
 }
 
+/// A [`PythonWorker`] started on its first job: a run whose pieces are all cached never pays
+/// the import, and a cold run still overlaps it with the export of the later pieces.
+pub struct LazyWorker {
+    layout: Layout,
+    log: PathBuf,
+    worker: Option<PythonWorker>,
+}
+
+impl LazyWorker {
+    pub fn new(layout: &Layout, log: &Path) -> LazyWorker {
+        LazyWorker {
+            layout: layout.clone(),
+            log: log.to_path_buf(),
+            worker: None,
+        }
+    }
+}
+
+impl ToolRunner for LazyWorker {
+    fn run(&mut self, tool: &str, argv: &[String], cwd: &Path, log: &Path) -> Result<f64> {
+        let worker = match &mut self.worker {
+            Some(w) => w,
+            None => self
+                .worker
+                .insert(PythonWorker::start(&self.layout, &self.log)?),
+        };
+        worker.run(tool, argv, cwd, log)
+    }
+}
+
 /// One Python process per tool step (the CLI path; slow, for debugging).
 pub struct SpawnRunner {
     layout: Layout,

@@ -1,6 +1,7 @@
 //! The LLM pipeline on a combined bmodel (our own or TPU-MLIR llm_convert.py's), on the CPU
 //! simulator or a device, and what is built on it: `verify` against the reference.
 
+pub mod bench;
 mod nets;
 mod pipeline;
 pub mod verify;

@@ -96,3 +96,20 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
     }
     dst
 }
+
+/// `llm-convert -m MODEL -s 64 -o OUT --cache-dir CACHE --json EXTRA...`; returns the manifest
+/// it prints (fails the test, with the output, if the conversion fails).
+pub fn convert_seq64(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["-m", model.to_str().unwrap(), "-s", "64"];
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+    args.extend_from_slice(&["--cache-dir", cache.to_str().unwrap(), "--json"]);
+    args.extend_from_slice(extra);
+    let o = llm_convert(&args);
+    assert!(
+        o.status.success(),
+        "llm-convert {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
+}
