@@ -6,6 +6,7 @@
 #   warm: the same command again (llm-convert: its piece cache; llm_convert.py: --again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 cargo build --release --locked -q
 BIN=target/release/llm-convert
 $BIN toolchain install >/dev/null

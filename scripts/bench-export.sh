@@ -4,6 +4,7 @@
 # transformers with random weights). Needs `scripts/setup.sh` first. Prints one line per model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 cargo build --release --locked -q
 BIN=target/release/llm-convert
 PY=$($BIN toolchain show | python3 -c 'import json,sys; print(json.load(sys.stdin)["python"])')

@@ -4,5 +4,6 @@
 # Idempotent: a second run only rebuilds what changed and returns quickly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 cargo build --release --locked
 target/release/llm-convert toolchain install

@@ -2,6 +2,8 @@
 # Runs the whole test suite, provisioning included (this is what CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages first: bindgen needs libclang to build the crate at all.
+bash scripts/system-deps.sh
 cargo build --locked
 # One source of truth for provisioning: the tool's own installer.
 target/debug/llm-convert toolchain install
