@@ -162,11 +162,12 @@ fn qwen2_w4bf16_verify_and_bench() {
     );
     assert_eq!(
         r["thresholds"]["min_cosine"].as_f64(),
-        Some(0.95),
+        Some(0.7),
         "w4 thresholds from manifest.json"
     );
     assert_eq!(r["steps"].as_array().unwrap().len(), 8);
-    // 4-bit groups of 64 over uniform random weights lose more than real checkpoints do.
+    // Measured 0.86 for this random tiny model (SmolLM2: 0.78 at its last block); a broken
+    // conversion sits near 0.
     assert!(min_cosine(&r) > 0.8, "w4bf16 block cosine collapsed: {r}");
     assert_eq!(code, if r["pass"] == true { 0 } else { 3 });
     // Thresholds are overridable: an impossible one fails with exit code 3.
