@@ -351,11 +351,26 @@ fn bmodel_quantize(bmodel: &std::path::Path) -> Option<String> {
         .map(|q| q.to_string())
 }
 
+/// The runtime with `bmodel` loaded, the real stdout (fd 1 now goes to stderr: the simulator
+/// chatters there), the libraries chosen, and the load seconds.
+fn open_bmodel(
+    layout: &Layout,
+    runtime: Option<&str>,
+    bmodel: &std::path::Path,
+) -> Result<(std::fs::File, RuntimeLibs, crate::bmrt::Runtime, f64)> {
+    if !bmodel.is_file() {
+        return Err(InputError::missing(bmodel, "the bmodel to run").into());
+    }
+    let out = crate::util::stdout_to_stderr()?;
+    let libs = RuntimeLibs::select(layout, runtime);
+    let mut rt = crate::bmrt::Runtime::open(&libs, 0)?;
+    let t0 = std::time::Instant::now();
+    rt.load_bmodel(bmodel)?;
+    Ok((out, libs, rt, t0.elapsed().as_secs_f64()))
+}
+
 fn run_verify(args: VerifyArgs, layout: &Layout) -> Result<i32> {
     use crate::runner::verify::{verify, Thresholds};
-    if !args.bmodel.is_file() {
-        return Err(InputError::missing(&args.bmodel, "the bmodel to verify").into());
-    }
     let model = Model::open(&args.model)?;
     let tokenizer = model.load_tokenizer()?;
     let prompt = prompt_ids(&args.model, tokenizer.as_ref(), &args.tokens, &args.prompt)?;
@@ -374,10 +389,7 @@ fn run_verify(args: VerifyArgs, layout: &Layout) -> Result<i32> {
     if let Some(t) = args.tie_margin {
         thresholds.tie_margin = t;
     }
-    let mut out = crate::util::stdout_to_stderr()?;
-    let libs = RuntimeLibs::select(layout, args.runtime.as_deref());
-    let mut rt = crate::bmrt::Runtime::open(&libs, 0)?;
-    rt.load_bmodel(&args.bmodel)?;
+    let (mut out, _, rt, _) = open_bmodel(layout, args.runtime.as_deref(), &args.bmodel)?;
     let mut pipeline = crate::runner::Pipeline::new(&rt)?;
     let quiet = args.json;
     let report = verify(
@@ -449,15 +461,7 @@ fn run_verify(args: VerifyArgs, layout: &Layout) -> Result<i32> {
 }
 
 fn run_bench(args: BenchArgs, layout: &Layout) -> Result<i32> {
-    if !args.bmodel.is_file() {
-        return Err(InputError::missing(&args.bmodel, "the bmodel to benchmark").into());
-    }
-    let mut out = crate::util::stdout_to_stderr()?;
-    let libs = RuntimeLibs::select(layout, args.runtime.as_deref());
-    let mut rt = crate::bmrt::Runtime::open(&libs, 0)?;
-    let t0 = std::time::Instant::now();
-    rt.load_bmodel(&args.bmodel)?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let (mut out, libs, rt, load_s) = open_bmodel(layout, args.runtime.as_deref(), &args.bmodel)?;
     let r = crate::runner::bench::bench(
         &rt,
         load_s,

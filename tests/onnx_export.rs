@@ -20,12 +20,7 @@ struct PipelineResult {
 const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
 const STEPS: usize = 16;
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
+use llm_convert::runner::verify::cosine;
 
 fn check(name: &str, seq: usize, mil: usize) {
     check_variant(name, seq, mil, false);

@@ -91,11 +91,6 @@ pub fn mask_create_time(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// sha256 of a bmodel with its create time masked (see [`mask_create_time`]).
-pub fn sha256_without_create_time(path: &Path) -> Result<String> {
-    Ok(sha256_both(path)?.1)
-}
-
 /// (sha256, sha256 with the create time masked) of a bmodel, hashed on two threads.
 pub fn sha256_both(path: &Path) -> Result<(String, String)> {
     use sha2::{Digest, Sha256};

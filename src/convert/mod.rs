@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-pub use combine::{mask_create_time, sha256_without_create_time};
 pub use manifest::{Manifest, PieceRecord};
 pub use options::{ConvertArgs, ConvertOptions};
 

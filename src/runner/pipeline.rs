@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::nets::LlmNets;
-use crate::bmrt::{DType, DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
+use crate::bmrt::{DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
 
 /// What one prefill or decode step produced.
 pub struct StepResult {
@@ -91,10 +91,6 @@ impl<'rt> Pipeline<'rt> {
         Ok(())
     }
 
-    fn encode(&self, dtype: DType, values: &[f32]) -> Result<Vec<u8>> {
-        dtype.encode_f32(values)
-    }
-
     /// Runs the prompt; returns the first generated token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<StepResult> {
         self.clear()?;
@@ -136,7 +132,7 @@ impl<'rt> Pipeline<'rt> {
             for i in 0..len {
                 mask[i * mil..i * mil + i + 1].fill(0.0);
             }
-            let bytes = self.encode(b0[2].dtype, &mask)?;
+            let bytes = b0[2].dtype.encode_f32(&mask)?;
             self.rt.s2d(&b0[2].mem, &bytes)?;
         }
 
@@ -194,7 +190,7 @@ impl<'rt> Pipeline<'rt> {
         self.rt.s2d(&c0[1].mem, &[(hist - 1) as i32])?;
         let mut mask = vec![0f32; seq + 1];
         mask[hist - 1..seq].fill(n.mask_value());
-        let bytes = self.encode(c0[2].dtype, &mask)?;
+        let bytes = c0[2].dtype.encode_f32(&mask)?;
         self.rt.s2d(&c0[2].mem, &bytes)?;
 
         let mut prev = ec_out[0].mem;
