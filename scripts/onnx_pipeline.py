@@ -6,10 +6,12 @@ toolchain venv's python: onnx 1.14.1 + onnxruntime 1.16.3, the versions TPU-MLIR
 
 First every piece must pass onnx.checker.check_model(full_check=True). Then prefill:
 embedding -> block_0..L-1 (static: mask input, positions 0..T-1, padded to MAX_INPUT_LENGTH;
-dynamic: exactly T rows, no mask input) ->
-lm_head on row T-1; decode: embedding_cache -> block_cache_i with the KV cache written at
+dynamic: exactly T rows, no mask input; with block_kv_i (history KV): the prompt in
+MAX_INPUT_LENGTH chunks, the first through block_i, later ones through block_kv_i over the
+history so far) -> lm_head on row T-1; decode: embedding_cache -> block_cache_i (or the smallest
+decode stage block_cache_i_k whose history holds history_length) with the KV cache written at
 history_length-1 -> lm_head (--do_sample: lm_head -> greedy_head, and sample_head checked
-against a numpy re-implementation). Writes the greedy tokens and each prefill block's output rows.
+against a numpy re-implementation). Writes the greedy tokens, each prefill block's output rows and each decode block's output.
 """
 import glob
 import json
@@ -64,35 +66,45 @@ def main():
     so = ort.SessionOptions()
     so.log_severity_level = 3
     net = {os.path.basename(p)[:-5]: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in paths}
-    layers = sum(1 for n in net if n.startswith("block_") and not n.startswith("block_cache_"))
+    layers = sum(1 for n in net if n.startswith("block_") and n[6:].isdigit())
     mil = net["embedding"].get_inputs()[0].shape[1]
     _, seq, kvh, dim = net["block_cache_0"].get_inputs()[3].shape
+    history_kv = "block_kv_0" in net
     t = len(prompt)
-    assert t <= mil, f"prompt of {t} tokens > MAX_INPUT_LENGTH {mil}"
-
-    ids = np.zeros((1, mil), np.int32)
-    ids[0, :t] = prompt
-    x = net["embedding"].run(None, {"input_ids": ids})[0]
-    pos = np.zeros((1, mil), np.int32)
-    pos[0, :t] = np.arange(t)
-    mask = np.full((1, 1, mil, mil), MASK, np.float32)
-    for i in range(t):
-        mask[0, 0, i, : i + 1] = 0
+    assert t <= mil or history_kv, f"prompt of {t} tokens > MAX_INPUT_LENGTH {mil}"
     # --dynamic prefill blocks have no mask input and take exactly the prompt's rows.
     dynamic = len(net["block_0"].get_inputs()) == 2
-    if dynamic:
-        x, pos = x[:, :t], pos[:, :t]
     kc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
     vc = [np.zeros((1, seq, kvh, dim), np.float32) for _ in range(layers)]
-    hidden = []
-    for i in range(layers):
-        feed = {"input_states": x, "position_ids": pos}
-        if not dynamic:
-            feed["attention_mask"] = mask
-        x, k, v = net[f"block_{i}"].run(None, feed)
-        kc[i][:, :t] = k[:, :t]
-        vc[i][:, :t] = v[:, :t]
-        hidden.append(x[0, :t].tolist())
+    hidden = [[] for _ in range(layers)]
+    for old in range(0, t, mil):
+        chunk = prompt[old : old + mil]
+        n = len(chunk)
+        ids = np.zeros((1, mil), np.int32)
+        ids[0, :n] = chunk
+        x = net["embedding"].run(None, {"input_ids": ids})[0]
+        pos = np.zeros((1, mil), np.int32)
+        pos[0, :n] = np.arange(old, old + n)
+        mask = np.full((1, 1, mil, mil), MASK, np.float32)
+        for i in range(n):
+            mask[0, 0, i, : i + 1] = 0
+        if dynamic:
+            x, pos = x[:, :n], pos[:, :n]
+        for i in range(layers):
+            feed = {"input_states": x, "position_ids": pos}
+            if old > 0:
+                feed["history_k"], feed["history_v"] = kc[i][:, :old], vc[i][:, :old]
+                x, k, v = net[f"block_kv_{i}"].run(None, feed)
+            else:
+                if not dynamic:
+                    feed["attention_mask"] = mask
+                x, k, v = net[f"block_{i}"].run(None, feed)
+            kc[i][:, old : old + n] = k[:, :n]
+            vc[i][:, old : old + n] = v[:, :n]
+            hidden[i].extend(x[0, :n].tolist())
+    # Decode stages: (history slots, net name suffix), smallest first.
+    stages = sorted((net[f"block_cache_0{sfx}"].get_inputs()[3].shape[1], sfx)
+                    for sfx in [""] + [n[len("block_cache_0"):] for n in net if n.startswith("block_cache_0_")])
     # --do_sample: lm_head returns logits and greedy_head picks the token.
     sampling = "greedy_head" in net
 
@@ -102,25 +114,33 @@ def main():
             return int(out[0, 0]), None
         return int(net["greedy_head"].run(None, {"m_logits": out})[0][0, 0]), out
 
-    tok, logits = next_token(x[:, t - 1])
+    tok, logits = next_token(x[:, n - 1])
     sample_err = check_sample_head(net, logits, prompt) if sampling else None
     tokens = [tok]
     history = t + 1
+    used = []
+    decode_hidden = []
     for _ in range(steps - 1):
         x = net["embedding_cache"].run(None, {"input_ids": np.array([[tok]], np.int32)})[0]
         pos1 = np.array([[history - 1]], np.int32)
-        m1 = np.zeros((1, 1, 1, seq + 1), np.float32)
-        m1[..., history - 1 : seq] = MASK
+        slots, sfx = next(s for s in stages if s[0] >= history)
+        used.append(slots)
+        step_hidden = []
+        m1 = np.zeros((1, 1, 1, slots + 1), np.float32)
+        m1[..., history - 1 : slots] = MASK
         for i in range(layers):
-            x, k, v = net[f"block_cache_{i}"].run(None, {
+            x, k, v = net[f"block_cache_{i}{sfx}"].run(None, {
                 "input_states": x, "position_ids": pos1, "attention_mask": m1,
-                "history_k": kc[i], "history_v": vc[i]})
+                "history_k": kc[i][:, :slots], "history_v": vc[i][:, :slots]})
             kc[i][:, history - 1] = k[:, 0]
             vc[i][:, history - 1] = v[:, 0]
+            step_hidden.append(x[0, 0].tolist())
+        decode_hidden.append(step_hidden)
         tok, _ = next_token(x[:, 0])
         tokens.append(tok)
         history += 1
-    json.dump({"tokens": tokens, "hidden": hidden, "checked": len(paths), "sample_head_max_diff": sample_err},
+    json.dump({"tokens": tokens, "hidden": hidden, "checked": len(paths), "sample_head_max_diff": sample_err,
+               "stages_used": sorted(set(used)), "decode_hidden": decode_hidden},
               open(out_path, "w"))
 
 

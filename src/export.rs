@@ -19,6 +19,9 @@ pub struct Exported {
     /// For a graph with per-call axes: every input's largest shape (model_transform.py needs
     /// them as `--input_shapes`).
     pub dynamic_input_shapes: Option<Vec<Vec<usize>>>,
+    /// `<piece>.qtable` next to the ONNX file when some ops must stay f32
+    /// (`model_deploy.py --quantize_table`).
+    pub quantize_table: Option<PathBuf>,
 }
 
 /// Writes `<out_dir>/<piece>.onnx` for every piece; returns what was written.
@@ -58,13 +61,21 @@ pub fn export_piece(
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let t0 = Instant::now();
     let graph = arch::build(piece, &model.config, opts);
-    let path = out_dir.join(format!("{}.onnx", piece.name()));
+    let path = out_dir.join(format!("{}.onnx", piece.file_stem()));
     let outputs = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let dynamic_input_shapes = graph
         .is_dynamic()
         .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
     let weight_bytes = crate::onnx::write(&graph, model.weights.as_ref(), &path)
         .with_context(|| format!("exporting piece {}", piece.name()))?;
+    let quantize_table = match graph.quantize_table() {
+        Some(text) => {
+            let q = out_dir.join(format!("{}.qtable", piece.file_stem()));
+            crate::util::write_atomic(&q, text.as_bytes())?;
+            Some(q)
+        }
+        None => None,
+    };
     Ok(Exported {
         piece,
         path,
@@ -72,5 +83,6 @@ pub fn export_piece(
         seconds: t0.elapsed().as_secs_f64(),
         outputs,
         dynamic_input_shapes,
+        quantize_table,
     })
 }

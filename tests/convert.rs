@@ -20,15 +20,20 @@ struct NetInfo {
     dynamic: bool,
     inputs: Vec<(String, Vec<usize>, String)>,
     outputs: Vec<(String, Vec<usize>, String)>,
+    /// history_k's dims[1] per stage, in stage order.
+    history_slots: Vec<usize>,
 }
 
 /// Parses `net N: [name]  static|dynamic` and `input:/output: name, [dims], dtype, ...` lines.
 fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
     let mut nets = BTreeMap::new();
     let mut current: Option<String> = None;
+    let mut stage = 0;
     for line in text.lines() {
         let line = line.trim();
-        if line.starts_with("net ") {
+        if let Some(rest) = line.strip_prefix("stage ") {
+            stage = rest.split(',').next().unwrap().parse().unwrap();
+        } else if line.starts_with("net ") {
             let name = line
                 .split('[')
                 .nth(1)
@@ -50,12 +55,15 @@ fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
             let (name, rest) = rest.split_once(", [").unwrap();
             let (dims, rest) = rest.split_once("], ").unwrap();
             // Dynamic nets print their largest shape as `max:N`.
-            let dims = dims
+            let dims: Vec<usize> = dims
                 .split(", ")
                 .map(|d| d.trim_start_matches("max:").parse().unwrap())
                 .collect();
             let dtype = rest.split(',').next().unwrap().to_string();
             let net = nets.get_mut(current.as_ref().unwrap()).unwrap();
+            if name == "history_k" {
+                net.history_slots.push(dims[1]);
+            }
             let io = (name.to_string(), dims, dtype);
             // Every stage repeats the I/O; keep the first stage's.
             let list = if line.starts_with("input") {
@@ -63,7 +71,7 @@ fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
             } else {
                 &mut net.outputs
             };
-            if !list.contains(&io) {
+            if stage == 0 {
                 list.push(io);
             }
         }
@@ -73,6 +81,36 @@ fn parse_info(text: &str) -> BTreeMap<String, NetInfo> {
 
 type Io = Vec<(&'static str, Vec<usize>, &'static str)>;
 
+/// Conversion flags that change the contract.
+#[derive(Clone, Copy, Default)]
+struct Variant {
+    dynamic: bool,
+    do_sample: bool,
+    /// `--use_history_kv`: its chunk length (= MAX_INPUT_LENGTH).
+    history_chunk: Option<usize>,
+}
+
+impl Variant {
+    fn flags(&self) -> Vec<&'static str> {
+        let mut f = Vec::new();
+        if self.dynamic {
+            f.push("--dynamic");
+        }
+        if self.do_sample {
+            f.push("--do_sample");
+        }
+        if self.history_chunk.is_some() {
+            // llm_convert.py's alias, as its users type it.
+            f.push(if self.do_sample {
+                "--use_block_with_kv"
+            } else {
+                "--use_history_kv"
+            });
+        }
+        f
+    }
+}
+
 /// The contract, written from llm-tpu.md §1 and the model's config.json.
 fn expected_nets(
     config: &Value,
@@ -81,7 +119,11 @@ fn expected_nets(
     half: &'static str,
     dynamic: bool,
 ) -> BTreeMap<String, (Io, Io)> {
-    expected_nets_with(config, seq, mil, half, dynamic, false)
+    let v = Variant {
+        dynamic,
+        ..Default::default()
+    };
+    expected_nets_with(config, seq, mil, half, v)
 }
 
 fn expected_nets_with(
@@ -89,9 +131,11 @@ fn expected_nets_with(
     seq: usize,
     mil: usize,
     half: &'static str,
-    dynamic: bool,
-    do_sample: bool,
+    variant: Variant,
 ) -> BTreeMap<String, (Io, Io)> {
+    // --use_history_kv implies --dynamic.
+    let dynamic = variant.dynamic || variant.history_chunk.is_some();
+    let do_sample = variant.do_sample;
     let u = |k: &str| config[k].as_u64().unwrap() as usize;
     let (h, layers, heads, kvh) = (
         u("hidden_size"),
@@ -175,7 +219,16 @@ fn expected_nets_with(
             ("k_cache", vec![1, mil, kvh, d], half),
             ("v_cache", vec![1, mil, kvh, d], half),
         ];
-        nets.insert(format!("block_{i}"), (inputs, outputs));
+        nets.insert(format!("block_{i}"), (inputs, outputs.clone()));
+        if variant.history_chunk.is_some() {
+            let inputs = vec![
+                ("input_states", vec![1, mil, h], half),
+                ("position_ids", vec![1, mil], "int32"),
+                ("history_k", vec![1, seq, kvh, d], half),
+                ("history_v", vec![1, seq, kvh, d], half),
+            ];
+            nets.insert(format!("block_kv_{i}"), (inputs, outputs));
+        }
         nets.insert(
             format!("block_cache_{i}"),
             (
@@ -203,27 +256,23 @@ fn run_convert(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Value 
 
 /// Converts `fixture` and checks the combined bmodel against the contract.
 fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
-    converts_to_contract_with(fixture, quantize, dynamic, false)
+    let v = Variant {
+        dynamic,
+        ..Default::default()
+    };
+    converts_to_contract_with(fixture, quantize, v)
 }
 
-fn converts_to_contract_with(
-    fixture: &str,
-    quantize: &str,
-    dynamic: bool,
-    do_sample: bool,
-) -> Value {
+fn converts_to_contract_with(fixture: &str, quantize: &str, variant: Variant) -> Value {
+    // --use_history_kv implies --dynamic.
+    let dynamic = variant.dynamic || variant.history_chunk.is_some();
     common::toolchain();
     let model = common::fixtures().join(fixture);
     let config: Value =
         serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut extra = vec!["-q", quantize];
-    if dynamic {
-        extra.push("--dynamic");
-    }
-    if do_sample {
-        extra.push("--do_sample");
-    }
+    extra.extend(variant.flags());
     let m = run_convert(
         &model,
         &dir.path().join("out"),
@@ -232,9 +281,14 @@ fn converts_to_contract_with(
     );
     let bmodel = PathBuf::from(m["bmodel"].as_str().unwrap());
     let kind = if dynamic { "dynamic" } else { "static" };
+    let history = if variant.history_chunk.is_some() {
+        "_history"
+    } else {
+        ""
+    };
     assert_eq!(
         bmodel.file_name().unwrap().to_str().unwrap(),
-        format!("{fixture}_{quantize}_seq{SEQ}_bm1684x_1dev_{kind}.bmodel")
+        format!("{fixture}_{quantize}_seq{SEQ}_bm1684x_1dev{history}_{kind}.bmodel")
     );
     let info = std::fs::read_to_string(dir.path().join("out/model.log")).unwrap();
     let nets = parse_info(&info);
@@ -243,7 +297,8 @@ fn converts_to_contract_with(
     } else {
         "float16"
     };
-    let want = expected_nets_with(&config, SEQ, SEQ, half, dynamic, do_sample);
+    let mil = variant.history_chunk.unwrap_or(SEQ);
+    let want = expected_nets_with(&config, SEQ, mil, half, variant);
     assert_eq!(
         nets.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -280,6 +335,22 @@ fn converts_to_contract_with(
                 || name == "greedy_head"
                 || name == "sample_head";
         assert_eq!(got.dynamic, dynamic_net, "{fixture} {name}: static/dynamic");
+        // Decode stages (--chunk_length c): the full history first, then 2^k·c < S, largest
+        // first, as llm_convert.py's decode_chunk_list.
+        if name.starts_with("block_cache_") {
+            let mut want_slots = vec![SEQ];
+            if let Some(c) = variant.history_chunk {
+                let mut stages: Vec<usize> = std::iter::successors(Some(c), |l| Some(l * 2))
+                    .take_while(|&l| l < SEQ)
+                    .collect();
+                stages.reverse();
+                want_slots.extend(stages);
+            }
+            assert_eq!(
+                got.history_slots, want_slots,
+                "{fixture} {name}: decode stages"
+            );
+        }
     }
     // The runtime's companions are there.
     assert!(dir.path().join("out/config/config.json").is_file());
@@ -328,9 +399,34 @@ fn qwen2_w4bf16_dynamic() {
     converts_to_contract("qwen2", "w4bf16", true);
 }
 
+/// `--use_history_kv` (S 64): chunk 16 = MAX_INPUT_LENGTH, block_kv_i, decode stages 64/32/16.
+#[test]
+fn qwen2_w4bf16_history_kv() {
+    let v = Variant {
+        history_chunk: Some(SEQ / 4),
+        ..Default::default()
+    };
+    converts_to_contract_with("qwen2", "w4bf16", v);
+}
+
+/// History KV with the sampling heads, under llm_convert.py's other spelling of the flag.
+#[test]
+fn llama_tied_bf16_block_with_kv_do_sample() {
+    let v = Variant {
+        history_chunk: Some(SEQ / 4),
+        do_sample: true,
+        ..Default::default()
+    };
+    converts_to_contract_with("llama_tied", "bf16", v);
+}
+
 #[test]
 fn qwen3_bf16_do_sample() {
-    converts_to_contract_with("qwen3", "bf16", false, true);
+    let v = Variant {
+        do_sample: true,
+        ..Default::default()
+    };
+    converts_to_contract_with("qwen3", "bf16", v);
 }
 
 #[test]
@@ -645,5 +741,65 @@ fn smollm2_w4bf16_seq512() {
     // GGUF: the runtime's config folder is synthesised, tokenizer included.
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert!(dir.path().join("out/config").join(f).is_file(), "{f}");
+    }
+}
+
+/// `--use_history_kv` follows llm_convert.py's rules: it implies --dynamic, chunk_length
+/// defaults to S/4 and becomes MAX_INPUT_LENGTH, --max_input_length may not be given with it,
+/// and chunk_length may not pass S/2. The plan compiles each block_cache_i's decode stages
+/// with the first compile's IO addresses.
+#[test]
+fn history_kv_rules_and_plan() {
+    let model = common::fixtures().join("qwen2");
+    let m = model.to_str().unwrap();
+    let base = ["-m", m, "-s", "64", "-q", "bf16", "--dry_run"];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        common::llm_convert(&args)
+    };
+    let o = run(&["--use_history_kv"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("qwen2_bf16_seq64_bm1684x_1dev_history_dynamic.bmodel"),
+        "{out}"
+    );
+    let section = |stem: &str| -> String {
+        let at = out
+            .find(&format!("\n{stem}:\n"))
+            .unwrap_or_else(|| panic!("{stem} missing: {out}"));
+        out[at..].lines().take(4).collect::<Vec<_>>().join("\n")
+    };
+    let full = section("block_cache_1");
+    assert!(
+        full.contains("--save_io_alone_config io_alone_config.json"),
+        "{full}"
+    );
+    for (k, slots) in [(1, 32), (2, 16)] {
+        let stage = section(&format!("block_cache_1_{k}"));
+        assert!(
+            stage.contains("--model_name block_cache_1 ")
+                && stage.contains("--use_io_alone_config block_cache_1/io_alone_config.json"),
+            "stage {k} ({slots} slots): {stage}"
+        );
+    }
+    assert!(!out.contains("block_cache_1_3:"), "{out}");
+    let kv = section("block_kv_0");
+    assert!(
+        kv.contains("--dynamic") && kv.contains("--quantize_table onnx/block_kv_0.qtable"),
+        "{kv}"
+    );
+    for (extra, words) in [
+        (
+            vec!["--use_history_kv", "--max_input_length", "8"],
+            "cannot be set with --use_history_kv",
+        ),
+        (vec!["--chunk_length", "40"], "larger than -s 64 / 2"),
+    ] {
+        let o = run(&extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(words), "{extra:?}: {err}");
     }
 }

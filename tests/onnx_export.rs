@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use llm_convert::arch::PieceOptions;
@@ -15,6 +16,10 @@ struct PipelineResult {
     hidden: Vec<Vec<Vec<f32>>>,
     checked: usize,
     sample_head_max_diff: Option<f64>,
+    /// History lengths of the decode nets used (S, or a decode stage's).
+    stages_used: Vec<usize>,
+    /// Per decode step, per layer: the block_cache output row.
+    decode_hidden: Vec<Vec<Vec<f32>>>,
 }
 
 const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
@@ -31,25 +36,58 @@ fn check_variant(name: &str, seq: usize, mil: usize, dynamic: bool) {
 }
 
 fn check_options(name: &str, seq: usize, mil: usize, dynamic: bool, do_sample: bool) {
-    let layout = common::toolchain();
-    let model = Model::open(&common::fixtures().join(name)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let opts = PieceOptions::new(seq, Some(mil))
         .unwrap()
         .with_dynamic(dynamic)
         .with_do_sample(do_sample);
-    let exported = llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
-    let heads = if do_sample { 5 } else { 3 };
-    assert_eq!(exported.len(), heads + 2 * model.config.num_hidden_layers);
+    check_with(name, &opts, &PROMPT);
+}
 
-    let out = dir.path().join("result.json");
-    let ids: Vec<String> = PROMPT.iter().map(|t| t.to_string()).collect();
+/// Exports fixture `name` with `opts` and checks the chained pieces (see [`check_dir`]).
+fn check_with(name: &str, opts: &PieceOptions, prompt: &[u32]) -> Vec<usize> {
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exported = llm_convert::export::export_onnx(&model, opts, dir.path(), true).unwrap();
+    let heads = if opts.do_sample { 5 } else { 3 };
+    let per_layer = 2 + opts.decode_stages.len() + usize::from(opts.history_kv);
+    assert_eq!(
+        exported.len(),
+        heads + per_layer * model.config.num_hidden_layers
+    );
+    check_dir(name, &model, opts, prompt, dir.path(), STEPS)
+}
+
+/// Chains the ONNX pieces in `dir` in onnxruntime on `prompt` (scripts/onnx_pipeline.py,
+/// after onnx.checker) and compares every prefill block's output rows, every decode block's
+/// output (teacher-forced with the pipeline's tokens) and the greedy tokens with the
+/// reference. Returns the decode history lengths used.
+fn check_dir(
+    name: &str,
+    model: &Model,
+    opts: &PieceOptions,
+    prompt: &[u32],
+    dir: &Path,
+    steps: usize,
+) -> Vec<usize> {
+    let layout = common::toolchain();
+    let pieces = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "onnx")
+        })
+        .count();
+    let out = dir.join("result.json");
+    let ids: Vec<String> = prompt.iter().map(|t| t.to_string()).collect();
     let status = Command::new(layout.python())
         .arg(common::repo().join("scripts/onnx_pipeline.py"))
         .args([
-            dir.path().to_str().unwrap(),
+            dir.to_str().unwrap(),
             &ids.join(","),
-            &STEPS.to_string(),
+            &steps.to_string(),
             out.to_str().unwrap(),
         ])
         .status()
@@ -60,13 +98,9 @@ fn check_options(name: &str, seq: usize, mil: usize, dynamic: bool, do_sample: b
     );
     let got: PipelineResult =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(
-        got.checked,
-        exported.len(),
-        "every piece passes onnx.checker"
-    );
+    assert_eq!(got.checked, pieces, "every piece passes onnx.checker");
 
-    match (do_sample, got.sample_head_max_diff) {
+    match (opts.do_sample, got.sample_head_max_diff) {
         (true, Some(d)) => {
             println!("{name} sample_head: max |probs diff| vs numpy {d:.2e}");
             assert!(d < 1e-5, "{name}: sample_head probs differ by {d}");
@@ -74,31 +108,60 @@ fn check_options(name: &str, seq: usize, mil: usize, dynamic: bool, do_sample: b
         (false, None) => {}
         other => panic!("{name}: sample_head checked = {other:?}"),
     }
-    let mut r = Reference::new(&model).unwrap().keep_hidden(true);
-    let prefill = r.prefill(&PROMPT).unwrap();
-    let last = model.config.num_hidden_layers - 1;
+    let mut r = Reference::new(model).unwrap().keep_hidden(true);
     let final_norm = model.tensor("model.norm.weight").unwrap();
-    for (i, rows) in got.hidden.iter().enumerate() {
-        let mut want = prefill.layer_outputs[i].clone();
-        if i == last {
-            want = rms_norm(&want, &final_norm, model.config.rms_norm_eps).unwrap();
-        }
+    let last = model.config.num_hidden_layers - 1;
+    let eps = model.config.rms_norm_eps;
+    // The last block holds the final norm.
+    let compare = |what: &str, i: usize, want: &candle_core::Tensor, have: &[f32]| {
+        let want = if i == last {
+            rms_norm(want, &final_norm, eps).unwrap()
+        } else {
+            want.clone()
+        };
         let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-        let have: Vec<f32> = rows.iter().flatten().copied().collect();
-        let cos = cosine(&have, &want);
+        let cos = cosine(have, &want);
         let max = have
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        println!("{name} block_{i}: cosine {cos:.8}, max |diff| {max:.2e}");
-        assert!(cos >= 0.99999, "{name}: block_{i} output cosine {cos}");
+        cos_log(name, what, i, cos, max);
+        assert!(
+            cos >= 0.99999,
+            "{name}: {what} block_{i} output cosine {cos}"
+        );
+    };
+    let prefill = r.prefill(prompt).unwrap();
+    for (i, rows) in got.hidden.iter().enumerate() {
+        let have: Vec<f32> = rows.iter().flatten().copied().collect();
+        compare("prefill", i, &prefill.layer_outputs[i], &have);
     }
-    let want_tokens = r.generate_greedy(&PROMPT, STEPS).unwrap();
+    assert_eq!(got.decode_hidden.len(), steps - 1);
+    for (step, layers) in got.decode_hidden.iter().enumerate() {
+        let dec = r.decode(got.tokens[step]).unwrap();
+        for (i, row) in layers.iter().enumerate() {
+            compare(
+                &format!("decode {}", step + 1),
+                i,
+                &dec.layer_outputs[i],
+                row,
+            );
+        }
+    }
+    let want_tokens = r.generate_greedy(prompt, steps).unwrap();
     assert_eq!(
         got.tokens, want_tokens,
         "{name}: ONNX pipeline tokens differ from the reference"
     );
+    got.stages_used
+}
+
+/// Prints a block's agreement (prefill always, decode for the first and last steps only).
+fn cos_log(name: &str, what: &str, layer: usize, cos: f64, max: f32) {
+    if what == "prefill" || what == "decode 1" || what == format!("decode {}", STEPS - 1) {
+        println!("{name} {what} block_{layer}: cosine {cos:.8}, max |diff| {max:.2e}");
+    }
 }
 
 #[test]
@@ -147,4 +210,57 @@ fn dynamic_prefill_blocks() {
 fn do_sample_heads() {
     check_options("qwen2", 32, 16, false, true);
     check_options("llama_tied", 32, 16, true, true);
+}
+
+/// `--use_history_kv --chunk_length 4` at S 32: a 10-token prompt runs as chunks of 4, 4 and 2
+/// (block_i, then block_kv_i over 4 and 8 history slots), and decode walks through the stages
+/// (16 slots, then the full 32).
+#[test]
+fn history_kv_chunks_and_decode_stages() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    for name in ["qwen3", "llama_rope3"] {
+        let opts = PieceOptions::new(32, Some(4))
+            .unwrap()
+            .with_dynamic(true)
+            .with_history(true, 4);
+        assert_eq!(opts.decode_stages, vec![16, 8, 4]);
+        let used = check_with(name, &opts, &prompt);
+        assert_eq!(used, vec![16, 32], "{name}: decode stages used");
+    }
+}
+
+/// The bundled SmolLM2-135M (GGUF, 30 layers, tied embeddings) chained in onnxruntime gives
+/// the reference's greedy tokens (prefill and decode blocks checked too).
+#[test]
+fn smollm2_135m_chain() {
+    let model = Model::open(&common::smollm2_gguf()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PieceOptions::new(64, Some(16)).unwrap();
+    llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
+    check_dir("smollm2", &model, &opts, &PROMPT, dir.path(), 8);
+}
+
+/// Weights above the inline limit go to `<piece>.onnx.data` (external data, as a >2 GiB piece
+/// must): with the limit at 0, every piece of a tiny model is written that way, passes the
+/// checker, and chains to the reference's tokens.
+#[test]
+fn external_data_pieces() {
+    let model = Model::open(&common::fixtures().join("qwen2")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PieceOptions::new(32, Some(16)).unwrap();
+    for piece in llm_convert::arch::pieces(&model.config, &opts) {
+        let graph = llm_convert::arch::build(piece, &model.config, &opts);
+        let path = dir.path().join(format!("{}.onnx", piece.file_stem()));
+        llm_convert::onnx::write_with_inline_limit(&graph, model.weights.as_ref(), &path, 0)
+            .unwrap();
+        let data = path.with_file_name(format!("{}.onnx.data", piece.file_stem()));
+        let onnx_len = std::fs::metadata(&path).unwrap().len();
+        let data_len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            data_len > onnx_len,
+            "{}: {onnx_len} bytes of ONNX, {data_len} of external data",
+            piece.name()
+        );
+    }
+    check_dir("qwen2", &model, &opts, &PROMPT, dir.path(), STEPS);
 }

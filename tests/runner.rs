@@ -20,6 +20,16 @@ fn convert(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
 
 /// `llm-convert verify --json`; returns (exit code, report).
 fn verify(bmodel: &Path, fixture: &str, steps: usize, extra: &[&str]) -> (i32, Value) {
+    verify_prompt(bmodel, fixture, PROMPT, steps, extra)
+}
+
+fn verify_prompt(
+    bmodel: &Path,
+    fixture: &str,
+    prompt: &str,
+    steps: usize,
+    extra: &[&str],
+) -> (i32, Value) {
     let model = common::fixtures().join(fixture);
     let steps = steps.to_string();
     let mut args = vec![
@@ -28,7 +38,7 @@ fn verify(bmodel: &Path, fixture: &str, steps: usize, extra: &[&str]) -> (i32, V
         "-m",
         model.to_str().unwrap(),
     ];
-    args.extend_from_slice(&["--tokens", PROMPT, "--steps", &steps, "--json"]);
+    args.extend_from_slice(&["--tokens", prompt, "--steps", &steps, "--json"]);
     args.extend_from_slice(extra);
     let o = common::llm_convert(&args);
     let report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -302,4 +312,38 @@ fn missing_net_is_named() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("block_cache_1"), "{err}");
+}
+
+/// `--use_history_kv` at S 64 (chunk = MAX_INPUT_LENGTH 16, decode stages 16/32/64): a
+/// 20-token prompt runs as two chunks (block_i, then block_kv_i over 16 cached tokens), and 16
+/// decode steps move from the 32-slot stage to the full one; every block and token still
+/// matches the reference.
+#[test]
+fn qwen3_bf16_history_kv_chunked_prefill_and_decode_stages() {
+    common::toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let bmodel = convert("qwen3", dir.path(), &["-q", "bf16", "--use_history_kv"]);
+    let prompt = "3,17,256,999,42,7,511,128,64,5,9,10,11,12,13,14,15,16,17,18";
+    let (code, r) = verify_prompt(&bmodel, "qwen3", prompt, 16, &[]);
+    println!(
+        "history-KV: min block cosine {:.6}, exact agreement {}, near ties at {}",
+        min_cosine(&r),
+        r["exact_agreement"],
+        r["near_ties"]
+    );
+    assert_eq!(code, 0, "verify failed: {r}");
+    assert_eq!(r["agreement"].as_f64(), Some(1.0), "{r}");
+    assert!(
+        min_cosine(&r) >= 0.999,
+        "min block cosine {}",
+        min_cosine(&r)
+    );
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["prefill_chunks"], 2, "prefill chunks");
+    let mut slots: Vec<u64> = steps[1..]
+        .iter()
+        .map(|s| s["decode_slots"].as_u64().unwrap())
+        .collect();
+    slots.dedup();
+    assert_eq!(slots, vec![32, 64], "decode stages used, in order");
 }

@@ -16,41 +16,114 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
     let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], axis);
     let mask = if o.dynamic {
-        causal_mask(&mut g, &pos)
+        let p = positions_f32(&mut g, &pos);
+        causal_mask(&mut g, &p, &p)
     } else {
         g.input("attention_mask", Elem::F32, &[1, 1, l, l])
     };
-    layer_body(&mut g, cfg, o, layer, &x, &pos, &mask, None, l);
+    layer_body(
+        &mut g,
+        cfg,
+        o,
+        layer,
+        &x,
+        &pos,
+        Attn::Prefill { mask: &mask },
+        l,
+    );
     g
 }
 
-/// Additive mask `[1,1,L,L]`: `MASK_VALUE` where key position > query position, else 0.
-fn causal_mask(g: &mut Graph, pos: &str) -> String {
-    let p = g.op("Cast", &[pos], vec![("to", Attr::Int(1))]);
-    let q = g.reshape(&p, &[1, 1, -1, 1]);
-    let k = g.reshape(&p, &[1, 1, 1, -1]);
-    let future = g.op("Greater", &[&k, &q], vec![]);
-    let future = g.op("Cast", &[&future], vec![("to", Attr::Int(1))]);
-    g.scale(&future, MASK_VALUE)
+/// Additive causal mask `[1,1,L,K]`: `MASK_VALUE` where a key's position is after the
+/// query's. Positions are exact integers in f32, but bf16 rounds them above 256 (two
+/// neighbours would compare equal and a future token would leak), so these few ops are kept
+/// in f32 by the quantize table; the difference's sign survives the final cast.
+fn causal_mask(g: &mut Graph, query_pos: &str, key_pos: &str) -> String {
+    let first = g.nodes.len();
+    let q = g.reshape(query_pos, &[1, 1, -1, 1]);
+    let k = g.reshape(key_pos, &[1, 1, 1, -1]);
+    let ahead = g.op("Sub", &[&k, &q], vec![]);
+    let ahead = g.op("Relu", &[&ahead], vec![]);
+    let one = g.scalar("one", 1.0);
+    let future = g.op("Min", &[&ahead, &one], vec![]);
+    let mask = g.scale(&future, MASK_VALUE);
+    g.keep_f32_since(first);
+    mask
+}
+
+/// Position ids as f32 (exact below 2^24).
+fn positions_f32(g: &mut Graph, pos: &str) -> String {
+    g.op("Cast", &[pos], vec![("to", Attr::Int(1))])
 }
 
 /// The runtime's f16 mask value (bf16 rounds it to -9984, the runtime's bf16 value).
 const MASK_VALUE: f64 = -10000.0;
 
-/// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask `[1,1,1,S+1]`,
-/// history_k/v `[1,S,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token is
-/// concatenated after the S history slots).
-pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
-    let s = o.seq_length;
+/// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask
+/// `[1,1,1,kv+1]`, history_k/v `[1,kv,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token
+/// is concatenated after the kv history slots). `kv` is S, or a shorter decode stage's length.
+pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize) -> Graph {
     let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let mut g = Graph::new(format!("block_cache_{layer}"));
     let x = g.input("input_states", Elem::F32, &[1, 1, cfg.hidden_size]);
     let pos = g.input("position_ids", Elem::I32, &[1, 1]);
-    let mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, s + 1]);
-    let hk = g.input("history_k", Elem::F32, &[1, s, kvh, d]);
-    let hv = g.input("history_v", Elem::F32, &[1, s, kvh, d]);
-    layer_body(&mut g, cfg, o, layer, &x, &pos, &mask, Some((&hk, &hv)), 1);
+    let mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
+    let hk = g.input("history_k", Elem::F32, &[1, kv, kvh, d]);
+    let hv = g.input("history_v", Elem::F32, &[1, kv, kvh, d]);
+    let attn = Attn::Decode {
+        history: (&hk, &hv),
+        mask: &mask,
+    };
+    layer_body(&mut g, cfg, o, layer, &x, &pos, attn, 1);
     g
+}
+
+/// The history length axis of block_kv (independent of the new-token axis).
+const HISTORY_AXIS: &str = "history_len";
+
+/// `block_kv_i` (`--use_history_kv`): input_states `[1,L,H]`, position_ids `[1,L]` (old+j),
+/// history_k/v `[1,old,KVH,D]` (up to S) → output_states, k `[1,L,KVH,D]`, v. L and old vary
+/// per call; every new token sees the whole history and the new tokens up to itself.
+pub fn history_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
+    let (l, s) = (o.max_input_length, o.seq_length);
+    let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
+    let mut g = Graph::new(format!("block_kv_{layer}"));
+    let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], Some(1));
+    let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], Some(1));
+    let hk = g.input_with_param(
+        "history_k",
+        Elem::F32,
+        &[1, s, kvh, d],
+        Some(1),
+        HISTORY_AXIS,
+    );
+    let hv = g.input_with_param(
+        "history_v",
+        Elem::F32,
+        &[1, s, kvh, d],
+        Some(1),
+        HISTORY_AXIS,
+    );
+    let attn = Attn::History {
+        history: (&hk, &hv),
+    };
+    layer_body(&mut g, cfg, o, layer, &x, &pos, attn, l);
+    g
+}
+
+/// What the layer's attention looks at besides the new tokens' own K/V.
+enum Attn<'a> {
+    /// Prefill: the new tokens only, with an additive `[1,1,L,L]` mask.
+    Prefill { mask: &'a str },
+    /// Decode: the history slots then the new token, one mask over all of them.
+    Decode {
+        history: (&'a str, &'a str),
+        mask: &'a str,
+    },
+    /// History prefill: every history slot, then the new tokens causally. The mask is built
+    /// over all `old+L` keys from their positions `0..old+L`, counted from the concatenated
+    /// keys (a CumSum of ones), since `old` varies per call.
+    History { history: (&'a str, &'a str) },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -61,8 +134,7 @@ fn layer_body(
     layer: usize,
     x: &str,
     pos: &str,
-    mask: &str,
-    history: Option<(&str, &str)>,
+    attn: Attn,
     len: usize,
 ) {
     let (h, nh, kvh, d) = (
@@ -91,12 +163,26 @@ fn layer_body(
     let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
     let q = apply_rope(g, &q, &cos, &sin, d);
     let k = apply_rope(g, &k, &cos, &sin, d);
-    let (k_all, v_all) = match history {
-        Some((hk, hv)) => (g.concat(&[hk, &k], 1), g.concat(&[hv, &v], 1)),
-        None => (k.clone(), v.clone()),
+    // (keys, additive mask) parts of the score matrix, and the values in the same order.
+    let (parts, v_all): (Vec<(String, Option<String>)>, String) = match &attn {
+        Attn::Prefill { mask } => (vec![(k.clone(), Some(mask.to_string()))], v.clone()),
+        Attn::Decode {
+            history: (hk, hv),
+            mask,
+        } => (
+            vec![(g.concat(&[hk, &k], 1), Some(mask.to_string()))],
+            g.concat(&[hv, &v], 1),
+        ),
+        Attn::History { history: (hk, hv) } => {
+            let k_all = g.concat(&[hk, &k], 1);
+            let key_pos = key_positions(g, &k_all);
+            let query_pos = positions_f32(g, pos);
+            let mask = causal_mask(g, &query_pos, &key_pos);
+            (vec![(k_all, Some(mask))], g.concat(&[hv, &v], 1))
+        }
     };
-    let attn = attention(g, cfg, &q, &k_all, &v_all, mask);
-    let o_proj = linear(g, &attn, &p("self_attn.o_proj"), nh * d, h, cfg.o_bias);
+    let attn_out = attention(g, cfg, &q, &parts, &v_all);
+    let o_proj = linear(g, &attn_out, &p("self_attn.o_proj"), nh * d, h, cfg.o_bias);
     let o_proj = g.scale(&o_proj, cfg.residual_scale());
     let x = g.add(x, &o_proj);
     let ln2 = rms_norm(g, cfg, &x, &p("post_attention_layernorm.weight"), h);
@@ -133,10 +219,31 @@ fn layer_body(
     if layer + 1 == cfg.num_hidden_layers {
         out = rms_norm(g, cfg, &out, "model.norm.weight", h);
     }
-    let axis = (o.dynamic && history.is_none()).then_some(1);
+    let axis = match attn {
+        Attn::Prefill { .. } => o.dynamic.then_some(1),
+        Attn::Decode { .. } => None,
+        Attn::History { .. } => Some(1),
+    };
     g.output_with_axis(&out, "output_states", Elem::F32, &[1, len, h], axis);
     g.output_with_axis(&k, "k_cache", Elem::F32, &[1, len, kvh, d], axis);
     g.output_with_axis(&v, "v_cache", Elem::F32, &[1, len, kvh, d], axis);
+}
+
+/// `[0, 1, …, n-1]` as f32 `[1, n]` for keys `[1, n, KVH, D]` of per-call length n: a CumSum
+/// over ones made from the keys themselves (kept in f32, like the mask).
+fn key_positions(g: &mut Graph, keys: &str) -> String {
+    let first = g.nodes.len();
+    let col = g.slice(keys, 3, 0, 1);
+    let col = g.slice(&col, 2, 0, 1);
+    let zero = g.scale(&col, 0.0);
+    let one = g.scalar("one", 1.0);
+    let ones = g.add(&zero, &one);
+    let ones = g.reshape(&ones, &[1, -1]);
+    let axis = g.const_i64("axis", &[1]);
+    let count = g.op("CumSum", &[&ones, &axis], vec![]);
+    let pos = g.op("Sub", &[&count, &one], vec![]);
+    g.keep_f32_since(first);
+    pos
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last axis.
@@ -179,8 +286,15 @@ fn apply_rope(g: &mut Graph, x: &str, cos: &str, sin: &str, d: usize) -> String 
     g.add(&a, &b)
 }
 
-/// Grouped-query attention with an additive mask; returns `[1, len, heads*D]`.
-fn attention(g: &mut Graph, cfg: &ModelConfig, q: &str, k: &str, v: &str, mask: &str) -> String {
+/// Grouped-query attention over key parts (each with an optional additive mask) whose
+/// values, concatenated in the same order, are `v`; returns `[1, len, heads*D]`.
+fn attention(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    q: &str,
+    parts: &[(String, Option<String>)],
+    v: &str,
+) -> String {
     let (nh, kvh, d) = (
         cfg.num_attention_heads as i64,
         cfg.num_key_value_heads as i64,
@@ -197,14 +311,26 @@ fn attention(g: &mut Graph, cfg: &ModelConfig, q: &str, k: &str, v: &str, mask: 
         let t = g.op("Tile", &[&t, &reps], vec![]);
         g.reshape(&t, &[1, -1, nh, d])
     };
-    let k = repeat(g, k);
     let v = repeat(g, v);
     let qt = g.transpose(q, &[0, 2, 1, 3]); // [1, nh, len, D]
-    let kt = g.transpose(&k, &[0, 2, 3, 1]); // [1, nh, D, kv_len]
     let vt = g.transpose(&v, &[0, 2, 1, 3]); // [1, nh, kv_len, D]
-    let scores = g.op("MatMul", &[&qt, &kt], vec![]);
-    let scores = g.scale(&scores, 1.0 / (d as f64).sqrt());
-    let scores = g.add(&scores, mask);
+    let mut all_scores = Vec::new();
+    for (k, mask) in parts {
+        let k = repeat(g, k);
+        let kt = g.transpose(&k, &[0, 2, 3, 1]); // [1, nh, D, part_len]
+        let scores = g.op("MatMul", &[&qt, &kt], vec![]);
+        let scores = g.scale(&scores, 1.0 / (d as f64).sqrt());
+        all_scores.push(match mask {
+            Some(m) => g.add(&scores, m),
+            None => scores,
+        });
+    }
+    let refs: Vec<&str> = all_scores.iter().map(String::as_str).collect();
+    let scores = if refs.len() == 1 {
+        all_scores[0].clone()
+    } else {
+        g.concat(&refs, -1)
+    };
     let probs = g.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
     let o = g.op("MatMul", &[&probs, &vt], vec![]);
     let o = g.transpose(&o, &[0, 2, 1, 3]);

@@ -22,6 +22,11 @@ pub struct PieceOptions {
     pub dynamic: bool,
     /// `--do_sample`: lm_head returns logits; greedy_head and sample_head are added.
     pub do_sample: bool,
+    /// `--use_history_kv`: adds block_kv_i (prefill of new tokens after a KV history).
+    pub history_kv: bool,
+    /// `--chunk_length c`: extra decode stages of block_cache_i with these history lengths
+    /// (c, 2c, 4c, … < S, largest first), as llm_convert.py's `decode_chunk_list`.
+    pub decode_stages: Vec<usize>,
 }
 
 impl PieceOptions {
@@ -35,6 +40,8 @@ impl PieceOptions {
             max_input_length: mil,
             dynamic: false,
             do_sample: false,
+            history_kv: false,
+            decode_stages: Vec::new(),
         })
     }
 
@@ -47,6 +54,25 @@ impl PieceOptions {
         self.do_sample = do_sample;
         self
     }
+
+    /// History-KV prefill nets and the decode stages for `chunk_length` (0 = none).
+    pub fn with_history(mut self, history_kv: bool, chunk_length: usize) -> PieceOptions {
+        self.history_kv = history_kv;
+        self.decode_stages = decode_stages(self.seq_length, chunk_length);
+        self
+    }
+}
+
+/// llm_convert.py's `decode_chunk_list`: c, 2c, 4c, … below `seq_length`, largest first.
+pub fn decode_stages(seq_length: usize, chunk_length: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut len = chunk_length;
+    while len > 0 && len < seq_length {
+        out.push(len);
+        len *= 2;
+    }
+    out.reverse();
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +81,10 @@ pub enum Piece {
     EmbeddingCache,
     Block(usize),
     BlockCache(usize),
+    /// Decode stage `k` (1-based) of block_cache_i: the same net with a shorter history.
+    BlockCacheStage(usize, usize),
+    /// block_kv_i: prefill of new tokens attending to a KV history.
+    BlockKv(usize),
     LmHead,
     GreedyHead,
     SampleHead,
@@ -67,10 +97,20 @@ impl Piece {
             Piece::Embedding => "embedding".into(),
             Piece::EmbeddingCache => "embedding_cache".into(),
             Piece::Block(i) => format!("block_{i}"),
-            Piece::BlockCache(i) => format!("block_cache_{i}"),
+            Piece::BlockCache(i) | Piece::BlockCacheStage(i, _) => format!("block_cache_{i}"),
+            Piece::BlockKv(i) => format!("block_kv_{i}"),
             Piece::LmHead => "lm_head".into(),
             Piece::GreedyHead => "greedy_head".into(),
             Piece::SampleHead => "sample_head".into(),
+        }
+    }
+
+    /// Its file and folder name: the net name, but decode stages of one net need their own
+    /// (`block_cache_<i>_<k>`, as llm_convert.py names them).
+    pub fn file_stem(&self) -> String {
+        match self {
+            Piece::BlockCacheStage(i, k) => format!("block_cache_{i}_{k}"),
+            _ => self.name(),
         }
     }
 
@@ -80,7 +120,8 @@ impl Piece {
             Piece::Embedding => "embedding",
             Piece::EmbeddingCache => "embedding_cache",
             Piece::Block(_) => "block",
-            Piece::BlockCache(_) => "block_cache",
+            Piece::BlockCache(_) | Piece::BlockCacheStage(..) => "block_cache",
+            Piece::BlockKv(_) => "block_kv",
             Piece::LmHead => "lm_head",
             Piece::GreedyHead => "greedy_head",
             Piece::SampleHead => "sample_head",
@@ -97,6 +138,12 @@ pub fn pieces(cfg: &ModelConfig, opts: &PieceOptions) -> Vec<Piece> {
     for i in 0..cfg.num_hidden_layers {
         out.push(Piece::Block(i));
         out.push(Piece::BlockCache(i));
+        for k in 1..=opts.decode_stages.len() {
+            out.push(Piece::BlockCacheStage(i, k));
+        }
+        if opts.history_kv {
+            out.push(Piece::BlockKv(i));
+        }
     }
     out
 }
@@ -110,6 +157,23 @@ pub fn build(piece: Piece, cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
         Piece::GreedyHead => heads::greedy_head(cfg),
         Piece::SampleHead => heads::sample_head(cfg, opts.seq_length),
         Piece::Block(i) => decoder::prefill_block(cfg, opts, i),
-        Piece::BlockCache(i) => decoder::decode_block(cfg, opts, i),
+        Piece::BlockCache(i) => decoder::decode_block(cfg, opts, i, opts.seq_length),
+        Piece::BlockCacheStage(i, k) => {
+            decoder::decode_block(cfg, opts, i, opts.decode_stages[k - 1])
+        }
+        Piece::BlockKv(i) => decoder::history_block(cfg, opts, i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_stages;
+
+    #[test]
+    fn decode_stages_follow_llm_convert() {
+        assert_eq!(decode_stages(64, 16), vec![32, 16]);
+        assert_eq!(decode_stages(512, 128), vec![256, 128]);
+        assert_eq!(decode_stages(8192, 512), vec![4096, 2048, 1024, 512]);
+        assert_eq!(decode_stages(64, 0), Vec::<usize>::new());
     }
 }

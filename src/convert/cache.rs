@@ -15,28 +15,47 @@ pub struct PieceCache {
     root: PathBuf,
 }
 
-/// The key of one piece.
-pub fn piece_key(
-    onnx: &Path,
-    transform_argv: &[String],
-    deploy_argv: &[String],
-    output_names: &[String],
-) -> Result<String> {
+/// What decides one compile step's bmodel.
+pub struct StepInputs<'a> {
+    pub onnx: &'a Path,
+    pub transform_argv: &'a [String],
+    pub deploy_argv: &'a [String],
+    pub output_names: &'a [String],
+    pub quantize_table: Option<&'a Path>,
+}
+
+/// The key of one piece: all its compile steps (a decode net's stages are compiled together,
+/// since they share the first step's IO addresses).
+pub fn piece_key(steps: &[StepInputs]) -> Result<String> {
     let mut h = Sha256::new();
     for part in [FORMAT, crate::toolchain::TPU_MLIR_VERSION] {
         h.update(part.as_bytes());
         h.update([0]);
     }
     h.update(include_bytes!("../../support/python/tpu_worker.py"));
-    for list in [transform_argv, deploy_argv, output_names] {
-        for a in list {
-            h.update(a.as_bytes());
-            h.update([0]);
+    for step in steps {
+        for list in [step.transform_argv, step.deploy_argv, step.output_names] {
+            for a in list {
+                h.update(a.as_bytes());
+                h.update([0]);
+            }
+            h.update([1]);
         }
-        h.update([1]);
+        hash_file_into(step.onnx, &mut h)?;
+        if let Some(q) = step.quantize_table {
+            hash_file_into(q, &mut h)?;
+        }
     }
-    hash_file_into(onnx, &mut h)?;
     Ok(crate::util::hex(&h.finalize()))
+}
+
+/// The cache extension of step `j` of a piece (the first step's is plain "bmodel").
+pub fn step_ext(j: usize) -> String {
+    if j == 0 {
+        "bmodel".into()
+    } else {
+        format!("stage{j}.bmodel")
+    }
 }
 
 fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<()> {

@@ -32,30 +32,45 @@ use worker::{LazyWorker, SpawnRunner, ToolRunner};
 /// Workers use ~0.9 GB each once TPU-MLIR (and torch) are imported.
 const WORKER_MEM: u64 = 1 << 30;
 
-/// What one piece needs to be compiled.
+/// What one piece needs to be compiled: usually one step; block_cache_i with decode stages
+/// has one more per stage, compiled after the first in the same job because they reuse its
+/// IO addresses (`--save_io_alone_config` / `--use_io_alone_config`).
 #[derive(Clone)]
 struct PieceJob {
+    piece: Piece,
+    steps: Vec<Step>,
+    key: String,
+}
+
+/// One transform + deploy.
+#[derive(Clone)]
+struct Step {
     piece: Piece,
     onnx: PathBuf,
     onnx_bytes: u64,
     outputs: Vec<String>,
     transform_argv: Vec<String>,
     deploy_argv: Vec<String>,
-    key: String,
+    quantize_table: Option<PathBuf>,
 }
+
+/// Where a decode stage's deploy reads the first step's IO address config.
+const IO_ALONE_PLACEHOLDER: &str = "{io_alone_config}";
+/// Where a step's deploy reads its quantize table (its content is part of the key).
+const QTABLE_PLACEHOLDER: &str = "{quantize_table}";
 
 impl scheduler::Job for PieceJob {
     fn label(&self) -> String {
         self.piece.name()
     }
 
-    /// A piece's transform + deploy hold a few copies of its weights.
+    /// A piece's transform + deploy hold a few copies of its weights (steps run one by one).
     fn mem(&self) -> u64 {
-        4 * self.onnx_bytes
+        4 * self.steps.iter().map(|s| s.onnx_bytes).max().unwrap_or(0)
     }
 }
 
-/// What compiling one piece did.
+/// What compiling one step did.
 struct Compiled {
     bmodel: Option<PathBuf>,
     transform_s: f64,
@@ -76,7 +91,8 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
     let template = DeployTemplate::builtin()?;
     let piece_opts = PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?
         .with_dynamic(opts.dynamic)
-        .with_do_sample(opts.do_sample);
+        .with_do_sample(opts.do_sample)
+        .with_history(opts.use_history_kv, opts.chunk_length);
     let folder = opts.out_dir.join(opts.folder_name());
 
     if opts.dry_run {
@@ -96,7 +112,7 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
         .unwrap_or_else(PieceCache::default_root);
     let cache = PieceCache::open(&cache_root)?;
     let onnx_dir = folder.join("onnx");
-    let progress = Progress::new(pieces.len() as u64, "converting", quiet);
+    let progress = Progress::new(job_groups(&pieces).len() as u64, "converting", quiet);
     progress.note(&format!(
         "{} pieces, {} workers, cache {}",
         pieces.len(),
@@ -139,36 +155,40 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
     let compiled = compiled.map_err(|e| e.context("compilation stopped; no bmodel was written"))?;
     progress.done();
     let compile_s = t_work.elapsed().as_secs_f64();
-    let mut fresh: std::collections::HashMap<String, Compiled> = compiled
+    let mut fresh: std::collections::HashMap<String, Vec<Compiled>> = compiled
         .into_iter()
-        .map(|(job, c)| (job.piece.name(), c))
+        .map(|(job, c)| (job.piece.file_stem(), c))
         .collect();
 
+    // One record per step, in the runtime's combine order (a net's stages after it).
     let mut records = Vec::with_capacity(planned.len());
     for job in &planned {
-        let c = fresh.remove(&job.piece.name());
-        let bmodel = match &c {
-            Some(c) => c.bmodel.clone(),
-            None => cache.get(&job.key, "bmodel"),
-        };
-        records.push(PieceRecord {
-            name: job.piece.name(),
-            kind: job.piece.kind().into(),
-            cache_key: job.key.clone(),
-            cached: c.is_none(),
-            transform_s: c.as_ref().map(|c| c.transform_s),
-            deploy_s: c.as_ref().map(|c| c.deploy_s),
-            deploy_argv: job.deploy_argv.clone(),
-            bmodel_bytes: bmodel
-                .as_ref()
-                .and_then(|b| std::fs::metadata(b).ok())
-                .map(|m| m.len()),
-            bmodel_sha256: match &bmodel {
-                Some(b) => Some(cache.sha256(b)?),
-                None => None,
-            },
-            bmodel,
-        });
+        let mut steps_done = fresh.remove(&job.piece.file_stem()).map(Vec::into_iter);
+        for (j, step) in job.steps.iter().enumerate() {
+            let c = steps_done.as_mut().and_then(Iterator::next);
+            let bmodel = match &c {
+                Some(c) => c.bmodel.clone(),
+                None => cache.get(&job.key, &cache::step_ext(j)),
+            };
+            records.push(PieceRecord {
+                name: step.piece.file_stem(),
+                kind: step.piece.kind().into(),
+                cache_key: job.key.clone(),
+                cached: c.is_none(),
+                transform_s: c.as_ref().map(|c| c.transform_s),
+                deploy_s: c.as_ref().map(|c| c.deploy_s),
+                deploy_argv: step.deploy_argv.clone(),
+                bmodel_bytes: bmodel
+                    .as_ref()
+                    .and_then(|b| std::fs::metadata(b).ok())
+                    .map(|m| m.len()),
+                bmodel_sha256: match &bmodel {
+                    Some(b) => Some(cache.sha256(b)?),
+                    None => None,
+                },
+                bmodel,
+            });
+        }
     }
 
     if opts.only_mlir {
@@ -236,25 +256,34 @@ fn plan_pieces(
     // Two stages: this thread exports, a second one hashes each ONNX file for its cache key
     // (sha256 of 1.2 GB of f32 weights costs ~10 s on a CPU without SHA extensions) and hands
     // uncached pieces to the compilers.
-    let (exported_tx, exported_rx) = std::sync::mpsc::channel::<Exported>();
+    let (exported_tx, exported_rx) = std::sync::mpsc::channel::<Vec<Step>>();
     std::thread::scope(|s| {
         let hasher = s.spawn(move || -> Result<Vec<PieceJob>> {
             let mut planned = Vec::new();
-            for x in exported_rx {
-                let name = x.piece.name();
-                let key = cache::piece_key(&x.path, &x.transform_argv, &x.deploy_argv, &x.outputs)?;
-                let onnx_bytes = std::fs::metadata(&x.path).map(|m| m.len()).unwrap_or(0);
-                inject_fault(&name, &x.path, onnx_bytes)?;
+            for steps in exported_rx {
+                let inputs: Vec<cache::StepInputs> = steps
+                    .iter()
+                    .map(|x| cache::StepInputs {
+                        onnx: &x.onnx,
+                        transform_argv: &x.transform_argv,
+                        deploy_argv: &x.deploy_argv,
+                        output_names: &x.outputs,
+                        quantize_table: x.quantize_table.as_deref(),
+                    })
+                    .collect();
+                let key = cache::piece_key(&inputs)?;
+                for x in &steps {
+                    inject_fault(&x.piece.file_stem(), &x.onnx, x.onnx_bytes)?;
+                }
                 let job = PieceJob {
-                    piece: x.piece,
-                    onnx: std::path::absolute(&x.path)?,
-                    onnx_bytes,
-                    outputs: x.outputs,
-                    transform_argv: x.transform_argv,
-                    deploy_argv: x.deploy_argv,
+                    piece: steps[0].piece,
+                    steps,
                     key,
                 };
-                if !opts.only_mlir && cache.get(&job.key, "bmodel").is_some() {
+                let name = job.piece.file_stem();
+                let stored = (0..job.steps.len())
+                    .all(|j| cache.get(&job.key, &cache::step_ext(j)).is_some());
+                if !opts.only_mlir && stored {
                     progress.finish(&format!("{name} (cached)"));
                 } else if to_compile.send(job.clone()).is_err() {
                     // The compilers stopped (a piece failed); their error is the one to report.
@@ -266,19 +295,40 @@ fn plan_pieces(
         });
         let mut export_s = 0.0;
         let exporting = (|| -> Result<()> {
-            for &piece in pieces {
-                let e = crate::export::export_piece(model, piece, piece_opts, onnx_dir)?;
-                export_s += e.seconds;
-                let transform_argv = transform_argv(&piece.name(), &e, opts);
-                let deploy_argv = template.deploy_argv(piece, opts)?;
-                let x = Exported {
-                    piece,
-                    path: e.path,
-                    outputs: e.outputs,
-                    transform_argv,
-                    deploy_argv,
-                };
-                if exported_tx.send(x).is_err() {
+            for group in job_groups(pieces) {
+                let mut steps = Vec::with_capacity(group.len());
+                for (j, &piece) in group.iter().enumerate() {
+                    let e = crate::export::export_piece(model, piece, piece_opts, onnx_dir)?;
+                    export_s += e.seconds;
+                    let mut deploy_argv = template.deploy_argv(piece, opts)?;
+                    if group.len() > 1 {
+                        deploy_argv.extend(if j == 0 {
+                            [
+                                "--save_io_alone_config".into(),
+                                "io_alone_config.json".into(),
+                            ]
+                        } else {
+                            ["--use_io_alone_config".into(), IO_ALONE_PLACEHOLDER.into()]
+                        });
+                    }
+                    if e.quantize_table.is_some() {
+                        deploy_argv.extend(["--quantize_table".into(), QTABLE_PLACEHOLDER.into()]);
+                    }
+                    steps.push(Step {
+                        piece,
+                        quantize_table: e
+                            .quantize_table
+                            .as_ref()
+                            .map(std::path::absolute)
+                            .transpose()?,
+                        transform_argv: transform_argv(&piece.name(), &e, opts),
+                        onnx_bytes: std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0),
+                        onnx: std::path::absolute(&e.path)?,
+                        outputs: e.outputs,
+                        deploy_argv,
+                    });
+                }
+                if exported_tx.send(steps).is_err() {
                     break; // the hasher failed; its error is reported below
                 }
             }
@@ -293,13 +343,16 @@ fn plan_pieces(
     })
 }
 
-/// A piece's ONNX file, on its way to being keyed.
-struct Exported {
-    piece: Piece,
-    path: PathBuf,
-    outputs: Vec<String>,
-    transform_argv: Vec<String>,
-    deploy_argv: Vec<String>,
+/// Pieces grouped into compile jobs: each decode stage joins its block_cache_i.
+fn job_groups(pieces: &[Piece]) -> Vec<Vec<Piece>> {
+    let mut groups: Vec<Vec<Piece>> = Vec::new();
+    for &p in pieces {
+        match (p, groups.last_mut()) {
+            (Piece::BlockCacheStage(i, _), Some(g)) if g[0] == Piece::BlockCache(i) => g.push(p),
+            _ => groups.push(vec![p]),
+        }
+    }
+    groups
 }
 
 /// `model_transform.py` arguments; `{onnx}` stands for the ONNX path (not part of the key).
@@ -372,56 +425,98 @@ fn start_runners(
     Ok(runners)
 }
 
-/// transform → restore output names → deploy → into the cache. The piece's work dir is
-/// `<folder>/<piece>/` and its log `<folder>/<piece>.log`, as llm_convert.py lays them out.
+/// Every step of a piece, then its bmodels into the cache (the first step's last: its
+/// presence marks the piece done).
 fn compile_piece(
     job: &PieceJob,
     runner: &mut dyn ToolRunner,
     folder: &Path,
     cache: &PieceCache,
     opts: &ConvertOptions,
-) -> Result<Compiled> {
-    let name = job.piece.name();
-    let work = std::path::absolute(folder.join(&name))?;
-    let log = std::path::absolute(folder.join(format!("{name}.log")))?;
+) -> Result<Vec<Compiled>> {
+    let io_alone =
+        std::path::absolute(folder.join(job.piece.file_stem()))?.join("io_alone_config.json");
+    let mut done = Vec::with_capacity(job.steps.len());
+    let mut produced = Vec::with_capacity(job.steps.len());
+    for step in &job.steps {
+        let (c, bmodel) = compile_step(step, runner, folder, &io_alone, opts)?;
+        done.push(c);
+        produced.push(bmodel);
+    }
+    if opts.only_mlir {
+        return Ok(done);
+    }
+    for j in (0..produced.len()).rev() {
+        if let Some(b) = &produced[j] {
+            done[j].bmodel = Some(cache.put(&job.key, &cache::step_ext(j), b)?);
+        }
+    }
+    if !opts.debug {
+        for step in &job.steps {
+            let _ = std::fs::remove_dir_all(folder.join(step.piece.file_stem()));
+        }
+    }
+    Ok(done)
+}
+
+/// transform → restore output names → deploy. The step's work dir is `<folder>/<stem>/` and its
+/// log `<folder>/<stem>.log`, as llm_convert.py lays them out; returns the bmodel it wrote.
+fn compile_step(
+    step: &Step,
+    runner: &mut dyn ToolRunner,
+    folder: &Path,
+    io_alone: &Path,
+    opts: &ConvertOptions,
+) -> Result<(Compiled, Option<PathBuf>)> {
+    let (stem, name) = (step.piece.file_stem(), step.piece.name());
+    let work = std::path::absolute(folder.join(&stem))?;
+    let log = std::path::absolute(folder.join(format!("{stem}.log")))?;
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let _ = std::fs::remove_file(&log);
-    let fail = |step: &str, e: anyhow::Error| {
+    let fail = |tool: &str, e: anyhow::Error| {
         e.context(format!(
-            "piece {name}: {step} failed; log {}:\n{}",
+            "piece {stem}: {tool} failed; log {}:\n{}",
             log.display(),
             worker::tail(&log, 20)
         ))
     };
-    let onnx = job.onnx.display().to_string();
-    let targv: Vec<String> = job
-        .transform_argv
-        .iter()
-        .map(|a| {
-            if a == "{onnx}" {
-                onnx.clone()
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
+    let fill = |argv: &[String]| -> Vec<String> {
+        argv.iter()
+            .map(|a| match a.as_str() {
+                "{onnx}" => step.onnx.display().to_string(),
+                IO_ALONE_PLACEHOLDER => io_alone.display().to_string(),
+                QTABLE_PLACEHOLDER => step
+                    .quantize_table
+                    .as_ref()
+                    .map(|q| q.display().to_string())
+                    .unwrap_or_default(),
+                _ => a.clone(),
+            })
+            .collect()
+    };
     let transform_s = runner
-        .run("model_transform.py", &targv, &work, &log)
+        .run(
+            "model_transform.py",
+            &fill(&step.transform_argv),
+            &work,
+            &log,
+        )
         .map_err(|e| fail("model_transform.py", e))?;
     let mlir = work.join(format!("{name}.mlir"));
-    output_names::restore_file(&mlir, &job.outputs).map_err(|e| fail("renaming outputs", e))?;
+    output_names::restore_file(&mlir, &step.outputs).map_err(|e| fail("renaming outputs", e))?;
+    let mut compiled = Compiled {
+        bmodel: None,
+        transform_s,
+        deploy_s: 0.0,
+    };
     if opts.only_mlir {
-        return Ok(Compiled {
-            bmodel: None,
-            transform_s,
-            deploy_s: 0.0,
-        });
+        return Ok((compiled, None));
     }
-    let deploy_s = runner
-        .run("model_deploy.py", &job.deploy_argv, &work, &log)
+    compiled.deploy_s = runner
+        .run("model_deploy.py", &fill(&step.deploy_argv), &work, &log)
         .map_err(|e| fail("model_deploy.py", e))?;
     let produced = work.join(format!("{name}.bmodel"));
     if !produced.is_file() {
@@ -430,15 +525,7 @@ fn compile_piece(
             anyhow::anyhow!("it reported success but wrote no {}", produced.display()),
         ));
     }
-    let stored = cache.put(&job.key, "bmodel", &produced)?;
-    if !opts.debug {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    Ok(Compiled {
-        bmodel: Some(stored),
-        transform_s,
-        deploy_s,
-    })
+    Ok((compiled, Some(produced)))
 }
 
 fn print_plan(
@@ -454,12 +541,30 @@ fn print_plan(
         model.config.family
     );
     println!("output: {}.bmodel", folder.display());
-    for piece in crate::arch::pieces(&model.config, piece_opts) {
-        let name = piece.name();
-        println!(
-            "{name}:\n  model_transform.py --model_name {name} --model_def onnx/{name}.onnx --mlir {name}.mlir --do_onnx_sim=\n  model_deploy.py {}",
-            template.deploy_argv(piece, opts)?.join(" ")
-        );
+    for group in job_groups(&crate::arch::pieces(&model.config, piece_opts)) {
+        for (j, piece) in group.iter().enumerate() {
+            let (name, stem) = (piece.name(), piece.file_stem());
+            let mut deploy = template.deploy_argv(*piece, opts)?.join(" ");
+            if crate::arch::build(*piece, &model.config, piece_opts)
+                .quantize_table()
+                .is_some()
+            {
+                deploy += &format!(" --quantize_table onnx/{stem}.qtable");
+            }
+            if group.len() > 1 {
+                deploy += &if j == 0 {
+                    " --save_io_alone_config io_alone_config.json".to_string()
+                } else {
+                    format!(
+                        " --use_io_alone_config {}/io_alone_config.json",
+                        group[0].file_stem()
+                    )
+                };
+            }
+            println!(
+                "{stem}:\n  model_transform.py --model_name {name} --model_def onnx/{stem}.onnx --mlir {name}.mlir --do_onnx_sim=\n  model_deploy.py {deploy}"
+            );
+        }
     }
     Ok(())
 }

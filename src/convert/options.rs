@@ -121,6 +121,8 @@ pub struct ConvertArgs {
     /// Prefill length (default: seq_length; chunk_length with --use_history_kv).
     #[arg(long = "max_input_length")]
     pub max_input_length: Option<usize>,
+    /// Decode stages of block_cache_i for histories c, 2c, 4c, … < S (faster decode on short
+    /// histories); with --use_history_kv also the prefill chunk (default S/4). At most S/2.
     #[arg(long = "chunk_length")]
     pub chunk_length: Option<usize>,
     #[arg(long = "max_pixels")]
@@ -175,6 +177,9 @@ pub struct ConvertOptions {
     pub symmetric: bool,
     pub dynamic: bool,
     pub do_sample: bool,
+    pub use_history_kv: bool,
+    /// Decode-stage chunk (0 = none); with --use_history_kv also MAX_INPUT_LENGTH.
+    pub chunk_length: usize,
     pub debug: bool,
     pub only_mlir: bool,
     pub dry_run: bool,
@@ -213,17 +218,13 @@ impl ConvertArgs {
                 "pass e.g. -s 512",
             ));
         }
-        let unsupported: [(bool, &str); 6] = [
+        let unsupported: [(bool, &str); 5] = [
             (
                 self.num_device > 1,
                 "--num_device > 1 (multi-device tensor parallel)",
             ),
             (self.batch > 1, "--batch > 1"),
             (self.embedding_disk, "--embedding_disk"),
-            (
-                self.use_history_kv,
-                "--use_history_kv / --use_block_with_kv (block_kv_i)",
-            ),
             (self.max_pixels.is_some(), "--max_pixels (vision models)"),
             (self.lora_max_rank > 0, "--lora_max_rank"),
         ];
@@ -232,13 +233,6 @@ impl ConvertArgs {
                 here,
                 &format!("{what} is not supported by this llm-convert yet"),
                 "drop the flag, or use TPU-MLIR's llm_convert.py for this model for now",
-            ));
-        }
-        if self.chunk_length.is_some() {
-            return Err(refuse(
-                here,
-                "--chunk_length (decode stages) is not supported by this llm-convert yet",
-                "drop the flag",
             ));
         }
         if self.num_device == 0 || self.batch == 0 {
@@ -269,7 +263,42 @@ impl ConvertArgs {
     pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
         let (model_path, seq_length) = self.validate()?;
         let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
-        let mil = self.max_input_length.unwrap_or(seq_length);
+        // llm_convert.py's rules: history KV implies --dynamic, chunk_length defaults to S/4
+        // and becomes MAX_INPUT_LENGTH (which may then not be given); chunk_length <= S/2.
+        let mut chunk = self.chunk_length.unwrap_or(0);
+        let mut mil = self.max_input_length.unwrap_or(seq_length);
+        if self.use_history_kv {
+            if chunk == 0 {
+                chunk = seq_length / 4;
+            }
+            if chunk == 0 {
+                return Err(refuse(
+                    &model_path,
+                    &format!(
+                        "--use_history_kv needs --chunk_length > 0, and -s {seq_length} / 4 is 0"
+                    ),
+                    "pass --chunk_length explicitly or raise -s",
+                ));
+            }
+            if let Some(given) = self.max_input_length {
+                return Err(refuse(
+                    &model_path,
+                    &format!("--max_input_length {given} cannot be set with --use_history_kv (it is --chunk_length)"),
+                    "drop --max_input_length and set --chunk_length instead",
+                ));
+            }
+            mil = chunk;
+        }
+        if chunk > seq_length / 2 {
+            return Err(refuse(
+                &model_path,
+                &format!(
+                    "--chunk_length {chunk} is larger than -s {seq_length} / 2 = {}",
+                    seq_length / 2
+                ),
+                "lower --chunk_length or raise -s",
+            ));
+        }
         if mil == 0 || mil > seq_length {
             return Err(refuse(
                 &model_path,
@@ -321,8 +350,10 @@ impl ConvertArgs {
             num_device: self.num_device,
             num_core,
             symmetric: self.symmetric,
-            dynamic: self.dynamic,
+            dynamic: self.dynamic || self.use_history_kv,
             do_sample: self.do_sample,
+            use_history_kv: self.use_history_kv,
+            chunk_length: chunk,
             debug: self.debug,
             only_mlir: self.only_mlir,
             dry_run: self.dry_run,
@@ -389,19 +420,20 @@ fn inside(child: &Path, parent: &Path) -> bool {
 }
 
 impl ConvertOptions {
-    /// `<model>_<q>_seq<S>_<chip>_<n>dev_{static|dynamic}` (other chips: `_<c>core`).
+    /// `<model>_<q>_seq<S>_<chip>_<n>dev[_history]_{static|dynamic}` (other chips: `_<c>core`).
     pub fn folder_name(&self) -> String {
         let devices = match self.chip {
             Chip::Bm1684x => format!("{}dev", self.num_device),
             _ => format!("{}core", self.num_core),
         };
         format!(
-            "{}_{}_seq{}_{}_{}_{}",
+            "{}_{}_seq{}_{}_{}{}_{}",
             self.model_name,
             self.quantize.name(),
             self.seq_length,
             self.chip.name(),
             devices,
+            if self.use_history_kv { "_history" } else { "" },
             if self.dynamic { "dynamic" } else { "static" }
         )
     }

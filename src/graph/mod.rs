@@ -52,9 +52,13 @@ pub struct Io {
     pub elem: Elem,
     /// For a dynamic axis, its largest size (what TPU-MLIR compiles for).
     pub dims: Vec<usize>,
-    /// An axis whose size varies per call (ONNX `dim_param` "seq_len").
+    /// An axis whose size varies per call, and its ONNX `dim_param` name.
     pub dynamic_axis: Option<usize>,
+    pub dim_param: &'static str,
 }
+
+/// The symbol of the new-token axis of dynamic prefill graphs.
+pub const SEQ_AXIS: &str = "seq_len";
 
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
@@ -63,6 +67,10 @@ pub struct Graph {
     pub outputs: Vec<Io>,
     pub nodes: Vec<Node>,
     pub initializers: Vec<Initializer>,
+    /// Nodes that must run in f32 whatever the quantization (`model_deploy.py
+    /// --quantize_table`), named as TPU-MLIR's ONNX front end names its ops:
+    /// `<first output>_<op type>`.
+    pub f32_ops: Vec<String>,
     counter: usize,
 }
 
@@ -86,11 +94,25 @@ impl Graph {
         dims: &[usize],
         dynamic_axis: Option<usize>,
     ) -> String {
+        self.input_with_param(name, elem, dims, dynamic_axis, SEQ_AXIS)
+    }
+
+    /// An input whose `axis` varies per call under its own symbol (e.g. the history length of
+    /// block_kv, independent of the new-token count).
+    pub fn input_with_param(
+        &mut self,
+        name: &str,
+        elem: Elem,
+        dims: &[usize],
+        dynamic_axis: Option<usize>,
+        dim_param: &'static str,
+    ) -> String {
         self.inputs.push(Io {
             name: name.into(),
             elem,
             dims: dims.to_vec(),
             dynamic_axis,
+            dim_param,
         });
         name.to_string()
     }
@@ -128,7 +150,23 @@ impl Graph {
             elem,
             dims: dims.to_vec(),
             dynamic_axis,
+            dim_param: SEQ_AXIS,
         });
+    }
+
+    /// Marks every node added since `nodes.len()` was `first` as f32-only.
+    pub fn keep_f32_since(&mut self, first: usize) {
+        let names: Vec<String> = self.nodes[first..]
+            .iter()
+            .map(|n| format!("{}_{}", n.outputs[0], n.op))
+            .collect();
+        self.f32_ops.extend(names);
+    }
+
+    /// The `--quantize_table` text for [`Self::f32_ops`], if any.
+    pub fn quantize_table(&self) -> Option<String> {
+        (!self.f32_ops.is_empty())
+            .then(|| self.f32_ops.iter().map(|n| format!("{n} F32\n")).collect())
     }
 
     fn fresh(&mut self, hint: &str) -> String {

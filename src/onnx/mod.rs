@@ -27,12 +27,23 @@ const INLINE_LIMIT: usize = 1 << 30;
 /// Writes `graph` to `path` (and `path.data` when external), reading weights from `weights`.
 /// Returns the bytes of weights written.
 pub fn write(graph: &Graph, weights: &dyn WeightSource, path: &Path) -> Result<u64> {
+    write_with_inline_limit(graph, weights, path, INLINE_LIMIT)
+}
+
+/// [`write`] with weights going to external data above `inline_limit` bytes (tests use a
+/// small limit to exercise the external-data path on tiny models).
+pub fn write_with_inline_limit(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    path: &Path,
+    inline_limit: usize,
+) -> Result<u64> {
     let total: usize = graph
         .initializers
         .iter()
         .map(|i| i.dims.iter().product::<usize>() * 4)
         .sum();
-    let external = total > INLINE_LIMIT;
+    let external = total > inline_limit;
     let data_name = format!(
         "{}.data",
         path.file_name().context("file name")?.to_string_lossy()
@@ -159,7 +170,7 @@ fn value_info(io: &Io) -> proto::ValueInfoProto {
                         .enumerate()
                         .map(|(axis, d)| Dimension {
                             value: Some(if io.dynamic_axis == Some(axis) {
-                                Value::DimParam("seq_len".into())
+                                Value::DimParam(io.dim_param.into())
                             } else {
                                 Value::DimValue(*d as i64)
                             }),

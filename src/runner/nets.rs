@@ -2,7 +2,7 @@
 //! does (shared/reference/llm-tpu.md §4.2), and checked: a missing net or a shape that does not
 //! fit the contract is an error naming the net and what was expected.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::bmrt::{DType, NetInfo, Runtime};
 
@@ -12,6 +12,13 @@ pub struct LlmNets {
     pub lm_head: NetInfo,
     pub blocks: Vec<NetInfo>,
     pub block_caches: Vec<NetInfo>,
+    /// block_kv_i (history-KV builds): prefill of new tokens after the cached ones.
+    pub block_kvs: Vec<NetInfo>,
+    /// block_cache stages as (stage index, history slots), fewest slots first; one stage
+    /// unless built with --chunk_length.
+    pub decode_stages: Vec<(usize, usize)>,
+    /// The stage with SEQLEN slots: its history inputs are the KV cache.
+    pub full_stage: usize,
     pub greedy_head: Option<NetInfo>,
     pub sample_head: Option<NetInfo>,
     /// MAX_INPUT_LENGTH: the prefill length (embedding's input dims[1]).
@@ -30,7 +37,11 @@ pub struct LlmNets {
 }
 
 fn dims(net: &NetInfo, input: bool, index: usize) -> Result<&[usize]> {
-    let stage = net.stage(0)?;
+    stage_dims(net, 0, input, index)
+}
+
+fn stage_dims(net: &NetInfo, stage: usize, input: bool, index: usize) -> Result<&[usize]> {
+    let stage = net.stage(stage)?;
     let shapes = if input {
         &stage.input_shapes
     } else {
@@ -48,11 +59,22 @@ fn dims(net: &NetInfo, input: bool, index: usize) -> Result<&[usize]> {
 }
 
 fn expect(net: &NetInfo, input: bool, index: usize, want: &[usize]) -> Result<()> {
-    let got = dims(net, input, index)?;
+    expect_stage(net, 0, input, index, want)
+}
+
+fn expect_stage(
+    net: &NetInfo,
+    stage: usize,
+    input: bool,
+    index: usize,
+    want: &[usize],
+) -> Result<()> {
+    let got = stage_dims(net, stage, input, index)?;
     ensure!(
         got == want,
-        "net {}: {} {index} ({}) has shape {got:?}, expected {want:?} (runtime contract, llm-tpu.md §1)",
+        "net {}{}: {} {index} ({}) has shape {got:?}, expected {want:?} (runtime contract, llm-tpu.md §1)",
         net.name,
+        if stage > 0 { format!(" stage {stage}") } else { String::new() },
         if input { "input" } else { "output" },
         if input {
             net.input_names.get(index)
@@ -72,10 +94,19 @@ impl LlmNets {
         let lm_head = rt.net("lm_head")?;
         let mut blocks = Vec::new();
         let mut block_caches = Vec::new();
+        let mut block_kvs = Vec::new();
         while rt.has_net(&format!("block_{}", blocks.len()))? {
             let i = blocks.len();
             blocks.push(rt.net(&format!("block_{i}"))?);
             block_caches.push(rt.net(&format!("block_cache_{i}"))?);
+            if i == 0 || !block_kvs.is_empty() {
+                let name = format!("block_kv_{i}");
+                if rt.has_net(&name)? {
+                    block_kvs.push(rt.net(&name)?);
+                } else {
+                    ensure!(i == 0, "the bmodel has block_kv_0 but no {name}");
+                }
+            }
         }
         ensure!(
             !blocks.is_empty(),
@@ -98,12 +129,22 @@ impl LlmNets {
             "net embedding: input 0 has shape {emb_in:?}, expected [1, MAX_INPUT_LENGTH]"
         );
         let max_input_length = emb_in[1];
-        let hist = dims(&block_caches[0], true, 3)?;
-        ensure!(
-            hist.len() == 4,
-            "net block_cache_0: input 3 (history_k) has shape {hist:?}, expected [1, SEQLEN, KV_HEADS, HEAD_DIM]"
-        );
-        let (seq_length, kvh, d) = (hist[1], hist[2], hist[3]);
+        // Decode stages: the runtime tells them apart by history_k's dims[1].
+        let mut decode_stages = Vec::new();
+        for j in 0..block_caches[0].stages.len() {
+            let hist = stage_dims(&block_caches[0], j, true, 3)?;
+            ensure!(
+                hist.len() == 4,
+                "net block_cache_0: input 3 (history_k) has shape {hist:?}, expected [1, SEQLEN, KV_HEADS, HEAD_DIM]"
+            );
+            decode_stages.push((j, hist[1]));
+        }
+        decode_stages.sort_by_key(|&(_, slots)| slots);
+        let &(full_stage, seq_length) = decode_stages
+            .last()
+            .context("block_cache_0 has no stages")?;
+        let hist = stage_dims(&block_caches[0], full_stage, true, 3)?;
+        let (kvh, d) = (hist[2], hist[3]);
         let hidden_size = *dims(&embedding_cache, false, 0)?.last().unwrap_or(&0);
         let dynamic = blocks[0].is_dynamic;
         let prefill_mask = blocks[0].input_num() > 2;
@@ -140,16 +181,45 @@ impl LlmNets {
                 c.input_num(),
                 c.output_num()
             );
-            expect(c, true, 0, &[1, 1, h])?;
-            expect(c, true, 1, &[1, 1])?;
-            expect(c, true, 2, &[1, 1, 1, s + 1])?;
-            expect(c, true, 3, &[1, s, kvh, d])?;
-            expect(c, true, 4, &[1, s, kvh, d])?;
-            expect(c, false, 1, &[1, 1, kvh, d])?;
             ensure!(
                 c.is_io_alone(),
                 "net block_cache_{i} was not compiled with --addr_mode io_alone: the KV cache would not survive other launches"
             );
+            ensure!(
+                c.stages.len() == decode_stages.len(),
+                "net block_cache_{i} has {} stages, block_cache_0 has {}",
+                c.stages.len(),
+                decode_stages.len()
+            );
+            let cache = &c.stage(full_stage)?.input_mems;
+            for &(j, slots) in &decode_stages {
+                expect_stage(c, j, true, 0, &[1, 1, h])?;
+                expect_stage(c, j, true, 1, &[1, 1])?;
+                expect_stage(c, j, true, 2, &[1, 1, 1, slots + 1])?;
+                expect_stage(c, j, true, 3, &[1, slots, kvh, d])?;
+                expect_stage(c, j, true, 4, &[1, slots, kvh, d])?;
+                expect_stage(c, j, false, 1, &[1, 1, kvh, d])?;
+                // Every stage must read the one KV cache (--use_io_alone_config).
+                let mems = &c.stage(j)?.input_mems;
+                ensure!(
+                    mems[3].addr() == cache[3].addr() && mems[4].addr() == cache[4].addr(),
+                    "net block_cache_{i} stage {j}: its history inputs are not at the full stage's addresses (decode stages must be compiled with --use_io_alone_config)"
+                );
+            }
+        }
+        for (i, b) in block_kvs.iter().enumerate() {
+            ensure!(
+                b.is_dynamic && b.input_num() == 4,
+                "net block_kv_{i}: expected a dynamic net with 4 inputs (input_states, position_ids, history_k, history_v), found {} inputs{}",
+                b.input_num(),
+                if b.is_dynamic { "" } else { ", static" }
+            );
+            expect(b, true, 0, &[1, l, h])?;
+            expect(b, true, 1, &[1, l])?;
+            expect(b, true, 2, &[1, s, kvh, d])?;
+            expect(b, true, 3, &[1, s, kvh, d])?;
+            expect(b, false, 0, &[1, l, h])?;
+            expect(b, false, 1, &[1, l, kvh, d])?;
         }
         if !lm_head_topk {
             ensure!(
@@ -163,6 +233,9 @@ impl LlmNets {
             lm_head,
             blocks,
             block_caches,
+            block_kvs,
+            decode_stages,
+            full_stage,
             greedy_head,
             sample_head,
             max_input_length,
@@ -177,6 +250,21 @@ impl LlmNets {
 
     pub fn layers(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// Prompts longer than MAX_INPUT_LENGTH can run in chunks, and a conversation can keep its
+    /// KV cache across turns.
+    pub fn history_kv(&self) -> bool {
+        !self.block_kvs.is_empty()
+    }
+
+    /// The smallest decode stage whose history holds `history` tokens (the runtime's
+    /// `select_decode_stage`): (stage index, slots).
+    pub fn decode_stage(&self, history: usize) -> Option<(usize, usize)> {
+        self.decode_stages
+            .iter()
+            .copied()
+            .find(|&(_, slots)| slots >= history)
     }
 
     /// The additive mask value the runtime writes, in the activation dtype (bf16 0xC61C = -9984,

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::nets::LlmNets;
 use crate::bmrt::{DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
@@ -17,6 +17,10 @@ pub struct StepResult {
     pub block_outputs: Vec<Vec<f32>>,
     /// Launch seconds per net name, in call order.
     pub launches: Vec<(String, f64)>,
+    /// Prefill: the chunks the prompt ran in. Decode: 0.
+    pub chunks: usize,
+    /// Decode: the history slots of the block_cache stage used. Prefill: 0.
+    pub slots: usize,
 }
 
 pub struct Pipeline<'rt> {
@@ -39,13 +43,13 @@ pub struct Pipeline<'rt> {
 impl<'rt> Pipeline<'rt> {
     pub fn new(rt: &'rt Runtime) -> Result<Pipeline<'rt>> {
         let nets = LlmNets::discover(rt)?;
-        let c0 = nets.block_caches[0].stage(0)?;
+        let c0 = nets.block_caches[0].stage(nets.full_stage)?;
         let hidden_bytes = c0.output_mems[0].size();
         let kv_bytes = c0.output_mems[1].size();
         let mut past_k = Vec::new();
         let mut past_v = Vec::new();
         for c in &nets.block_caches {
-            let s = c.stage(0)?;
+            let s = c.stage(nets.full_stage)?;
             rt.memset_zero(&s.input_mems[3])?;
             rt.memset_zero(&s.input_mems[4])?;
             past_k.push(s.input_mems[3]);
@@ -91,17 +95,69 @@ impl<'rt> Pipeline<'rt> {
         Ok(())
     }
 
-    /// Runs the prompt; returns the first generated token.
+    /// Runs the prompt on an empty KV cache; returns the first generated token. Prompts
+    /// longer than MAX_INPUT_LENGTH run in chunks when the bmodel has block_kv nets.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<StepResult> {
         self.clear()?;
+        self.extend(tokens)
+    }
+
+    /// Appends `tokens` after the ones already in the KV cache (block_i for the first chunk of
+    /// an empty cache, block_kv_i after that); returns the next token. On a cache that holds
+    /// a generated but not yet fed token, that token is dropped: include it in `tokens`.
+    pub fn extend(&mut self, tokens: &[u32]) -> Result<StepResult> {
         let n = &self.nets;
-        let (len, mil, seq) = (tokens.len(), n.max_input_length, n.seq_length);
-        anyhow::ensure!(
-            len > 0 && len <= mil && len < seq,
-            "the prompt has {len} tokens; this bmodel takes 1..={} (MAX_INPUT_LENGTH {mil}, SEQLEN {seq})",
-            mil.min(seq - 1)
+        let (mil, seq) = (n.max_input_length, n.seq_length);
+        let cached = self.history.saturating_sub(1);
+        ensure!(!tokens.is_empty(), "the prompt is empty");
+        ensure!(
+            cached + tokens.len() < seq,
+            "{} tokens do not fit the KV cache: {cached} cached + {} new must stay below SEQLEN {seq}",
+            cached + tokens.len(),
+            tokens.len()
+        );
+        ensure!(
+            n.history_kv() || (cached == 0 && tokens.len() <= mil),
+            "the prompt has {} tokens; this bmodel takes at most MAX_INPUT_LENGTH = {mil} at once and has no block_kv nets to continue (convert with --use_history_kv for longer prompts and multi-turn caches)",
+            tokens.len()
         );
         let mut log = Vec::new();
+        let mut block_outputs: Vec<Vec<f32>> = vec![Vec::new(); n.layers()];
+        let mut old = cached;
+        let mut last = None;
+        let chunks = tokens.len().div_ceil(mil);
+        for chunk in tokens.chunks(mil) {
+            let out = self.prefill_chunk(chunk, old, &mut log, &mut block_outputs)?;
+            old += chunk.len();
+            last = Some((out, chunk.len()));
+        }
+        let (out, len) = last.context("no chunk ran")?;
+        let token = self.head(&out, (len - 1) * self.hidden_bytes, &mut log)?;
+        self.history = old + 1;
+        if !self.capture {
+            block_outputs.clear();
+        }
+        Ok(StepResult {
+            token,
+            block_outputs,
+            launches: log,
+            chunks,
+            slots: 0,
+        })
+    }
+
+    /// One prefill chunk of at most MAX_INPUT_LENGTH tokens at positions `old..`; copies its
+    /// K/V into the cache and returns the last block's output.
+    fn prefill_chunk(
+        &self,
+        tokens: &[u32],
+        old: usize,
+        log: &mut Vec<(String, f64)>,
+        block_outputs: &mut [Vec<f32>],
+    ) -> Result<DeviceMem> {
+        let n = &self.nets;
+        let (len, mil) = (tokens.len(), n.max_input_length);
+        let with_history = old > 0;
         // embedding: ids padded with 0 to MAX_INPUT_LENGTH.
         let mut ids = vec![0i32; mil];
         for (slot, &t) in ids.iter_mut().zip(tokens) {
@@ -110,7 +166,7 @@ impl<'rt> Pipeline<'rt> {
         let emb_in = n.embedding.input_tensors(0)?;
         let emb_out = n.embedding.output_tensors(0)?;
         self.rt.s2d(&emb_in[0].mem, &ids)?;
-        self.launch(&n.embedding, &emb_in, &emb_out, &mut log)?;
+        self.launch(&n.embedding, &emb_in, &emb_out, log)?;
         self.rt.d2d(
             &self.embedded,
             0,
@@ -119,15 +175,21 @@ impl<'rt> Pipeline<'rt> {
             len * self.hidden_bytes,
         )?;
 
-        // Position ids and mask go to block_0's buffers; every layer binds those.
-        let b0 = n.blocks[0].input_tensors(0)?;
-        let rows = if n.dynamic { len } else { mil };
+        // Position ids (and the static mask) go to layer 0's buffers; every layer binds those.
+        let nets = if with_history {
+            &n.block_kvs
+        } else {
+            &n.blocks
+        };
+        let b0 = nets[0].input_tensors(0)?;
+        let dynamic = with_history || n.dynamic;
+        let rows = if dynamic { len } else { mil };
         let mut pos = vec![0i32; rows];
         for (i, p) in pos.iter_mut().enumerate().take(len) {
-            *p = i as i32;
+            *p = (old + i) as i32;
         }
         self.rt.s2d_partial(&b0[1].mem, &pos)?;
-        if n.prefill_mask {
+        if !with_history && n.prefill_mask {
             let mut mask = vec![n.mask_value(); mil * mil];
             for i in 0..len {
                 mask[i * mil..i * mil + i + 1].fill(0.0);
@@ -137,39 +199,44 @@ impl<'rt> Pipeline<'rt> {
         }
 
         let mut prev: DeviceMem = *self.embedded;
-        let mut block_outputs = Vec::new();
-        for (i, block) in n.blocks.iter().enumerate() {
+        let kv_new = len * self.kv_bytes;
+        for (i, block) in nets.iter().enumerate() {
             let mut inputs = block.input_tensors(0)?;
             let outputs = block.output_tensors(0)?;
             // Compiled with in-place hidden states, a block's input is the previous output.
             if inputs[0].mem.addr() != prev.addr() {
                 self.rt
                     .d2d(&inputs[0].mem, 0, &prev, 0, len * self.hidden_bytes)
-                    .with_context(|| format!("feeding block_{i}"))?;
+                    .with_context(|| format!("feeding {}", block.name))?;
             }
-            for (k, t) in inputs.iter_mut().enumerate().skip(1) {
-                t.mem = b0[k].mem;
-            }
-            if n.dynamic {
+            inputs[1].mem = b0[1].mem;
+            if dynamic {
                 inputs[0].shape[1] = len;
                 inputs[1].shape[1] = len;
             }
-            self.launch(block, &inputs, &outputs, &mut log)?;
-            let kv = len * self.kv_bytes;
-            self.rt.d2d(&self.past_k[i], 0, &outputs[1].mem, 0, kv)?;
-            self.rt.d2d(&self.past_v[i], 0, &outputs[2].mem, 0, kv)?;
+            if with_history {
+                // block_kv reads the cached tokens from its own history inputs (copied, as
+                // the runtime does) and sees only `old` of them.
+                let kv_old = old * self.kv_bytes;
+                self.rt.d2d(&inputs[2].mem, 0, &self.past_k[i], 0, kv_old)?;
+                self.rt.d2d(&inputs[3].mem, 0, &self.past_v[i], 0, kv_old)?;
+                inputs[2].shape[1] = old;
+                inputs[3].shape[1] = old;
+            } else if n.prefill_mask {
+                inputs[2].mem = b0[2].mem;
+            }
+            self.launch(block, &inputs, &outputs, log)?;
+            let at = old * self.kv_bytes;
+            self.rt
+                .d2d(&self.past_k[i], at, &outputs[1].mem, 0, kv_new)?;
+            self.rt
+                .d2d(&self.past_v[i], at, &outputs[2].mem, 0, kv_new)?;
             if self.capture {
-                block_outputs.push(self.read_rows(&outputs[0], len)?);
+                block_outputs[i].extend(self.read_rows(&outputs[0], len)?);
             }
             prev = outputs[0].mem;
         }
-        let token = self.head(&prev, (len - 1) * self.hidden_bytes, &mut log)?;
-        self.history = len + 1;
-        Ok(StepResult {
-            token,
-            block_outputs,
-            launches: log,
-        })
+        Ok(prev)
     }
 
     /// Feeds the last generated token; returns the next one.
@@ -180,16 +247,20 @@ impl<'rt> Pipeline<'rt> {
             hist >= 1 && hist <= seq,
             "the KV cache is full ({seq} tokens, SEQLEN of this bmodel)"
         );
+        // The smallest decode stage whose history slots cover this step.
+        let (stage, slots) = n
+            .decode_stage(hist)
+            .context("no decode stage covers this history")?;
         let mut log = Vec::new();
         let ec_in = n.embedding_cache.input_tensors(0)?;
         let ec_out = n.embedding_cache.output_tensors(0)?;
         self.rt.s2d(&ec_in[0].mem, &[token as i32])?;
         self.launch(&n.embedding_cache, &ec_in, &ec_out, &mut log)?;
 
-        let c0 = n.block_caches[0].input_tensors(0)?;
+        let c0 = n.block_caches[0].input_tensors(stage)?;
         self.rt.s2d(&c0[1].mem, &[(hist - 1) as i32])?;
-        let mut mask = vec![0f32; seq + 1];
-        mask[hist - 1..seq].fill(n.mask_value());
+        let mut mask = vec![0f32; slots + 1];
+        mask[hist - 1..slots].fill(n.mask_value());
         let bytes = c0[2].dtype.encode_f32(&mask)?;
         self.rt.s2d(&c0[2].mem, &bytes)?;
 
@@ -197,8 +268,8 @@ impl<'rt> Pipeline<'rt> {
         let mut block_outputs = Vec::new();
         let offset = (hist - 1) * self.kv_bytes;
         for (i, net) in n.block_caches.iter().enumerate() {
-            let mut inputs = net.input_tensors(0)?;
-            let mut outputs = net.output_tensors(0)?;
+            let mut inputs = net.input_tensors(stage)?;
+            let mut outputs = net.output_tensors(stage)?;
             inputs[0].mem = prev;
             inputs[1].mem = c0[1].mem;
             inputs[2].mem = c0[2].mem;
@@ -217,6 +288,8 @@ impl<'rt> Pipeline<'rt> {
             token,
             block_outputs,
             launches: log,
+            chunks: 0,
+            slots,
         })
     }
 

@@ -60,6 +60,12 @@ pub struct StepCheck {
     pub reference_margin: f32,
     pub blocks: Vec<BlockCheck>,
     pub seconds: f64,
+    /// Prefill: how many chunks the prompt ran in (more than one through block_kv).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_chunks: Option<usize>,
+    /// Decode: history slots of the block_cache stage used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_slots: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +163,8 @@ pub fn verify(
         reference_margin: margin(&refs.logits, dev.token),
         blocks: compare(model, &final_norm, &dev.block_outputs, &refs, prompt.len())?,
         seconds: t0.elapsed().as_secs_f64(),
+        prefill_chunks: Some(dev.chunks),
+        decode_slots: None,
     });
     on_step(&checks[0]);
     let mut token = dev.token;
@@ -174,6 +182,8 @@ pub fn verify(
             reference_margin: margin(&refs.logits, dev.token),
             blocks: compare(model, &final_norm, &dev.block_outputs, &refs, 1)?,
             seconds: t0.elapsed().as_secs_f64(),
+            prefill_chunks: None,
+            decode_slots: Some(dev.slots),
         });
         on_step(&checks[checks.len() - 1]);
         token = dev.token;
