@@ -522,6 +522,7 @@ fn cache_reuse_and_resume_after_sigkill() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let workers = child_pids(child.id());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done_before = count_files(&cache_b, "bmodel");
@@ -531,16 +532,10 @@ fn cache_reuse_and_resume_after_sigkill() {
     );
     assert!(!out_b.join("manifest.json").exists());
     // No tool process outlives the killed run (they die with their parent).
+    assert!(!workers.is_empty(), "no worker was running");
     std::thread::sleep(Duration::from_millis(500));
-    let workers = Command::new("pgrep")
-        .args(["-f", "tpu_worker-"])
-        .output()
-        .unwrap();
-    assert!(
-        workers.stdout.is_empty(),
-        "orphaned workers: {}",
-        String::from_utf8_lossy(&workers.stdout)
-    );
+    let left: Vec<u32> = workers.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "orphaned workers: {left:?}");
 
     let resumed = run_convert(&model, &out_b, &cache_b, &["-q", "w4bf16"]);
     let reused = resumed["pieces"]
@@ -554,6 +549,29 @@ fn cache_reuse_and_resume_after_sigkill() {
         resumed["bmodel_sha256_without_create_time"],
         first["bmodel_sha256_without_create_time"]
     );
+}
+
+/// The direct children of `pid` (our tool workers; other runs' workers on the machine are not
+/// ours to check).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let o = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
 }
 
 fn count_files(dir: &Path, ext: &str) -> usize {
@@ -802,4 +820,63 @@ fn history_kv_rules_and_plan() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains(words), "{extra:?}: {err}");
     }
+}
+
+/// Ctrl-C (SIGINT to llm-convert alone, as a terminal's would reach it: the tool processes
+/// run in their own process groups) mid-compile: exit 130 with a resume hint, every tool
+/// process gone, no bmodel or manifest.
+#[test]
+fn ctrl_c_stops_every_tool_process() {
+    common::toolchain();
+    let model = common::fixtures().join("qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["-m", model.to_str().unwrap(), "-s", "64", "-q", "bf16"])
+        .args(["-o", out.to_str().unwrap(), "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a worker is compiling: a piece's log exists (not just a worker's).
+    let t0 = Instant::now();
+    let folder = out.join("qwen3_bf16_seq64_bm1684x_1dev_static");
+    let piece_logs = || {
+        std::fs::read_dir(&folder)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.ends_with(".log") && !n.starts_with("worker_")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while piece_logs() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no piece started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workers = child_pids(child.id());
+    assert!(!workers.is_empty(), "no worker to stop");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("rerun the same command to resume"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<u32> = workers.into_iter().filter(|&p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "tool processes left after Ctrl-C: {left:?}"
+    );
+    assert!(!out.join("manifest.json").exists());
+    let combined = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "bmodel"))
+        .count();
+    assert_eq!(combined, 0, "no combined bmodel");
 }

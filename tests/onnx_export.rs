@@ -237,7 +237,7 @@ fn smollm2_135m_chain() {
     let dir = tempfile::tempdir().unwrap();
     let opts = PieceOptions::new(64, Some(16)).unwrap();
     llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
-    check_dir("smollm2", &model, &opts, &PROMPT, dir.path(), 8);
+    check_dir("smollm2", &model, &opts, &PROMPT, dir.path(), STEPS);
 }
 
 /// Weights above the inline limit go to `<piece>.onnx.data` (external data, as a >2 GiB piece
@@ -263,4 +263,47 @@ fn external_data_pieces() {
         );
     }
     check_dir("qwen2", &model, &opts, &PROMPT, dir.path(), STEPS);
+}
+
+/// `llm-convert … --only_onnx` writes the pieces with every conversion flag's meaning:
+/// `--use_history_kv --chunk_length 8` at S 32 gives MAX_INPUT_LENGTH 8, block_kv_i, decode
+/// stages of 16 and 8 slots, and f32 quantize tables for the in-graph masks.
+#[test]
+fn only_onnx_follows_the_conversion_flags() {
+    let name = "llama_rope3";
+    let model_dir = common::fixtures().join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::llm_convert(&[
+        "-m",
+        model_dir.to_str().unwrap(),
+        "-s",
+        "32",
+        "-q",
+        "bf16",
+        "--use_history_kv",
+        "--chunk_length",
+        "8",
+        "--only_onnx",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let onnx = dir.path().join("onnx");
+    for f in [
+        "block_kv_1.onnx",
+        "block_kv_1.qtable",
+        "block_1.qtable",
+        "block_cache_1_1.onnx",
+        "block_cache_1_2.onnx",
+    ] {
+        assert!(onnx.join(f).is_file(), "{f} missing");
+    }
+    assert!(!onnx.join("block_cache_1_3.onnx").exists());
+    let model = Model::open(&model_dir).unwrap();
+    let opts = PieceOptions::new(32, Some(8))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 8);
+    let used = check_dir(name, &model, &opts, &PROMPT, &onnx, STEPS);
+    assert_eq!(used, vec![16, 32]);
 }

@@ -99,6 +99,14 @@ pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Optio
         print_plan(&model, &opts, &template, &folder, &piece_opts)?;
         return Ok(None);
     }
+    if opts.only_onnx {
+        let dir = opts.out_dir.join("onnx");
+        let done = crate::export::export_onnx(&model, &piece_opts, &dir, quiet)?;
+        if !quiet {
+            eprintln!("{} ONNX pieces in {}", done.len(), dir.display());
+        }
+        return Ok(None);
+    }
     crate::toolchain::require_installed(layout)?;
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
 

@@ -138,6 +138,10 @@ pub struct ConvertArgs {
     /// Stop after model_transform (Top MLIR per piece).
     #[arg(long = "only_mlir")]
     pub only_mlir: bool,
+    /// Stop after writing every piece as ONNX into <out_dir>/onnx (same as `export-onnx`,
+    /// with every conversion flag's meaning).
+    #[arg(long = "only_onnx")]
+    pub only_onnx: bool,
     /// Accepted for llm_convert.py users: finished pieces are always reused from the cache.
     #[arg(long)]
     pub again: bool,
@@ -182,6 +186,7 @@ pub struct ConvertOptions {
     pub chunk_length: usize,
     pub debug: bool,
     pub only_mlir: bool,
+    pub only_onnx: bool,
     pub dry_run: bool,
     pub out_dir: PathBuf,
     pub jobs: Option<usize>,
@@ -356,6 +361,7 @@ impl ConvertArgs {
             chunk_length: chunk,
             debug: self.debug,
             only_mlir: self.only_mlir,
+            only_onnx: self.only_onnx,
             dry_run: self.dry_run,
             out_dir,
             jobs: self.jobs,
