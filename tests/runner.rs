@@ -221,39 +221,8 @@ fn qwen2_w4bf16_verify_and_bench() {
 /// tokens as our bmodel of the same model (bf16 checkpoint; llm_convert.py refuses f32 ones).
 #[test]
 fn llm_convert_py_bmodel_runs_like_ours() {
-    let layout = common::toolchain();
     let dir = tempfile::tempdir().unwrap();
-    let model = common::fixtures().join("qwen2_bf16");
-    let theirs_dir = dir.path().join("theirs");
-    let tool = layout.python_tool("llm_convert.py");
-    let mut cmd = Command::new(layout.python());
-    cmd.arg(&tool)
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-s",
-            "64",
-            "-q",
-            "bf16",
-            "-c",
-            "bm1684x",
-        ])
-        .args(["-o", theirs_dir.to_str().unwrap()]);
-    for (k, v) in llm_convert::toolchain::env::tool_env(&layout) {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "llm_convert.py failed:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let theirs = std::fs::read_dir(&theirs_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
-        .expect("llm_convert.py wrote a bmodel");
+    let theirs = llm_convert_py("qwen2_bf16", dir.path(), &[]);
     let ours = convert("qwen2_bf16", dir.path(), &["-q", "bf16"]);
     let (code_t, rt) = verify(&theirs, "qwen2_bf16", 8, &["-q", "bf16"]);
     let (code_o, ro) = verify(&ours, "qwen2_bf16", 8, &[]);
@@ -268,6 +237,69 @@ fn llm_convert_py_bmodel_runs_like_ours() {
         "same greedy tokens from both bmodels"
     );
     assert_eq!((code_t, code_o), (0, 0));
+}
+
+/// llm_convert.py's own `--use_history_kv` bmodel (FAttention with its built-in mask,
+/// decode stages in its order) runs in our runner: chunked prefill through its block_kv
+/// nets and the stage switch, with every block and token matching the reference.
+#[test]
+fn llm_convert_py_history_kv_bmodel_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = llm_convert_py("qwen2_bf16", dir.path(), &["--use_history_kv"]);
+    let prompt = "3,17,256,999,42,7,511,128,64,5,9,10,11,12,13,14,15,16,17,18";
+    let (code, r) = verify_prompt(&theirs, "qwen2_bf16", prompt, 16, &["-q", "bf16"]);
+    assert_eq!(code, 0, "verify failed: {r}");
+    assert!(
+        min_cosine(&r) >= 0.999,
+        "min block cosine {}",
+        min_cosine(&r)
+    );
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["prefill_chunks"], 2, "prefill chunks");
+    let mut slots: Vec<u64> = steps[1..]
+        .iter()
+        .map(|s| s["decode_slots"].as_u64().unwrap())
+        .collect();
+    slots.dedup();
+    assert_eq!(slots, vec![32, 64], "decode stages used, in order");
+}
+
+/// Converts `fixture` with TPU-MLIR's own llm_convert.py (seq 64, bf16, bm1684x + `extra`);
+/// returns its bmodel.
+fn llm_convert_py(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let layout = common::toolchain();
+    let model = common::fixtures().join(fixture);
+    let theirs_dir = dir.join("theirs");
+    let tool = layout.python_tool("llm_convert.py");
+    let mut cmd = Command::new(layout.python());
+    cmd.arg(&tool)
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-q",
+            "bf16",
+            "-c",
+            "bm1684x",
+        ])
+        .args(["-o", theirs_dir.to_str().unwrap()])
+        .args(extra);
+    for (k, v) in llm_convert::toolchain::env::tool_env(&layout) {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "llm_convert.py failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::fs::read_dir(&theirs_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
+        .expect("llm_convert.py wrote a bmodel")
 }
 
 /// A bmodel that lacks a net the contract requires fails with a message naming it.
