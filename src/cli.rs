@@ -586,6 +586,14 @@ fn run_bench(args: BenchArgs, layout: &Layout) -> Result<i32> {
     Ok(0)
 }
 
+/// eprintln! after flushing the simulator's buffered chatter, so status lines stay whole.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        crate::util::flush_c_stdio();
+        eprintln!($($arg)*);
+    }};
+}
+
 /// The chat config, the loaded runtime and a pipeline set up for sampling or greedy, for
 /// `generate` and `chat`.
 struct TextGen {
@@ -631,12 +639,18 @@ impl TextGen {
         };
         let (sampling, notes) = crate::chat::resolve_sampling(&flags, &self.cfg.generation);
         for n in notes {
-            eprintln!("note: {n}");
+            status!("note: {n}");
         }
         let mut pipeline = crate::runner::Pipeline::new(rt)?;
-        pipeline
-            .set_sampling(sampling)
-            .with_context(|| format!("{}: cannot sample as asked", args.bmodel.display()))?;
+        // Both refusals are the user's to fix: exit code 2.
+        let fix = if sampling.is_some() && pipeline.nets.sample_head.is_none() {
+            "convert the model again with --do_sample, or drop the sampling options for greedy decoding"
+        } else {
+            "keep the sampling options within the ranges above"
+        };
+        pipeline.set_sampling(sampling).map_err(|e| {
+            InputError::invalid(&args.bmodel, format!("cannot sample as asked: {e:#}"), fix)
+        })?;
         Ok(pipeline)
     }
 
@@ -678,7 +692,7 @@ fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
             tg.cfg.encode(&t.render(&messages, true)?, false)?
         }
         (None, false) => {
-            eprintln!(
+            status!(
                 "note: {} has no chat template: using the prompt as is (--no-template)",
                 tg.cfg.source.display()
             );
@@ -738,9 +752,9 @@ fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
     } else {
         writeln!(tg.out)?;
         if g.stop_reason == StopReason::KvCacheFull {
-            eprintln!("[stopped: {}]", g.stop_reason.describe(seq));
+            status!("[stopped: {}]", g.stop_reason.describe(seq));
         }
-        eprintln!(
+        status!(
             "[{}; stop: {}]",
             tg.timing_note(&g),
             g.stop_reason.describe(seq)
@@ -759,17 +773,16 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
     let seq = pipeline.nets.seq_length;
     let templated = tg.cfg.template.is_some() && !args.no_template;
     if !templated {
-        eprintln!(
-            "note: no chat template in use: every line is a separate raw prompt (no history)"
-        );
+        status!("note: no chat template in use: every line is a separate raw prompt (no history)");
     }
-    eprintln!(
+    status!(
         "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This bmodel \
          keeps no KV cache between turns: every turn re-reads the conversation (at most {limit} tokens)."
     );
     let mut conversation = Conversation::new(args.system.clone());
     let stdin = std::io::stdin();
     let prompt_mark = || {
+        crate::util::flush_c_stdio();
         eprint!("> ");
         let _ = std::io::stderr().flush();
     };
@@ -783,7 +796,7 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
         }
         if line == "/clear" {
             conversation.clear();
-            eprintln!("(conversation cleared)");
+            status!("(conversation cleared)");
             prompt_mark();
             continue;
         }
@@ -792,7 +805,7 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
             match conversation.prompt(&tg.cfg, limit) {
                 Ok(p) => {
                     if p.dropped_exchanges > 0 {
-                        eprintln!(
+                        status!(
                             "(the conversation no longer fits MAX_INPUT_LENGTH ({limit} tokens): dropped the oldest {} exchange(s))",
                             p.dropped_exchanges
                         );
@@ -800,7 +813,7 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
                     p.ids
                 }
                 Err(e) => {
-                    eprintln!("{e:#}");
+                    status!("{e:#}");
                     prompt_mark();
                     continue;
                 }
@@ -808,7 +821,7 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
         } else {
             let ids = tg.cfg.encode(line, true)?;
             if ids.len() > limit {
-                eprintln!(
+                status!(
                     "this line is {} tokens; the bmodel takes at most {limit} (MAX_INPUT_LENGTH): send a shorter one",
                     ids.len()
                 );
@@ -835,11 +848,11 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
             conversation.push_assistant(&g.text);
         }
         if g.stop_reason != StopReason::Eos {
-            eprintln!("[stopped: {}]", g.stop_reason.describe(seq));
+            status!("[stopped: {}]", g.stop_reason.describe(seq));
         }
-        eprintln!("[{}]", tg.timing_note(&g));
+        status!("[{}]", tg.timing_note(&g));
         prompt_mark();
     }
-    eprintln!();
+    status!();
     Ok(0)
 }

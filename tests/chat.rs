@@ -199,7 +199,7 @@ fn sampling_needs_a_do_sample_bmodel() {
         "0.8",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("--do_sample") && err.contains("sample_head"),
         "{err}"

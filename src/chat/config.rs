@@ -153,7 +153,7 @@ impl Files {
             return Err(InputError::invalid(
                 &tok,
                 "not found: chat and generate need the model's tokenizer",
-                "pass the config/ folder convert wrote next to the bmodel, or the Hugging Face model folder (with tokenizer.json)",
+                "pass a folder that has it: the Hugging Face model folder, or the config/ folder convert wrote next to the bmodel (it copies the model's tokenizer), or the .gguf file",
             )
             .into());
         }
