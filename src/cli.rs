@@ -641,6 +641,12 @@ impl TextGen {
         for n in notes {
             status!("note: {n}");
         }
+        if sampling.is_none()
+            && args.temperature.is_none()
+            && self.cfg.generation.do_sample == Some(true)
+        {
+            status!("note: generation_config.json asks for sampling; decoding greedily (pass --sample for its parameters)");
+        }
         let mut pipeline = crate::runner::Pipeline::new(rt)?;
         // Both refusals are the user's to fix: exit code 2.
         let fix = if sampling.is_some() && pipeline.nets.sample_head.is_none() {
