@@ -685,7 +685,7 @@ impl TextGen {
 }
 
 fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
-    use crate::chat::{generate, Message, StopReason};
+    use crate::chat::{generate, Message};
     let (mut tg, rt) = TextGen::open(&args.common, layout)?;
     let mut pipeline = tg.pipeline(&args.common, &rt)?;
     let prompt = match (&tg.cfg.template, args.common.no_template) {
@@ -757,9 +757,6 @@ fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
         writeln!(tg.out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         writeln!(tg.out)?;
-        if g.stop_reason == StopReason::KvCacheFull {
-            status!("[stopped: {}]", g.stop_reason.describe(seq));
-        }
         status!(
             "[{}; stop: {}]",
             tg.timing_note(&g),
