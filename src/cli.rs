@@ -57,6 +57,74 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write every piece (embedding, blocks, lm_head, ...) as an ONNX file.
     ExportOnnx(ExportArgs),
+    /// Generate a reply to one prompt with a bmodel (streamed; --json for a report).
+    Generate(GenerateArgs),
+    /// Chat with a bmodel on stdin: one line per turn, /clear starts over, EOF exits.
+    Chat(ChatArgs),
+}
+
+/// What `generate` and `chat` share.
+#[derive(Args)]
+pub struct TextGenArgs {
+    /// The combined bmodel.
+    pub bmodel: PathBuf,
+    /// The config folder convert wrote next to the bmodel (<out>/config), a Hugging Face
+    /// model folder, or a .gguf file: tokenizer, chat template, EOS ids, generation_config.json.
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub config: PathBuf,
+    /// Use the text as is, without the chat template.
+    #[arg(long = "no-template")]
+    pub no_template: bool,
+    /// A system message for the chat template.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens to generate per reply (generation also stops at EOS and a full KV cache).
+    #[arg(long = "max-tokens", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sample (through the bmodel's sample_head; needs a --do_sample bmodel) with
+    /// generation_config.json's parameters. Any of the options below also turns sampling on;
+    /// without them decoding is greedy.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature (> 0; 0 means greedy).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Candidates to sample from, 1..=50.
+    #[arg(long = "top-k")]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold, in (0, 1].
+    #[arg(long = "top-p")]
+    pub top_p: Option<f32>,
+    /// Repetition penalty (> 0; 1 = none) on the last --repetition-window tokens.
+    #[arg(long = "repetition-penalty")]
+    pub repetition_penalty: Option<f32>,
+    /// Tokens the repetition penalty looks back at (default 64).
+    #[arg(long = "repetition-window")]
+    pub repetition_window: Option<usize>,
+    /// Seed for the draws (default: random, reported with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
+    #[arg(long)]
+    pub runtime: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: TextGenArgs,
+    /// The prompt (a user message, unless --no-template).
+    #[arg(long)]
+    pub prompt: String,
+    /// Print a JSON report (text, token ids, stop reason, timings) instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: TextGenArgs,
 }
 
 #[derive(Args)]
@@ -214,6 +282,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Reference(args) => run_reference(args),
         Command::Verify(args) => run_verify(args, &layout),
         Command::Bench(args) => run_bench(args, &layout),
+        Command::Generate(args) => run_generate(args, &layout),
+        Command::Chat(args) => run_chat(args, &layout),
         Command::ExportOnnx(args) => {
             let model = Model::open(&args.model)?;
             let opts = crate::arch::PieceOptions::new(args.seq_length, args.max_input_length)
@@ -513,5 +583,279 @@ fn run_bench(args: BenchArgs, layout: &Layout) -> Result<i32> {
         )?,
         (total, used) => writeln!(out, "device memory: {used} MB used of {total} MB")?,
     }
+    Ok(0)
+}
+
+/// eprintln! after flushing the simulator's buffered chatter, so status lines stay whole.
+macro_rules! status {
+    ($($arg:tt)*) => {{
+        crate::util::flush_c_stdio();
+        eprintln!($($arg)*);
+    }};
+}
+
+/// The chat config, the loaded runtime and a pipeline set up for sampling or greedy, for
+/// `generate` and `chat`.
+struct TextGen {
+    cfg: crate::chat::ChatConfig,
+    out: std::fs::File,
+    simulated: bool,
+    runtime: String,
+    load_s: f64,
+}
+
+impl TextGen {
+    fn open(args: &TextGenArgs, layout: &Layout) -> Result<(TextGen, crate::bmrt::Runtime)> {
+        // The config first: a bad folder fails fast, before the bmodel loads.
+        let cfg = crate::chat::ChatConfig::load(&args.config)?;
+        let (out, libs, rt, load_s) = open_bmodel(layout, args.runtime.as_deref(), &args.bmodel)?;
+        let runtime = rt.describe().to_string();
+        Ok((
+            TextGen {
+                cfg,
+                out,
+                simulated: libs.is_simulator(),
+                runtime,
+                load_s,
+            },
+            rt,
+        ))
+    }
+
+    /// The pipeline, sampling as asked (a bmodel without sample_head refuses to sample).
+    fn pipeline<'rt>(
+        &self,
+        args: &TextGenArgs,
+        rt: &'rt crate::bmrt::Runtime,
+    ) -> Result<crate::runner::Pipeline<'rt>> {
+        let flags = crate::chat::SamplingFlags {
+            sample: args.sample,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            repetition_window: args.repetition_window,
+            seed: args.seed,
+        };
+        let (sampling, notes) = crate::chat::resolve_sampling(&flags, &self.cfg.generation);
+        for n in notes {
+            status!("note: {n}");
+        }
+        if sampling.is_none()
+            && args.temperature.is_none()
+            && self.cfg.generation.do_sample == Some(true)
+        {
+            status!("note: generation_config.json asks for sampling; decoding greedily (pass --sample for its parameters)");
+        }
+        let mut pipeline = crate::runner::Pipeline::new(rt)?;
+        // Both refusals are the user's to fix: exit code 2.
+        let fix = if sampling.is_some() && pipeline.nets.sample_head.is_none() {
+            "convert the model again with --do_sample, or drop the sampling options for greedy decoding"
+        } else {
+            "keep the sampling options within the ranges above"
+        };
+        pipeline.set_sampling(sampling).map_err(|e| {
+            InputError::invalid(&args.bmodel, format!("cannot sample as asked: {e:#}"), fix)
+        })?;
+        Ok(pipeline)
+    }
+
+    /// Prompts up to this length fit one prefill.
+    fn limit(pipeline: &crate::runner::Pipeline) -> usize {
+        pipeline
+            .nets
+            .max_input_length
+            .min(pipeline.nets.seq_length - 1)
+    }
+
+    fn timing_note(&self, g: &crate::chat::Generation) -> String {
+        format!(
+            "{} prompt tokens, {} generated; first token {:.3} s, {:.2} tokens/s{}",
+            g.prompt_tokens,
+            g.tokens.len(),
+            g.first_token_s,
+            g.decode_tokens_per_s(),
+            if self.simulated {
+                " (SIMULATED: CPU cmodel, not a TPU's speed)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
+    use crate::chat::{generate, Message};
+    let (mut tg, rt) = TextGen::open(&args.common, layout)?;
+    let mut pipeline = tg.pipeline(&args.common, &rt)?;
+    let prompt = match (&tg.cfg.template, args.common.no_template) {
+        (Some(t), false) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.common.system {
+                messages.push(Message::new("system", s));
+            }
+            messages.push(Message::new("user", &args.prompt));
+            tg.cfg.encode(&t.render(&messages, true)?, false)?
+        }
+        (None, false) => {
+            status!(
+                "note: {} has no chat template: using the prompt as is (--no-template)",
+                tg.cfg.source.display()
+            );
+            tg.cfg.encode(&args.prompt, true)?
+        }
+        (_, true) => tg.cfg.encode(&args.prompt, true)?,
+    };
+    let limit = TextGen::limit(&pipeline);
+    if prompt.len() > limit {
+        return Err(InputError::invalid(
+            &args.common.bmodel,
+            format!(
+                "the prompt is {} tokens; this bmodel takes at most {limit} (MAX_INPUT_LENGTH {}, SEQLEN {})",
+                prompt.len(),
+                pipeline.nets.max_input_length,
+                pipeline.nets.seq_length
+            ),
+            "shorten the prompt, or convert with a larger -s / --max_input_length",
+        )
+        .into());
+    }
+    let json = args.json;
+    let out = &mut tg.out;
+    let g = generate(
+        &mut pipeline,
+        &tg.cfg.tokenizer,
+        &prompt,
+        args.common.max_tokens,
+        &tg.cfg.eos_ids,
+        |piece| {
+            if !json {
+                out.write_all(piece.as_bytes())?;
+                out.flush()?;
+            }
+            Ok(())
+        },
+    )?;
+    let seq = pipeline.nets.seq_length;
+    if json {
+        let v = serde_json::json!({
+            "text": g.text,
+            "prompt_ids": prompt,
+            "tokens": g.tokens,
+            "stop_reason": g.stop_reason,
+            "stop_message": g.stop_reason.describe(seq),
+            "sampling": pipeline.sampling(),
+            "timings": {
+                "simulated": tg.simulated,
+                "load_s": tg.load_s,
+                "first_token_s": g.first_token_s,
+                "decode_s": g.decode_s,
+                "decode_tokens_per_s": g.decode_tokens_per_s(),
+            },
+            "runtime": tg.runtime,
+        });
+        writeln!(tg.out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(tg.out)?;
+        status!(
+            "[{}; stop: {}]",
+            tg.timing_note(&g),
+            g.stop_reason.describe(seq)
+        );
+    }
+    Ok(0)
+}
+
+fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
+    use crate::chat::{generate, Conversation, StopReason};
+    use std::io::BufRead;
+    let args = args.common;
+    let (mut tg, rt) = TextGen::open(&args, layout)?;
+    let mut pipeline = tg.pipeline(&args, &rt)?;
+    let limit = TextGen::limit(&pipeline);
+    let seq = pipeline.nets.seq_length;
+    let templated = tg.cfg.template.is_some() && !args.no_template;
+    if !templated {
+        status!("note: no chat template in use: every line is a separate raw prompt (no history)");
+    }
+    status!(
+        "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This bmodel \
+         keeps no KV cache between turns: every turn re-reads the conversation (at most {limit} tokens)."
+    );
+    let mut conversation = Conversation::new(args.system.clone());
+    let stdin = std::io::stdin();
+    let prompt_mark = || {
+        crate::util::flush_c_stdio();
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+    };
+    prompt_mark();
+    for line in stdin.lock().lines() {
+        let line = line.context("reading stdin")?;
+        let line = line.trim();
+        if line.is_empty() {
+            prompt_mark();
+            continue;
+        }
+        if line == "/clear" {
+            conversation.clear();
+            status!("(conversation cleared)");
+            prompt_mark();
+            continue;
+        }
+        let ids = if templated {
+            conversation.push_user(line);
+            match conversation.prompt(&tg.cfg, limit) {
+                Ok(p) => {
+                    if p.dropped_exchanges > 0 {
+                        status!(
+                            "(the conversation no longer fits MAX_INPUT_LENGTH ({limit} tokens): dropped the oldest {} exchange(s))",
+                            p.dropped_exchanges
+                        );
+                    }
+                    p.ids
+                }
+                Err(e) => {
+                    status!("{e:#}");
+                    prompt_mark();
+                    continue;
+                }
+            }
+        } else {
+            let ids = tg.cfg.encode(line, true)?;
+            if ids.len() > limit {
+                status!(
+                    "this line is {} tokens; the bmodel takes at most {limit} (MAX_INPUT_LENGTH): send a shorter one",
+                    ids.len()
+                );
+                prompt_mark();
+                continue;
+            }
+            ids
+        };
+        let out = &mut tg.out;
+        let g = generate(
+            &mut pipeline,
+            &tg.cfg.tokenizer,
+            &ids,
+            args.max_tokens,
+            &tg.cfg.eos_ids,
+            |piece| {
+                out.write_all(piece.as_bytes())?;
+                out.flush()?;
+                Ok(())
+            },
+        )?;
+        writeln!(tg.out)?;
+        if templated {
+            conversation.push_assistant(&g.text);
+        }
+        if g.stop_reason != StopReason::Eos {
+            status!("[stopped: {}]", g.stop_reason.describe(seq));
+        }
+        status!("[{}]", tg.timing_note(&g));
+        prompt_mark();
+    }
+    status!();
     Ok(0)
 }

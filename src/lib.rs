@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod bmrt;
+pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod error;

@@ -43,3 +43,12 @@ pub fn stdout_to_stderr() -> Result<std::fs::File> {
         Ok(std::fs::File::from_raw_fd(saved))
     }
 }
+
+/// Flushes C stdio (the simulator's chatter sits in its buffer), so that a status line printed
+/// next to it starts on a line of its own.
+pub fn flush_c_stdio() {
+    // SAFETY: fflush(NULL) flushes every open C output stream; it takes no Rust data.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+    }
+}

@@ -379,3 +379,44 @@ fn qwen3_bf16_history_kv_chunked_prefill_and_decode_stages() {
     slots.dedup();
     assert_eq!(slots, vec![32, 64], "decode stages used, in order");
 }
+
+/// The bundled SmolLM2-135M at w4bf16 (static, MAX_INPUT_LENGTH 8 so the simulator's prefill
+/// stays short): `verify` passes on a short chat prompt for the first token and one decode
+/// step, with the w4 thresholds (every block's cosine >= 0.7; measured: 0.90 at the last block,
+/// which holds the final norm, and >= 0.96 before it).
+#[test]
+fn smollm2_w4bf16_verify_passes() {
+    common::toolchain();
+    let model = common::repo().join("models/smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let m = common::convert_seq64(
+        &model,
+        &dir.path().join("out"),
+        &dir.path().join("cache"),
+        &["-q", "w4bf16", "--max_input_length", "8"],
+    );
+    let bmodel = m["bmodel"].as_str().unwrap();
+    let o = common::llm_convert(&[
+        "verify",
+        bmodel,
+        "-m",
+        model.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+    println!(
+        "SmolLM2 w4bf16: tokens {}, min block cosine {:.4}, agreement {}",
+        r["tokens"],
+        min_cosine(&r),
+        r["agreement"]
+    );
+    assert_eq!(o.status.code(), Some(0), "verify failed: {r}");
+    assert_eq!(r["pass"], true);
+    assert_eq!(r["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(r["thresholds"]["min_cosine"].as_f64(), Some(0.7));
+}

@@ -4,7 +4,9 @@
 pub mod bench;
 mod nets;
 mod pipeline;
+pub mod sample;
 pub mod verify;
 
 pub use nets::LlmNets;
 pub use pipeline::{Pipeline, StepResult};
+pub use sample::SamplingConfig;

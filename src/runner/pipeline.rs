@@ -6,8 +6,10 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
+use rand::rngs::StdRng;
 
 use super::nets::LlmNets;
+use super::sample::{self, SamplingConfig};
 use crate::bmrt::{DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
 
 /// What one prefill or decode step produced.
@@ -38,6 +40,12 @@ pub struct Pipeline<'rt> {
     history: usize,
     /// Read every block's output back (for verify).
     pub capture: bool,
+    /// Sampling through sample_head (None: greedy), with its seeded generator.
+    sampling: Option<(SamplingConfig, StdRng)>,
+    /// Prompt + generated tokens of this sequence (the repetition penalty's window).
+    visited: Vec<u32>,
+    /// sample_head's last candidates (token, probability), top_k of them.
+    candidates: Vec<(u32, f32)>,
 }
 
 impl<'rt> Pipeline<'rt> {
@@ -66,6 +74,9 @@ impl<'rt> Pipeline<'rt> {
             kv_bytes,
             history: 0,
             capture: false,
+            sampling: None,
+            visited: Vec::new(),
+            candidates: Vec::new(),
         })
     }
 
@@ -75,7 +86,60 @@ impl<'rt> Pipeline<'rt> {
             self.rt.memset_zero(m)?;
         }
         self.history = 0;
+        self.visited.clear();
         Ok(())
+    }
+
+    /// Samples through sample_head from now on (None: greedy). Fails when the bmodel has no
+    /// sample_head or the parameters are out of its range. The seed restarts the generator.
+    pub fn set_sampling(&mut self, config: Option<SamplingConfig>) -> Result<()> {
+        let Some(config) = config else {
+            self.sampling = None;
+            return Ok(());
+        };
+        let Some(head) = &self.nets.sample_head else {
+            anyhow::bail!(
+                "this bmodel cannot sample: it has no sample_head net ({}); convert the model again with --do_sample, or run greedy (no sampling options)",
+                if self.nets.lm_head_topk {
+                    "its lm_head returns the top-1 token"
+                } else {
+                    "only greedy_head"
+                }
+            );
+        };
+        anyhow::ensure!(
+            head.input_num() == 6 && head.output_num() == 2,
+            "net sample_head has {} inputs and {} outputs; expected 6 (m_logits, input_ids, penalty, temperature, top_k, top_p) and 2 (probs, token)",
+            head.input_num(),
+            head.output_num()
+        );
+        use crate::bmrt::DType::{F32, I32};
+        let want = [F32, I32, F32, F32, I32, F32];
+        anyhow::ensure!(
+            head.input_dtypes == want && head.output_dtypes == [F32, I32],
+            "net sample_head has input dtypes {:?} and output dtypes {:?}; expected {want:?} and [F32, I32]",
+            head.input_dtypes,
+            head.output_dtypes
+        );
+        let candidates = head.output_tensor(0, 0)?.elements();
+        config.validate(candidates).context("sampling parameters")?;
+        let rng = config.rng();
+        self.sampling = Some((config, rng));
+        Ok(())
+    }
+
+    pub fn sampling(&self) -> Option<&SamplingConfig> {
+        self.sampling.as_ref().map(|(c, _)| c)
+    }
+
+    /// Prompt + generated tokens of the current sequence, the last one not yet fed.
+    pub fn visited(&self) -> &[u32] {
+        &self.visited
+    }
+
+    /// The candidates (token, probability) sample_head offered for the last sampled token.
+    pub fn last_candidates(&self) -> &[(u32, f32)] {
+        &self.candidates
     }
 
     pub fn history(&self) -> usize {
@@ -132,7 +196,11 @@ impl<'rt> Pipeline<'rt> {
             last = Some((out, chunk.len()));
         }
         let (out, len) = last.context("no chunk ran")?;
+        // The sampling penalty window looks at every token in the cache, then the new one.
+        self.visited.truncate(cached);
+        self.visited.extend_from_slice(tokens);
         let token = self.head(&out, (len - 1) * self.hidden_bytes, &mut log)?;
+        self.visited.push(token);
         self.history = old + 1;
         if !self.capture {
             block_outputs.clear();
@@ -282,7 +350,13 @@ impl<'rt> Pipeline<'rt> {
             }
             prev = outputs[0].mem;
         }
+        // The fed token replaces the last generated one if the caller chose another.
+        match self.visited.last_mut() {
+            Some(last) => *last = token,
+            None => self.visited.push(token),
+        }
         let token = self.head(&prev, 0, &mut log)?;
+        self.visited.push(token);
         self.history += 1;
         Ok(StepResult {
             token,
@@ -293,15 +367,23 @@ impl<'rt> Pipeline<'rt> {
         })
     }
 
-    /// lm_head on one row of `hidden` (at byte `offset`), then greedy_head if lm_head returns
-    /// logits.
-    fn head(&self, hidden: &DeviceMem, offset: usize, log: &mut Vec<(String, f64)>) -> Result<u32> {
+    /// lm_head on one row of `hidden` (at byte `offset`), then sample_head when sampling,
+    /// else greedy_head if lm_head returns logits.
+    fn head(
+        &mut self,
+        hidden: &DeviceMem,
+        offset: usize,
+        log: &mut Vec<(String, f64)>,
+    ) -> Result<u32> {
         let n = &self.nets;
         let lm_in = n.lm_head.input_tensors(0)?;
         let lm_out = n.lm_head.output_tensors(0)?;
         self.rt
             .d2d(&lm_in[0].mem, 0, hidden, offset, self.hidden_bytes)?;
         self.launch(&n.lm_head, &lm_in, &lm_out, log)?;
+        if self.sampling.is_some() {
+            return self.sample(&lm_out[0], log);
+        }
         let out = if n.lm_head_topk {
             lm_out[0].mem
         } else {
@@ -318,6 +400,52 @@ impl<'rt> Pipeline<'rt> {
         };
         let token: Vec<i32> = self.rt.read(&out, 1)?;
         Ok(token[0] as u32)
+    }
+
+    /// LLM-TPU's penalty_sample (llm-tpu.md §4.6): the last `window` visited tokens go to
+    /// sample_head's dynamic input_ids, the scalars and the logits follow, and one of the
+    /// returned top_k candidates is drawn on the host.
+    fn sample(&mut self, logits: &Tensor, log: &mut Vec<(String, f64)>) -> Result<u32> {
+        let Some((cfg, _)) = &self.sampling else {
+            anyhow::bail!("sample() without a sampling configuration");
+        };
+        let head = self
+            .nets
+            .sample_head
+            .as_ref()
+            .context("sampling needs a sample_head net (convert with --do_sample)")?;
+        let mut inputs = head.input_tensors(0)?;
+        let outputs = head.output_tensors(0)?;
+        let max_ids = inputs[1].shape.get(1).copied().unwrap_or(0);
+        let count = cfg.repetition_window.min(self.visited.len()).min(max_ids);
+        anyhow::ensure!(count > 0, "sampling before any token was seen");
+        let ids: Vec<i32> = self.visited[self.visited.len() - count..]
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        self.rt.s2d_partial(&inputs[1].mem, &ids)?;
+        inputs[1].shape[1] = count;
+        self.rt
+            .s2d_partial(&inputs[2].mem, &[cfg.repetition_penalty])?;
+        self.rt.s2d_partial(&inputs[3].mem, &[cfg.temperature])?;
+        self.rt.s2d_partial(&inputs[4].mem, &[cfg.top_k as i32])?;
+        self.rt.s2d_partial(&inputs[5].mem, &[cfg.top_p])?;
+        self.rt
+            .d2d(&inputs[0].mem, 0, &logits.mem, 0, logits.bytes())?;
+        self.launch(head, &inputs, &outputs, log)?;
+        let k = cfg.top_k;
+        let probs: Vec<f32> = self.rt.read(&outputs[0].mem, k)?;
+        let tokens: Vec<i32> = self.rt.read(&outputs[1].mem, k)?;
+        let Some((_, rng)) = &mut self.sampling else {
+            anyhow::bail!("sample() without a sampling configuration");
+        };
+        let token = sample::draw(&probs, &tokens, rng)?;
+        self.candidates = tokens
+            .iter()
+            .zip(&probs)
+            .map(|(&t, &p)| (t as u32, p))
+            .collect();
+        Ok(token)
     }
 
     /// The first `rows` rows of a `[1, rows.., H]` hidden-state tensor, as f32.

@@ -1,0 +1,534 @@
+//! Sampling through sample_head, `generate` and `chat` on real bmodels on the CPU simulator,
+//! and the tokenizer side (chat template, streaming detokenization) against transformers.
+//! Fails (never skips) without the toolchain. Simulator runs are serialised: it keeps both
+//! cores busy.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use llm_convert::bmrt::Runtime;
+use llm_convert::chat::{ChatConfig, IncrementalDecoder, Message};
+use llm_convert::runner::{Pipeline, SamplingConfig};
+use llm_convert::toolchain::RuntimeLibs;
+use serde_json::{json, Value};
+
+const FIXTURE: &str = "qwen2";
+const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
+const SEQ: usize = 64;
+
+fn simulator() -> MutexGuard<'static, ()> {
+    static SIM: Mutex<()> = Mutex::new(());
+    SIM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Test files kept across runs under the target dir (the piece cache makes re-runs quick).
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-tests")
+}
+
+/// Converts the fixture (bf16, seq 64, static, extra flags) into `work_dir()/<name>`; returns
+/// the bmodel and its config folder. (On the simulator a dynamic prefill of 16 tokens is
+/// slower than a static one of 64 rows.)
+fn convert(name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let out = work_dir().join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    let mut flags = vec!["-q", "bf16"];
+    flags.extend_from_slice(extra);
+    let model = common::fixtures().join(FIXTURE);
+    let m = common::convert_seq64(&model, &out, &work_dir().join("cache"), &flags);
+    let bmodel = PathBuf::from(m["bmodel"].as_str().expect("manifest names the bmodel"));
+    (bmodel, out.join("config"))
+}
+
+/// The `--do_sample` bf16 bmodel (lm_head logits, greedy_head, sample_head).
+fn do_sample_bmodel() -> &'static (PathBuf, PathBuf) {
+    static B: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    B.get_or_init(|| {
+        common::toolchain();
+        convert("do_sample", &["--do_sample"])
+    })
+}
+
+fn load(bmodel: &Path) -> Runtime {
+    let layout = common::toolchain();
+    let libs = RuntimeLibs::select(&layout, Some("simulator"));
+    let mut rt = Runtime::open(&libs, 0).expect("opening the simulator");
+    rt.load_bmodel(bmodel).expect("loading the bmodel");
+    rt
+}
+
+/// Prefill + decode: `steps` tokens; `check` sees the pipeline after each.
+fn run(
+    p: &mut Pipeline,
+    prompt: &[u32],
+    steps: usize,
+    mut check: impl FnMut(&Pipeline, u32),
+) -> Vec<u32> {
+    let mut t = p.prefill(prompt).unwrap().token;
+    check(p, t);
+    let mut out = vec![t];
+    while out.len() < steps {
+        t = p.decode(t).unwrap().token;
+        check(p, t);
+        out.push(t);
+    }
+    out
+}
+
+/// (a) sample_head on the simulator: top_k = 1 is greedy; a fixed seed replays, another seed
+/// differs; every draw is one of the offered candidates; the repetition penalty sees the
+/// visited tokens.
+#[test]
+fn sampling_through_sample_head() {
+    let (bmodel, _) = do_sample_bmodel();
+    let _sim = simulator();
+    let t0 = std::time::Instant::now();
+    let rt = load(bmodel);
+    println!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
+    let mut p = Pipeline::new(&rt).unwrap();
+    assert!(p.nets.sample_head.is_some());
+    let steps = 4;
+    let greedy = run(&mut p, &PROMPT, steps, |_, _| {});
+
+    let config = |top_k, temperature, seed| SamplingConfig {
+        top_k,
+        temperature,
+        seed,
+        ..Default::default()
+    };
+    p.set_sampling(Some(config(1, 0.7, 5))).unwrap();
+    let top1 = run(&mut p, &PROMPT, steps, |p, t| {
+        let c = p.last_candidates();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, t);
+        assert!((c[0].1 - 1.0).abs() < 1e-5, "{c:?}");
+    });
+    assert_eq!(top1, greedy, "top_k = 1 must give the greedy tokens");
+
+    // High temperature: flat over the 50 candidates.
+    let sampled = |p: &mut Pipeline, seed| {
+        p.set_sampling(Some(config(50, 5.0, seed))).unwrap();
+        run(p, &PROMPT, steps, |p, t| {
+            let c = p.last_candidates();
+            assert_eq!(c.len(), 50);
+            let sum: f32 = c.iter().map(|x| x.1).sum();
+            assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to {sum}");
+            let ids: BTreeSet<u32> = c.iter().map(|x| x.0).collect();
+            assert_eq!(ids.len(), 50, "distinct candidates");
+            assert!(
+                c.iter().any(|&(id, prob)| id == t && prob > 0.0),
+                "token {t} is not a candidate with probability > 0: {c:?}"
+            );
+        })
+    };
+    let a = sampled(&mut p, 1);
+    let b = sampled(&mut p, 1);
+    let c = sampled(&mut p, 2);
+    println!("greedy {greedy:?}\nseed 1 {a:?}\nseed 2 {c:?}");
+    assert_eq!(a, b, "the same seed replays the same tokens");
+    assert_ne!(a, c, "another seed gives another sequence");
+    assert_ne!(a, greedy, "temperature 5 over 50 candidates is not greedy");
+
+    // A huge repetition penalty with top_k = 1 never repeats a token of its window.
+    let penalty = |window| SamplingConfig {
+        top_k: 1,
+        repetition_penalty: 1000.0,
+        repetition_window: window,
+        seed: 0,
+        ..Default::default()
+    };
+    p.set_sampling(Some(penalty(64))).unwrap();
+    run(&mut p, &PROMPT, steps, |p, t| {
+        let visited = p.visited();
+        let before = &visited[..visited.len() - 1];
+        assert!(
+            !before.contains(&t),
+            "token {t} repeated despite the penalty: {visited:?}"
+        );
+    });
+    // The window is exactly the last `window` tokens: find a prompt that holds its own greedy
+    // next token g at position j < last; a window reaching j moves top-1 off g, one that
+    // stops just short of it does not.
+    p.set_sampling(None).unwrap();
+    let g = greedy[0];
+    let (j, prompt) = (0..PROMPT.len() - 1)
+        .find_map(|j| {
+            let mut v = PROMPT.to_vec();
+            v[j] = g;
+            (run(&mut p, &v, 1, |_, _| {})[0] == g).then_some((j, v))
+        })
+        .expect("no prompt variant continues with a token it contains");
+    let reach = prompt.len() - j;
+    p.set_sampling(Some(penalty(reach))).unwrap();
+    let t = run(&mut p, &prompt, 1, |_, _| {})[0];
+    assert_ne!(t, g, "window {reach} covers position {j}: {prompt:?}");
+    p.set_sampling(Some(penalty(reach - 1))).unwrap();
+    let t = run(&mut p, &prompt, 1, |_, _| {})[0];
+    assert_eq!(
+        t,
+        g,
+        "window {} stops short of position {j}: {prompt:?}",
+        reach - 1
+    );
+    println!("sampling test: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Sampling on a bmodel without sample_head fails and says to convert with --do_sample.
+#[test]
+fn sampling_needs_a_do_sample_bmodel() {
+    let (bmodel, config) = {
+        let _sim = simulator();
+        common::toolchain();
+        convert("top1", &[])
+    };
+    let config = tokenizer_config_dir(&config);
+    let _sim = simulator();
+    let o = common::llm_convert(&[
+        "generate",
+        bmodel.to_str().unwrap(),
+        "-m",
+        config.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--temperature",
+        "0.8",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--do_sample") && err.contains("sample_head"),
+        "{err}"
+    );
+}
+
+/// GPT-2's bytes_to_unicode.
+fn byte_char(b: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    if printable(b) {
+        return char::from(b);
+    }
+    let n = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + n).unwrap()
+}
+
+const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A copy of convert's config folder with a byte-level BPE tokenizer covering the fixture's
+/// 1024 ids (256 bytes, 766 merges of letter pairs, <|im_start|> and <|im_end|>) and a
+/// ChatML template, so every id the model produces decodes.
+fn tokenizer_config_dir(config: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(config).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for b in 0..=255u8 {
+        vocab.insert(byte_char(b).to_string(), json!(b));
+    }
+    let letters: Vec<char> = ('a'..='z').chain('A'..='Z').collect();
+    let mut merges = Vec::new();
+    'outer: for &x in &letters {
+        for &y in &letters {
+            if vocab.len() == 1022 {
+                break 'outer;
+            }
+            vocab.insert(format!("{x}{y}"), json!(vocab.len()));
+            merges.push(format!("{x} {y}"));
+        }
+    }
+    let special = |id: usize, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    vocab.insert("<|im_start|>".into(), json!(1022));
+    vocab.insert("<|im_end|>".into(), json!(1023));
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(1022, "<|im_start|>"), special(1023, "<|im_end|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    let tc = json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": null});
+    std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+    dir
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// `llm-convert generate --json`; returns the report.
+fn generate(bmodel: &Path, config: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "generate",
+        bmodel.to_str().unwrap(),
+        "-m",
+        config.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = common::llm_convert(&args);
+    assert!(
+        o.status.success(),
+        "generate failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "generate printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+/// The generated tokens are the runner's greedy ones, cut at the first EOS id.
+fn assert_greedy(report: &Value, greedy: &[u32], eos: &BTreeSet<u32>, max_tokens: usize) {
+    let got = ids(&report["tokens"]);
+    let cut = greedy
+        .iter()
+        .position(|t| eos.contains(t))
+        .map_or(greedy.len(), |i| i + 1)
+        .min(max_tokens);
+    assert_eq!(
+        got,
+        greedy[..cut],
+        "generate vs the runner's greedy tokens: {report}"
+    );
+}
+
+/// (b) `generate --json` (chat template, byte-level tokenizer) gives the runner's greedy
+/// tokens and stops at --max-tokens; a prompt that nearly fills the KV cache stops there.
+#[test]
+fn generate_json_is_the_runners_greedy_output() {
+    let (bmodel, config) = do_sample_bmodel();
+    let config = tokenizer_config_dir(config);
+    let cfg = ChatConfig::load(config.path()).unwrap();
+    assert!(cfg.eos_ids.contains(&1023), "{:?}", cfg.eos_ids);
+    let _sim = simulator();
+    let t0 = std::time::Instant::now();
+
+    let max = 4;
+    let r = generate(
+        bmodel,
+        config.path(),
+        &["--prompt", "hi there", "--max-tokens", &max.to_string()],
+    );
+    let prompt = ids(&r["prompt_ids"]);
+    let expected_prompt = cfg
+        .encode(
+            "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap();
+    assert_eq!(prompt, expected_prompt, "the ChatML prompt");
+    assert_eq!(r["timings"]["simulated"], true);
+    assert!(r["timings"]["first_token_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["sampling"], Value::Null, "greedy by default");
+
+    let rt = load(bmodel);
+    let mut p = Pipeline::new(&rt).unwrap();
+    let greedy = run(&mut p, &prompt, max, |_, _| {});
+    assert_greedy(&r, &greedy, &cfg.eos_ids, max);
+    if r["stop_reason"] == "max_tokens" {
+        assert_eq!(ids(&r["tokens"]).len(), max);
+        assert!(r["timings"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    } else {
+        assert_eq!(r["stop_reason"], "eos", "{r}");
+    }
+    let text_ids: Vec<u32> = ids(&r["tokens"])
+        .into_iter()
+        .filter(|t| !cfg.eos_ids.contains(t))
+        .collect();
+    assert_eq!(r["text"].as_str().unwrap(), cfg.decode(&text_ids).unwrap());
+
+    // 62 raw prompt tokens (digits do not merge): SEQLEN 64 leaves room for 3 tokens.
+    let long: String = "0123456789".repeat(7)[..62].to_string();
+    let r = generate(
+        bmodel,
+        config.path(),
+        &["--prompt", &long, "--no-template", "--max-tokens", "100"],
+    );
+    assert_eq!(ids(&r["prompt_ids"]).len(), 62);
+    let greedy = run(&mut p, &ids(&r["prompt_ids"]), SEQ - 62 + 1, |_, _| {});
+    assert_greedy(&r, &greedy, &cfg.eos_ids, 100);
+    if r["stop_reason"] != "eos" {
+        assert_eq!(r["stop_reason"], "kv_cache_full", "{r}");
+        assert_eq!(ids(&r["tokens"]).len(), SEQ - 62 + 1);
+        assert!(r["stop_message"].as_str().unwrap().contains("KV cache"));
+    }
+
+    // Sampling flags with a seed replay through the CLI too.
+    let args = [
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "3",
+        "--seed",
+        "11",
+    ];
+    let s1 = generate(bmodel, config.path(), &args);
+    let s2 = generate(bmodel, config.path(), &args);
+    assert_eq!(s1["tokens"], s2["tokens"]);
+    assert_eq!(s1["sampling"]["seed"], 11);
+    assert_eq!(s1["sampling"]["top_k"], 50);
+    println!("generate test: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `chat` on stdin: turns, /clear, and a conversation that outgrows MAX_INPUT_LENGTH.
+#[test]
+fn chat_turns_clear_and_overflow() {
+    let (bmodel, config) = do_sample_bmodel();
+    let config = tokenizer_config_dir(config);
+    let _sim = simulator();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args([
+            "chat",
+            bmodel.to_str().unwrap(),
+            "-m",
+            config.path().to_str().unwrap(),
+            "--max-tokens",
+            "2",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each 25-digit turn is ~35 tokens with the template: the second one overflows 63.
+    let digits = "1234567890".repeat(3);
+    let input = format!("hello\n/clear\n{d}\n{d}\n{d}{d}{d}\n", d = &digits[..25]);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(conversation cleared)"), "{err}");
+    assert!(err.contains("dropped the oldest 1 exchange"), "{err}");
+    assert!(err.contains("the bmodel takes at most 63"), "{err}");
+    assert_eq!(
+        err.matches("prompt tokens,").count(),
+        3,
+        "three answered turns: {err}"
+    );
+    assert!(err.contains("SIMULATED"), "{err}");
+}
+
+/// The SmolLM2 tokenizer (rebuilt from the bundled GGUF) and its chat template render and
+/// tokenize conversations exactly as transformers' `apply_chat_template` does.
+#[test]
+fn smollm2_chat_template_matches_transformers() {
+    let layout = common::toolchain();
+    let gguf = common::smollm2_gguf();
+    let cfg = ChatConfig::load(&gguf).unwrap();
+    let template = cfg.template.as_ref().expect("SmolLM2 has a chat template");
+    let conversations = [
+        (
+            vec![Message::new("user", "What is the capital of France?")],
+            true,
+        ),
+        (
+            vec![
+                Message::new("system", "Be brief."),
+                Message::new("user", "Hi!"),
+                Message::new("assistant", "Hello. ✓"),
+                Message::new("user", "  Grüße, 世界 🦀 "),
+            ],
+            true,
+        ),
+        (vec![Message::new("user", "no prompt")], false),
+    ];
+    let payload: Vec<Value> = conversations
+        .iter()
+        .map(|(m, g)| json!({"messages": m.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(), "add_generation_prompt": g}))
+        .collect();
+    let script = r#"
+import importlib.metadata, json, os, sys
+import gguf
+gguf.__version__ = importlib.metadata.version("gguf")
+from transformers import AutoTokenizer
+folder, name = os.path.split(sys.argv[1])
+tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+out = []
+for c in json.loads(sys.argv[2]):
+    text = tok.apply_chat_template(c["messages"], tokenize=False, add_generation_prompt=c["add_generation_prompt"])
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    out.append({"text": text, "ids": ids})
+print(json.dumps(out))
+"#;
+    let o = Command::new(layout.python())
+        .args([
+            "-c",
+            script,
+            gguf.to_str().unwrap(),
+            &Value::from(payload).to_string(),
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    for ((messages, gen), want) in conversations.iter().zip(&expected) {
+        let text = template.render(messages, *gen).unwrap();
+        assert_eq!(text, want["text"].as_str().unwrap());
+        assert_eq!(
+            cfg.encode(&text, false).unwrap(),
+            ids(&want["ids"]),
+            "{text:?}"
+        );
+    }
+    // EOS: <|im_end|> is SmolLM2's eos token.
+    assert_eq!(cfg.tokenizer.id_to_token(2).as_deref(), Some("<|im_end|>"));
+    assert!(cfg.eos_ids.contains(&2));
+}
+
+/// Streaming with the SmolLM2 tokenizer: characters whose bytes are spread over several
+/// byte-level tokens never print broken; the stream adds up to the full decode.
+#[test]
+fn smollm2_streaming_never_breaks_characters() {
+    let cfg = ChatConfig::load(&common::smollm2_gguf()).unwrap();
+    let text = "Grüße aus 東京 🦀🦀, ½ ∑ ok";
+    let ids = cfg.encode(text, false).unwrap();
+    let split = ids
+        .iter()
+        .filter(|&&id| cfg.decode(&[id]).unwrap().contains('\u{FFFD}'))
+        .count();
+    assert!(
+        split >= 2,
+        "the text must put characters across tokens: {ids:?}"
+    );
+    let mut d = IncrementalDecoder::new(&cfg.tokenizer);
+    let mut out = String::new();
+    for &id in &ids {
+        let piece = d.push(id).unwrap();
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "broken character printed: {piece:?}"
+        );
+        out += &piece;
+    }
+    out += &d.finish().unwrap();
+    assert_eq!(out, cfg.decode(&ids).unwrap());
+    assert_eq!(out, text);
+}
