@@ -660,18 +660,26 @@ impl TextGen {
         Ok(pipeline)
     }
 
-    /// Prompts up to this length fit one prefill.
+    /// Prompts up to this length fit: one prefill, or with block_kv nets (chunked prefill)
+    /// the KV cache.
     fn limit(pipeline: &crate::runner::Pipeline) -> usize {
-        pipeline
-            .nets
-            .max_input_length
-            .min(pipeline.nets.seq_length - 1)
+        let n = &pipeline.nets;
+        if n.history_kv() {
+            n.seq_length - 1
+        } else {
+            n.max_input_length.min(n.seq_length - 1)
+        }
     }
 
     fn timing_note(&self, g: &crate::chat::Generation) -> String {
         format!(
-            "{} prompt tokens, {} generated; first token {:.3} s, {:.2} tokens/s{}",
+            "{} prompt tokens{}, {} generated; first token {:.3} s, {:.2} tokens/s{}",
             g.prompt_tokens,
+            if g.cached_prompt_tokens > 0 {
+                format!(" ({} already in the KV cache)", g.cached_prompt_tokens)
+            } else {
+                String::new()
+            },
             g.tokens.len(),
             g.first_token_s,
             g.decode_tokens_per_s(),
@@ -778,10 +786,18 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
     if !templated {
         status!("note: no chat template in use: every line is a separate raw prompt (no history)");
     }
-    status!(
-        "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This bmodel \
-         keeps no KV cache between turns: every turn re-reads the conversation (at most {limit} tokens)."
-    );
+    if pipeline.nets.history_kv() {
+        status!(
+            "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This \
+             history-KV bmodel keeps the conversation in its KV cache: each turn prefills only \
+             its new tokens (the conversation holds at most {limit} tokens)."
+        );
+    } else {
+        status!(
+            "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This bmodel \
+             keeps no KV cache between turns: every turn re-reads the conversation (at most {limit} tokens)."
+        );
+    }
     let mut conversation = Conversation::new(args.system.clone());
     let stdin = std::io::stdin();
     let prompt_mark = || {

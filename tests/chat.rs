@@ -532,3 +532,67 @@ fn smollm2_streaming_never_breaks_characters() {
     assert_eq!(out, cfg.decode(&ids).unwrap());
     assert_eq!(out, text);
 }
+
+/// A history-KV bmodel keeps the conversation in its KV cache: the next turn's prompt (the
+/// cached tokens plus new ones) prefills only the new tokens, through block_kv, and gives the
+/// same next tokens and last-block outputs as prefilling the whole prompt afresh.
+#[test]
+fn history_kv_turns_reuse_the_cache() {
+    common::toolchain();
+    let (bmodel, _) = convert("history_kv", &["--use_history_kv"]);
+    let _sim = simulator();
+    let rt = load(&bmodel);
+    let mut p = Pipeline::new(&rt).unwrap();
+    assert!(p.nets.history_kv());
+    p.capture = true;
+    // Turn 1: the prompt and three generated tokens (the last one not fed yet).
+    let reply = run(&mut p, &PROMPT, 3, |_, _| {});
+    let mut turn2: Vec<u32> = PROMPT.to_vec();
+    turn2.extend_from_slice(&reply);
+    turn2.extend_from_slice(&[5, 6, 7, 8, 9]);
+    let (reused, cached) = p.prefill_reusing(&turn2).unwrap();
+    assert_eq!(
+        cached,
+        PROMPT.len() + 2,
+        "the prompt and the fed reply tokens"
+    );
+    assert_eq!(reused.chunks, 1);
+    assert!(
+        reused.launches.iter().any(|(n, _)| n == "block_kv_0"),
+        "the new tokens go through block_kv"
+    );
+    let after_reuse: Vec<u32> = (0..3)
+        .scan(reused.token, |t, _| {
+            let out = *t;
+            *t = p.decode(out).unwrap().token;
+            Some(out)
+        })
+        .collect();
+
+    let (fresh, cached) = p.prefill_reusing(&[1, 2]).unwrap();
+    assert_eq!(
+        cached, 0,
+        "a prompt that does not extend the cache starts over"
+    );
+    drop(fresh);
+    let fresh = p.prefill(&turn2).unwrap();
+    let last = p.nets.layers() - 1;
+    let new_rows = |r: &llm_convert::runner::StepResult| -> Vec<f32> {
+        let h = p.nets.hidden_size;
+        let rows = &r.block_outputs[last];
+        rows[rows.len() - 5 * h..].to_vec()
+    };
+    let cos = llm_convert::runner::verify::cosine(&new_rows(&reused), &new_rows(&fresh));
+    assert!(
+        cos > 0.999,
+        "new tokens' last-block output, reused vs fresh: cosine {cos}"
+    );
+    let after_fresh: Vec<u32> = (0..3)
+        .scan(fresh.token, |t, _| {
+            let out = *t;
+            *t = p.decode(out).unwrap().token;
+            Some(out)
+        })
+        .collect();
+    assert_eq!(after_reuse, after_fresh, "same continuation");
+}

@@ -40,6 +40,8 @@ pub struct Generation {
     pub text: String,
     pub stop_reason: StopReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the KV cache (history-KV bmodels, later chat turns).
+    pub cached_prompt_tokens: usize,
     /// Prefill + the first token.
     pub first_token_s: f64,
     /// Every later token.
@@ -74,7 +76,9 @@ pub fn generate(
     let mut text = String::new();
     let mut tokens = Vec::new();
     let t0 = Instant::now();
-    let mut token = pipeline.prefill(prompt)?.token;
+    // History-KV bmodels keep the conversation so far in the KV cache across turns.
+    let (first, reused) = pipeline.prefill_reusing(prompt)?;
+    let mut token = first.token;
     let first_token_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let stop_reason = loop {
@@ -107,6 +111,7 @@ pub fn generate(
         text,
         stop_reason,
         prompt_tokens: prompt.len(),
+        cached_prompt_tokens: reused,
         first_token_s,
         decode_s,
     })

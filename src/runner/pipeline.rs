@@ -166,6 +166,23 @@ impl<'rt> Pipeline<'rt> {
         self.extend(tokens)
     }
 
+    /// Runs `prompt`, reusing the KV cache for the part of it already there: on a history-KV
+    /// bmodel, when the cached tokens are a prefix of `prompt` (the next chat turn after the
+    /// last reply), only the rest is prefilled (through block_kv); otherwise a fresh prefill.
+    /// Returns the step and how many prompt tokens came from the cache.
+    pub fn prefill_reusing(&mut self, prompt: &[u32]) -> Result<(StepResult, usize)> {
+        let cached = self.history.saturating_sub(1);
+        let reusable = self.nets.history_kv()
+            && cached > 0
+            && prompt.len() > cached
+            && self.visited.get(..cached) == Some(&prompt[..cached]);
+        if reusable {
+            Ok((self.extend(&prompt[cached..])?, cached))
+        } else {
+            Ok((self.prefill(prompt)?, 0))
+        }
+    }
+
     /// Appends `tokens` after the ones already in the KV cache (block_i for the first chunk of
     /// an empty cache, block_kv_i after that); returns the next token. On a cache that holds
     /// a generated but not yet fed token, that token is dropped: include it in `tokens`.
