@@ -125,6 +125,9 @@ pub struct GenerateArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     pub common: TextGenArgs,
+    /// One JSON report per turn, a line each (as generate --json), instead of streamed text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -692,6 +695,32 @@ impl TextGen {
     }
 }
 
+/// The `--json` report of one generation (generate's, and each turn of chat's).
+fn generation_json(
+    tg: &TextGen,
+    pipeline: &crate::runner::Pipeline,
+    prompt: &[u32],
+    g: &crate::chat::Generation,
+) -> serde_json::Value {
+    serde_json::json!({
+        "text": g.text,
+        "prompt_ids": prompt,
+        "cached_prompt_tokens": g.cached_prompt_tokens,
+        "tokens": g.tokens,
+        "stop_reason": g.stop_reason,
+        "stop_message": g.stop_reason.describe(pipeline.nets.seq_length),
+        "sampling": pipeline.sampling(),
+        "timings": {
+            "simulated": tg.simulated,
+            "load_s": tg.load_s,
+            "first_token_s": g.first_token_s,
+            "decode_s": g.decode_s,
+            "decode_tokens_per_s": g.decode_tokens_per_s(),
+        },
+        "runtime": tg.runtime,
+    })
+}
+
 fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
     use crate::chat::{generate, Message};
     let (mut tg, rt) = TextGen::open(&args.common, layout)?;
@@ -746,22 +775,7 @@ fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
     )?;
     let seq = pipeline.nets.seq_length;
     if json {
-        let v = serde_json::json!({
-            "text": g.text,
-            "prompt_ids": prompt,
-            "tokens": g.tokens,
-            "stop_reason": g.stop_reason,
-            "stop_message": g.stop_reason.describe(seq),
-            "sampling": pipeline.sampling(),
-            "timings": {
-                "simulated": tg.simulated,
-                "load_s": tg.load_s,
-                "first_token_s": g.first_token_s,
-                "decode_s": g.decode_s,
-                "decode_tokens_per_s": g.decode_tokens_per_s(),
-            },
-            "runtime": tg.runtime,
-        });
+        let v = generation_json(&tg, &pipeline, &prompt, &g);
         writeln!(tg.out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         writeln!(tg.out)?;
@@ -777,6 +791,7 @@ fn run_generate(args: GenerateArgs, layout: &Layout) -> Result<i32> {
 fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
     use crate::chat::{generate, Conversation, StopReason};
     use std::io::BufRead;
+    let json = args.json;
     let args = args.common;
     let (mut tg, rt) = TextGen::open(&args, layout)?;
     let mut pipeline = tg.pipeline(&args, &rt)?;
@@ -857,12 +872,20 @@ fn run_chat(args: ChatArgs, layout: &Layout) -> Result<i32> {
             args.max_tokens,
             &tg.cfg.eos_ids,
             |piece| {
-                out.write_all(piece.as_bytes())?;
-                out.flush()?;
+                if !json {
+                    out.write_all(piece.as_bytes())?;
+                    out.flush()?;
+                }
                 Ok(())
             },
         )?;
-        writeln!(tg.out)?;
+        if json {
+            let v = generation_json(&tg, &pipeline, &ids, &g);
+            writeln!(tg.out, "{}", serde_json::to_string(&v)?)?;
+            tg.out.flush()?;
+        } else {
+            writeln!(tg.out)?;
+        }
         if templated {
             conversation.push_assistant(&g.text);
         }

@@ -596,3 +596,62 @@ fn history_kv_turns_reuse_the_cache() {
         .collect();
     assert_eq!(after_reuse, after_fresh, "same continuation");
 }
+
+/// `chat --json` on a history-KV bmodel: one report per turn; the second turn reuses the KV
+/// cache exactly when its prompt extends the cached tokens (else it prefills afresh).
+#[test]
+fn chat_json_on_history_kv_bmodel() {
+    common::toolchain();
+    let (bmodel, config) = convert("history_kv_chat", &["--use_history_kv"]);
+    let config = tokenizer_config_dir(&config);
+    let _sim = simulator();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["chat", bmodel.to_str().unwrap(), "-m"])
+        .arg(config.path())
+        .args(["--max-tokens", "2", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nhow are you\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("keeps the conversation in its KV cache"),
+        "{err}"
+    );
+    let turns: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert_eq!(turns[0]["cached_prompt_tokens"], 0);
+    // In the cache after turn 1: its prompt and every reply token but the last (never fed).
+    let (p1, reply, p2) = (
+        ids(&turns[0]["prompt_ids"]),
+        ids(&turns[0]["tokens"]),
+        ids(&turns[1]["prompt_ids"]),
+    );
+    let mut cached = p1.clone();
+    cached.extend_from_slice(&reply[..reply.len() - 1]);
+    // Turn 2 re-renders the conversation from text: the cache is reused exactly when that
+    // re-tokenizes to the cached ids (this random model's reply may be bytes that do not).
+    let want = if p2.len() > cached.len() && p2.starts_with(&cached) {
+        cached.len()
+    } else {
+        0
+    };
+    println!(
+        "turn 2: {} prompt tokens, {} from the cache",
+        p2.len(),
+        turns[1]["cached_prompt_tokens"]
+    );
+    assert_eq!(turns[1]["cached_prompt_tokens"].as_u64(), Some(want as u64));
+}
