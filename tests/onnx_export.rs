@@ -218,7 +218,7 @@ fn do_sample_heads() {
 #[test]
 fn history_kv_chunks_and_decode_stages() {
     let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
-    for name in ["qwen3", "llama_rope3"] {
+    for name in ["qwen3", "llama_rope3", "qwen2", "llama_tied", "minicpm"] {
         let opts = PieceOptions::new(32, Some(4))
             .unwrap()
             .with_dynamic(true)
