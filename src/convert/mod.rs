@@ -308,20 +308,8 @@ fn plan_pieces(
                 for (j, &piece) in group.iter().enumerate() {
                     let e = crate::export::export_piece(model, piece, piece_opts, onnx_dir)?;
                     export_s += e.seconds;
-                    let mut deploy_argv = template.deploy_argv(piece, opts)?;
-                    if group.len() > 1 {
-                        deploy_argv.extend(if j == 0 {
-                            [
-                                "--save_io_alone_config".into(),
-                                "io_alone_config.json".into(),
-                            ]
-                        } else {
-                            ["--use_io_alone_config".into(), IO_ALONE_PLACEHOLDER.into()]
-                        });
-                    }
-                    if e.quantize_table.is_some() {
-                        deploy_argv.extend(["--quantize_table".into(), QTABLE_PLACEHOLDER.into()]);
-                    }
+                    let deploy_argv =
+                        step_deploy_argv(template, opts, &group, j, e.quantize_table.is_some())?;
                     steps.push(Step {
                         piece,
                         quantize_table: e
@@ -349,6 +337,33 @@ fn plan_pieces(
         exporting?;
         Ok((planned?, export_s))
     })
+}
+
+/// `model_deploy.py` arguments of step `j` of a job: the template's, then (decode stages) the
+/// IO address config the first step saves and the others reuse, then the quantize table.
+/// Paths are placeholders, filled in per run.
+fn step_deploy_argv(
+    template: &DeployTemplate,
+    opts: &ConvertOptions,
+    group: &[Piece],
+    j: usize,
+    quantize_table: bool,
+) -> Result<Vec<String>> {
+    let mut argv = template.deploy_argv(group[j], opts)?;
+    if group.len() > 1 {
+        argv.extend(if j == 0 {
+            [
+                "--save_io_alone_config".into(),
+                "io_alone_config.json".into(),
+            ]
+        } else {
+            ["--use_io_alone_config".into(), IO_ALONE_PLACEHOLDER.into()]
+        });
+    }
+    if quantize_table {
+        argv.extend(["--quantize_table".into(), QTABLE_PLACEHOLDER.into()]);
+    }
+    Ok(argv)
 }
 
 /// Pieces grouped into compile jobs: each decode stage joins its block_cache_i.
@@ -552,23 +567,19 @@ fn print_plan(
     for group in job_groups(&crate::arch::pieces(&model.config, piece_opts)) {
         for (j, piece) in group.iter().enumerate() {
             let (name, stem) = (piece.name(), piece.file_stem());
-            let mut deploy = template.deploy_argv(*piece, opts)?.join(" ");
-            if crate::arch::build(*piece, &model.config, piece_opts)
+            let qtable = crate::arch::build(*piece, &model.config, piece_opts)
                 .quantize_table()
-                .is_some()
-            {
-                deploy += &format!(" --quantize_table onnx/{stem}.qtable");
-            }
-            if group.len() > 1 {
-                deploy += &if j == 0 {
-                    " --save_io_alone_config io_alone_config.json".to_string()
-                } else {
-                    format!(
-                        " --use_io_alone_config {}/io_alone_config.json",
-                        group[0].file_stem()
-                    )
-                };
-            }
+                .is_some();
+            let io_alone = format!("{}/io_alone_config.json", group[0].file_stem());
+            let deploy = step_deploy_argv(template, opts, &group, j, qtable)?
+                .into_iter()
+                .map(|a| match a.as_str() {
+                    IO_ALONE_PLACEHOLDER => io_alone.clone(),
+                    QTABLE_PLACEHOLDER => format!("onnx/{stem}.qtable"),
+                    _ => a,
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
             println!(
                 "{stem}:\n  model_transform.py --model_name {name} --model_def onnx/{stem}.onnx --mlir {name}.mlir --do_onnx_sim=\n  model_deploy.py {deploy}"
             );
