@@ -32,19 +32,29 @@ def softmax(x):
 
 def sample_head_numpy(logits, ids, penalty, temperature, top_k, top_p):
     """TPU-MLIR LlmConverter's sample_head, re-implemented: repetition penalty, top-50,
-    temperature, top-p over the cumulative softmax (first 5 always kept), top-k, softmax."""
+    temperature, top-p over the cumulative softmax (first 5 always kept), top-k. Returns the
+    scaled top-50 logits, their ids, the kept set and the cumulative softmax it was cut on."""
     l = logits[0].copy()
     seen = l[ids]
     l[ids] = np.where(seen < 0, seen * penalty, seen / penalty)
     idx = np.argsort(-l, kind="stable")[:50]
     scaled = l[idx] / temperature
     rank = np.arange(50)
-    keep = ((np.cumsum(softmax(scaled)) < top_p) | (rank < 5)) & (rank < top_k)
-    return softmax(np.where(keep, scaled, -1000.0)), idx
+    cumulative = np.cumsum(softmax(scaled))
+    keep = ((cumulative < top_p) | (rank < 5)) & (rank < top_k)
+    return scaled, idx, keep, cumulative
+
+
+# How far a cumulative probability may lie from top_p and still round to either side of the
+# cut: float32 sums of 50 terms, in whatever order a CPU's kernels add them.
+TOP_P_BOUNDARY = 1e-5
 
 
 def check_sample_head(net, logits, history):
-    """sample_head on real logits against the numpy version, for a few parameter sets."""
+    """sample_head on real logits against the numpy version, for a few parameter sets. What
+    the contract promises is checked, not one CPU's rounding: the same 50 candidates in order,
+    the kept set equal except where the cumulative probability sits on top_p (top_p 1.0 cuts
+    the tail on a rounding boundary), and the probabilities a softmax over the kept set."""
     worst = 0.0
     for penalty, temperature, top_k, top_p in [(1.0, 1.0, 50, 1.0), (1.2, 0.7, 40, 0.8), (1.5, 2.0, 3, 0.5)]:
         ids = np.array([history], np.int32)
@@ -52,8 +62,16 @@ def check_sample_head(net, logits, history):
             "m_logits": logits, "input_ids": ids, "penalty": np.array([penalty], np.float32),
             "temperature": np.array([temperature], np.float32), "top_k": np.array([top_k], np.int32),
             "top_p": np.array([top_p], np.float32)})
-        want_p, want_t = sample_head_numpy(logits, ids[0], penalty, temperature, top_k, top_p)
+        scaled, want_t, want_keep, cumulative = sample_head_numpy(logits, ids[0], penalty, temperature, top_k, top_p)
         assert (tokens[0] == want_t).all(), f"sample_head tokens differ: {tokens[0][:8]} vs {want_t[:8]}"
+        kept = probs[0] > 0
+        differ = np.nonzero(kept != want_keep)[0]
+        on_boundary = np.abs(cumulative[differ] - top_p) < TOP_P_BOUNDARY
+        assert on_boundary.all(), (
+            f"sample_head keeps ranks {differ[~on_boundary].tolist()} differently, away from top_p {top_p} "
+            f"(cumulative {cumulative[differ[~on_boundary]].tolist()})")
+        assert kept.sum() >= min(5, top_k), f"sample_head kept {kept.sum()} candidates, fewer than 5"
+        want_p = softmax(np.where(kept, scaled, -1000.0))
         worst = max(worst, float(np.abs(probs[0] - want_p).max()))
     return worst
 

@@ -2,6 +2,7 @@
 //! See shared/design/ARCHITECTURE.md for how the modules fit.
 
 pub mod arch;
+pub mod bmodel;
 pub mod bmrt;
 pub mod chat;
 pub mod cli;

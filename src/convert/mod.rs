@@ -471,6 +471,7 @@ fn compile_piece(
     }
     for j in (0..produced.len()).rev() {
         if let Some(b) = &produced[j] {
+            make_reproducible(b)?;
             done[j].bmodel = Some(cache.put(&job.key, &cache::step_ext(j), b)?);
         }
     }
@@ -480,6 +481,25 @@ fn compile_piece(
         }
     }
     Ok(done)
+}
+
+/// Zeroes what TPU-MLIR leaves uninitialised in a piece (see `bmodel::zero_timestep_padding`),
+/// so a piece's bytes follow from its inputs and two cold builds are equal.
+fn make_reproducible(bmodel: &Path) -> Result<()> {
+    let mut bytes =
+        std::fs::read(bmodel).with_context(|| format!("reading {}", bmodel.display()))?;
+    match crate::bmodel::zero_timestep_padding(&mut bytes) {
+        Ok(0) => Ok(()),
+        Ok(_) => crate::util::write_atomic(bmodel, &bytes),
+        Err(e) => {
+            // Not fatal: the bmodel is right, only not byte-reproducible.
+            eprintln!(
+                "warning: {}: dynamic IR not normalised ({e:#})",
+                bmodel.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// transform → restore output names → deploy. The step's work dir is `<folder>/<stem>/` and its

@@ -1,0 +1,94 @@
+//! Reading a `.bmodel` file's own structure (TPU-MLIR's `bmodel.fbs`): the fixed header, the
+//! FlatBuffers description of its nets, and the binary section they point into.
+
+mod dynamic_ir;
+mod flatbuf;
+
+use anyhow::{bail, Context, Result};
+
+pub use dynamic_ir::zero_timestep_padding;
+pub use flatbuf::Table;
+
+/// `0xFF55AAEE`, the first word of every bmodel.
+pub const MAGIC: u32 = 0xFF55_AAEE;
+
+/// The fixed header: where the FlatBuffers description and the binary section lie.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub header_size: usize,
+    pub flatbuffer_size: usize,
+    pub binary_size: usize,
+}
+
+impl Header {
+    /// Reads and checks the header against the file's length.
+    pub fn parse(bytes: &[u8]) -> Result<Header> {
+        let word = |i: usize| flatbuf::u32_at(bytes, 4 * i).context("shorter than a bmodel header");
+        if word(0)? != MAGIC {
+            bail!("not a bmodel (its first bytes are not the bmodel magic 0xFF55AAEE)");
+        }
+        let h = Header {
+            header_size: word(1)? as usize,
+            flatbuffer_size: word(2)? as usize,
+            binary_size: word(3)? as usize,
+        };
+        let end = h
+            .header_size
+            .checked_add(h.flatbuffer_size)
+            .and_then(|n| n.checked_add(h.binary_size))
+            .context("header sizes overflow")?;
+        if h.header_size < 16 || end > bytes.len() {
+            bail!(
+                "header says {end} bytes (header {}, description {}, binary {}) but the file has {}: truncated",
+                h.header_size,
+                h.flatbuffer_size,
+                h.binary_size,
+                bytes.len()
+            );
+        }
+        Ok(h)
+    }
+
+    /// The FlatBuffers description.
+    pub fn flatbuffer<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.header_size..self.header_size + self.flatbuffer_size]
+    }
+
+    /// Where the binary section (coefficients, commands, dynamic IR) starts in the file.
+    pub fn binary_base(&self) -> usize {
+        self.header_size + self.flatbuffer_size
+    }
+}
+
+/// Field ids in `bmodel.fbs` (table `Model`, `Net`, `NetParameter`, `SubNet`).
+pub mod fields {
+    pub const MODEL_CHIP: usize = 3;
+    pub const MODEL_NET: usize = 4;
+    pub const NET_NAME: usize = 0;
+    pub const NET_PARAMETER: usize = 3;
+    pub const PARAM_BINARY_IR: usize = 11;
+    pub const PARAM_SUB_NET: usize = 12;
+    pub const SUBNET_INPUT_TENSOR: usize = 3;
+    pub const SUBNET_OUTPUT_TENSOR: usize = 4;
+    pub const SUBNET_IS_DYNAMIC: usize = 5;
+    pub const SUBNET_IR_OFFSET: usize = 6;
+    pub const SUBNET_IR_LEN: usize = 7;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rejects_what_is_not_a_bmodel() {
+        assert!(Header::parse(b"").is_err());
+        assert!(Header::parse(b"PK\x03\x04 some zip file bytes").is_err());
+        let mut h = MAGIC.to_le_bytes().to_vec();
+        h.extend(64u32.to_le_bytes());
+        h.extend(u32::MAX.to_le_bytes());
+        h.extend(u32::MAX.to_le_bytes());
+        h.resize(64, 0);
+        let e = Header::parse(&h).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+}
