@@ -3,6 +3,7 @@
 
 mod decoder;
 mod heads;
+mod mask;
 mod rope;
 
 use anyhow::{bail, Result};
