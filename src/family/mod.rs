@@ -6,6 +6,7 @@
 mod layer;
 mod llama;
 mod minicpm;
+mod mistral;
 pub mod names;
 mod qwen2;
 mod qwen3;
@@ -25,6 +26,7 @@ pub static REGISTRY: &[&Family] = &[
     &qwen2::FAMILY,
     &qwen3::FAMILY,
     &minicpm::FAMILY,
+    &mistral::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -148,7 +150,7 @@ mod tests {
         assert!(lookup("gpt2").is_none());
         assert_eq!(by_gguf_arch("llama").map(|(f, _)| f.name()), Some("llama"));
         assert!(by_gguf_arch("mistral").is_none());
-        assert_eq!(supported(), "llama, qwen2, qwen3, minicpm");
+        assert_eq!(supported(), "llama, qwen2, qwen3, minicpm, mistral");
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }
 }

@@ -335,4 +335,23 @@ mod tests {
         assert_eq!(c.lm_head_input_scale(), 0.25);
         assert!(c.tie_word_embeddings);
     }
+
+    #[test]
+    fn mistral_window_defaults_like_transformers() {
+        let absent = parse(base("mistral")).unwrap();
+        assert_eq!(absent.layer.sliding_window, Some(4096));
+        let mut v = base("mistral");
+        v["sliding_window"] = Value::Null;
+        assert_eq!(parse(v).unwrap().layer.sliding_window, None);
+        let mut v = base("mistral");
+        v["sliding_window"] = json!(5);
+        v["head_dim"] = json!(48);
+        let c = parse(v).unwrap();
+        assert_eq!((c.layer.sliding_window, c.head_dim), (Some(5), 48));
+        assert!(!c.tie_word_embeddings && !c.layer.attention.qkv_bias);
+        let mut v = base("mistral");
+        v["sliding_window"] = json!(0);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("sliding_window"), "{e}");
+    }
 }
