@@ -7,9 +7,7 @@ use crate::graph::{Attr, Graph};
 use crate::model::ModelConfig;
 
 /// Additive causal mask `[1,1,L,K]`: `MASK_VALUE` where a key's position is after the
-/// query's. Positions are exact integers in f32, but bf16 rounds them above 256 (two
-/// neighbours would compare equal and a future token would leak), so these few ops are kept
-/// in f32 by the quantize table; the difference's sign survives the final cast.
+/// query's (kept in f32).
 pub fn causal_mask(g: &mut Graph, query_pos: &str, key_pos: &str) -> String {
     let first = g.nodes.len();
     let q = g.reshape(query_pos, &[1, 1, -1, 1]);
@@ -48,9 +46,9 @@ pub fn key_positions(g: &mut Graph, keys: &str) -> String {
     pos
 }
 
-/// The sliding window, if it can hide anything from a piece whose keys lie `span`
-/// positions apart at most plus one (keys `0..span`): none otherwise, so that piece's graph
-/// is exactly the one of a family without a window.
+/// The sliding window, if it can hide a key from a piece whose queries and keys have
+/// positions in `0..span`; none otherwise, so that piece's graph is exactly the graph of a
+/// family without a window (a mistral with a long or null window exports llama's bytes).
 pub fn effective_window(cfg: &ModelConfig, span: usize) -> Option<usize> {
     cfg.layer.sliding_window.filter(|w| *w < span)
 }
