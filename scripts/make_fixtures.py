@@ -12,6 +12,10 @@ transformers computes on it in float32 (eager attention):
   tokens           16 greedy tokens (KV-cached decoding)
   step_logits      logits of every decode step (step i consumes tokens[i])
 
+Families with a sliding window (mistral) also get
+  tokens_without_window  the 16 greedy tokens with the window disabled (same weights), so a
+                         test can assert the window changes the tokens
+
 MiniCPM is not in transformers: it is a llama whose math gets MiniCPM's three scalings via
 module hooks (embedding x scale_emb, residual branches x scale_depth/sqrt(L), lm_head input
 / (hidden/dim_model_base)), exactly as the upstream modeling_minicpm.py computes them.
@@ -26,7 +30,7 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 STEPS = 16
 PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
@@ -58,6 +62,12 @@ FAMILIES = {
                 {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 32}),
     "minicpm_bf16": (LlamaConfig, dims(tie_word_embeddings=True), torch.bfloat16,
                      {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 32}),
+    # New fixtures go last: the weights come from one seeded stream, so earlier fixtures stay
+    # byte-identical. Windows shorter than the 8-token prompt + 16 steps; head_dim != 128/4.
+    "mistral": (MistralConfig, dims(head_dim=48, sliding_window=5, tie_word_embeddings=False),
+                torch.float32, None),
+    "mistral_bf16": (MistralConfig, dims(head_dim=64, sliding_window=6, tie_word_embeddings=True),
+                     torch.bfloat16, None),
 }
 
 
@@ -119,7 +129,13 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
         **({"config": cfg} if minicpm else {})).eval()
     if minicpm:
         add_minicpm_hooks(reloaded, minicpm)
-    json.dump(expected(reloaded, PROMPT), open(os.path.join(d, "expected.json"), "w"))
+    result = expected(reloaded, PROMPT)
+    if getattr(cfg, "sliding_window", None):
+        plain = AutoModelForCausalLM.from_pretrained(
+            d, dtype=torch.float32, attn_implementation="eager", sliding_window=None).eval()
+        assert plain.config.sliding_window is None
+        result["tokens_without_window"] = expected(plain, PROMPT)["tokens"]
+    json.dump(result, open(os.path.join(d, "expected.json"), "w"))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod export;
+pub mod family;
 pub mod graph;
 pub mod model;
 pub mod onnx;

@@ -307,3 +307,31 @@ fn only_onnx_follows_the_conversion_flags() {
     let used = check_dir(name, &model, &opts, &PROMPT, &onnx, STEPS);
     assert_eq!(used, vec![16, 32]);
 }
+
+/// mistral (sliding window 5, shorter than the 8-token prompt + 16 steps; head_dim 48): the
+/// window is applied in-graph from position_ids, so the static chain (mask input = causal
+/// only, as the runtime sends it) gives the reference's windowed tokens.
+#[test]
+fn mistral_sliding_window_static() {
+    check("mistral", 32, 16);
+    check("mistral_bf16", 32, 16);
+}
+
+/// mistral `--dynamic`: the window joins the causal mask built from position_ids.
+#[test]
+fn mistral_sliding_window_dynamic() {
+    check_variant("mistral", 32, 16, true);
+}
+
+/// mistral `--use_history_kv --chunk_length 4`: block_kv_i windows over the history keys'
+/// positions, and the decode stages (16 slots, then 32) window the history slots.
+#[test]
+fn mistral_sliding_window_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("mistral", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "mistral: decode stages used");
+}

@@ -14,6 +14,9 @@ struct Expected {
     hidden: Vec<Vec<Vec<f32>>>,
     tokens: Vec<u32>,
     step_logits: Vec<Vec<f32>>,
+    /// Families with a sliding window: transformers' tokens with the window disabled.
+    #[serde(default)]
+    tokens_without_window: Option<Vec<u32>>,
 }
 
 const TOL: f32 = 1e-4;
@@ -30,10 +33,14 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+fn expected(name: &str) -> Expected {
+    let path = common::fixtures().join(name).join("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn check_family(name: &str) {
     let dir = common::fixtures().join(name);
-    let exp: Expected =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let exp = expected(name);
     let model = Model::open(&dir).unwrap();
     let mut r = Reference::new(&model).unwrap().keep_hidden(true);
     let out = r.prefill(&exp.prompt).unwrap();
@@ -99,6 +106,42 @@ fn minicpm_scalings() {
 #[test]
 fn minicpm_bf16() {
     check_family("minicpm_bf16");
+}
+
+/// mistral: the sliding window (5 here, 6 in the bf16 one) is shorter than prompt + steps,
+/// and it matters: without it transformers picks other tokens, and so does the reference.
+fn check_sliding_window(name: &str) {
+    check_family(name);
+    let exp = expected(name);
+    let plain = exp
+        .tokens_without_window
+        .expect("expected.json has tokens_without_window");
+    assert_ne!(
+        plain, exp.tokens,
+        "{name}: the window does not change the tokens"
+    );
+    let mut model = Model::open(&common::fixtures().join(name)).unwrap();
+    assert!(model
+        .config
+        .layer
+        .sliding_window
+        .is_some_and(|w| w < exp.prompt.len()));
+    model.config.layer.sliding_window = None;
+    let got = Reference::new(&model)
+        .unwrap()
+        .generate_greedy(&exp.prompt, plain.len())
+        .unwrap();
+    assert_eq!(got, plain, "{name}: reference without the window");
+}
+
+#[test]
+fn mistral_sliding_window_and_explicit_head_dim() {
+    check_sliding_window("mistral");
+}
+
+#[test]
+fn mistral_bf16() {
+    check_sliding_window("mistral_bf16");
 }
 
 #[derive(Deserialize)]

@@ -410,3 +410,16 @@ fn assert_history_kv_run(r: &Value) {
     slots.dedup();
     assert_eq!(slots, vec![32, 64], "decode stages used, in order");
 }
+
+/// mistral (sliding window 5 < prompt + steps) at bf16, static: the window is in-graph, the
+/// runner family-blind, and verify passes against the windowed reference.
+#[test]
+fn mistral_sliding_window_bf16_static() {
+    bf16_matches_reference("mistral", &[]);
+}
+
+/// The same with `--dynamic` (the window joins the in-graph causal mask).
+#[test]
+fn mistral_sliding_window_bf16_dynamic() {
+    bf16_matches_reference("mistral", &["--dynamic"]);
+}

@@ -1,26 +1,35 @@
-//! One decoder layer of the llama family (llama, qwen2, qwen3, minicpm) as `block_i` (prefill)
-//! and `block_cache_i` (decode with the KV history), in the runtime's `[batch, seq, heads,
-//! head_dim]` layout. RoPE is applied to q and the new k, so cached keys are post-RoPE.
+//! One decoder layer, as the family's [`LayerSpec`](crate::family::LayerSpec) describes it,
+//! as `block_i` (prefill), `block_cache_i` (decode with the KV history) and `block_kv_i`, in
+//! the runtime's `[batch, seq, heads, head_dim]` layout. RoPE is applied to q and the new k,
+//! so cached keys are post-RoPE.
 
+use super::mask::{
+    causal_mask, decode_key_positions, effective_window, key_positions, positions_f32, with_window,
+};
 use super::{rope, PieceOptions};
+use crate::family::{Activation, Norm, Projections, RotaryDims, RotaryPairs};
 use crate::graph::{Attr, Elem, Graph};
 use crate::model::ModelConfig;
 
 /// `block_i`: input_states `[1,L,H]`, position_ids `[1,L]`, attention_mask `[1,1,L,L]` →
 /// output_states, k `[1,L,KVH,D]`, v. With `dynamic`, L varies per call (up to
 /// MAX_INPUT_LENGTH) and there is no mask input: the causal mask is built from position_ids.
+/// A sliding window is applied in-graph from position_ids either way.
 pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
     let l = o.max_input_length;
     let axis = o.dynamic.then_some(1);
+    let window = effective_window(cfg, l);
     let mut g = Graph::new(format!("block_{layer}"));
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
     let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], axis);
-    let mask = if o.dynamic {
-        let p = positions_f32(&mut g, &pos);
-        causal_mask(&mut g, &p, &p)
-    } else {
-        g.input("attention_mask", Elem::F32, &[1, 1, l, l])
+    let p = (o.dynamic || window.is_some()).then(|| positions_f32(&mut g, &pos));
+    let mut mask = match &p {
+        Some(p) if o.dynamic => causal_mask(&mut g, p, p),
+        _ => g.input("attention_mask", Elem::F32, &[1, 1, l, l]),
     };
+    if let (Some(w), Some(p)) = (window, &p) {
+        mask = with_window(&mut g, &mask, p, p, w);
+    }
     layer_body(
         &mut g,
         cfg,
@@ -34,42 +43,24 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
     g
 }
 
-/// Additive causal mask `[1,1,L,K]`: `MASK_VALUE` where a key's position is after the
-/// query's. Positions are exact integers in f32, but bf16 rounds them above 256 (two
-/// neighbours would compare equal and a future token would leak), so these few ops are kept
-/// in f32 by the quantize table; the difference's sign survives the final cast.
-fn causal_mask(g: &mut Graph, query_pos: &str, key_pos: &str) -> String {
-    let first = g.nodes.len();
-    let q = g.reshape(query_pos, &[1, 1, -1, 1]);
-    let k = g.reshape(key_pos, &[1, 1, 1, -1]);
-    let ahead = g.op("Sub", &[&k, &q], vec![]);
-    let ahead = g.op("Relu", &[&ahead], vec![]);
-    let one = g.scalar("one", 1.0);
-    let future = g.op("Min", &[&ahead, &one], vec![]);
-    let mask = g.scale(&future, MASK_VALUE);
-    g.keep_f32_since(first);
-    mask
-}
-
-/// Position ids as f32 (exact below 2^24).
-fn positions_f32(g: &mut Graph, pos: &str) -> String {
-    g.op("Cast", &[pos], vec![("to", Attr::Int(1))])
-}
-
-/// The runtime's f16 mask value (bf16 rounds it to -9984, the runtime's bf16 value).
-const MASK_VALUE: f64 = -10000.0;
-
 /// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask
 /// `[1,1,1,kv+1]`, history_k/v `[1,kv,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token
 /// is concatenated after the kv history slots). `kv` is S, or a shorter decode stage's length.
+/// A sliding window hides the history slots too far behind position_ids (slot j holds
+/// position j).
 pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize) -> Graph {
     let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let mut g = Graph::new(format!("block_cache_{layer}"));
     let x = g.input("input_states", Elem::F32, &[1, 1, cfg.hidden_size]);
     let pos = g.input("position_ids", Elem::I32, &[1, 1]);
-    let mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
+    let mut mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
     let hk = g.input("history_k", Elem::F32, &[1, kv, kvh, d]);
     let hv = g.input("history_v", Elem::F32, &[1, kv, kvh, d]);
+    if let Some(w) = effective_window(cfg, kv) {
+        let p = positions_f32(&mut g, &pos);
+        let keys = decode_key_positions(&mut g, kv, &p);
+        mask = with_window(&mut g, &mask, &p, &keys, w);
+    }
     let attn = Attn::Decode {
         history: (&hk, &hv),
         mask: &mask,
@@ -143,26 +134,38 @@ fn layer_body(
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    let p = |s: &str| format!("model.layers.{layer}.{s}");
-    let ln = rms_norm(g, cfg, x, &p("input_layernorm.weight"), h);
-    let q = linear(g, &ln, &p("self_attn.q_proj"), h, nh * d, cfg.qkv_bias);
-    let k = linear(g, &ln, &p("self_attn.k_proj"), h, kvh * d, cfg.qkv_bias);
-    let v = linear(g, &ln, &p("self_attn.v_proj"), h, kvh * d, cfg.qkv_bias);
+    let (spec, n) = (&cfg.layer, cfg.weights());
+    let m = |module: &str| n.module(layer, module);
+    let ln = norm(g, cfg, x, &n.weight(layer, n.input_norm), h);
+    let (q, k, v) = match spec.attention.qkv {
+        Projections::Separate => {
+            let bias = spec.attention.qkv_bias;
+            let q = linear(g, &ln, &m(n.q_proj), h, nh * d, bias);
+            let k = linear(g, &ln, &m(n.k_proj), h, kvh * d, bias);
+            let v = linear(g, &ln, &m(n.v_proj), h, kvh * d, bias);
+            (q, k, v)
+        }
+    };
     // -1 on the sequence axis: dynamic prefill blocks see any length.
     let mut q = g.reshape(&q, &[1, -1, nh as i64, d as i64]);
     let mut k = g.reshape(&k, &[1, -1, kvh as i64, d as i64]);
     let v = g.reshape(&v, &[1, -1, kvh as i64, d as i64]);
-    if cfg.qk_norm {
-        q = rms_norm(g, cfg, &q, &p("self_attn.q_norm.weight"), d);
-        k = rms_norm(g, cfg, &k, &p("self_attn.k_norm.weight"), d);
+    if spec.attention.qk_norm {
+        q = norm(g, cfg, &q, &n.weight(layer, n.q_norm), d);
+        k = norm(g, cfg, &k, &n.weight(layer, n.k_norm), d);
     }
-    let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
-    let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, d], cos_t);
-    let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, d], sin_t);
-    let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
-    let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
-    let q = apply_rope(g, &q, &cos, &sin, d);
-    let k = apply_rope(g, &k, &cos, &sin, d);
+    let (q, k) = match (spec.attention.rotary.dims, spec.attention.rotary.pairs) {
+        (RotaryDims::Full, RotaryPairs::HalfSplit) => {
+            let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
+            let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, d], cos_t);
+            let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, d], sin_t);
+            let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
+            let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
+            let q = apply_rope(g, &q, &cos, &sin, d);
+            let k = apply_rope(g, &k, &cos, &sin, d);
+            (q, k)
+        }
+    };
     // (keys, additive mask) parts of the score matrix, and the values in the same order.
     let (parts, v_all): (Vec<(String, Option<String>)>, String) = match &attn {
         Attn::Prefill { mask } => (vec![(k.clone(), Some(mask.to_string()))], v.clone()),
@@ -177,47 +180,25 @@ fn layer_body(
             let k_all = g.concat(&[hk, &k], 1);
             let key_pos = key_positions(g, &k_all);
             let query_pos = positions_f32(g, pos);
-            let mask = causal_mask(g, &query_pos, &key_pos);
+            let mut mask = causal_mask(g, &query_pos, &key_pos);
+            if let Some(w) = effective_window(cfg, o.seq_length) {
+                mask = with_window(g, &mask, &query_pos, &key_pos, w);
+            }
             (vec![(k_all, Some(mask))], g.concat(&[hv, &v], 1))
         }
     };
     let attn_out = attention(g, cfg, &q, &parts, &v_all);
-    let o_proj = linear(g, &attn_out, &p("self_attn.o_proj"), nh * d, h, cfg.o_bias);
+    let o_bias = spec.attention.o_bias;
+    let o_proj = linear(g, &attn_out, &m(n.o_proj), nh * d, h, o_bias);
     let o_proj = g.scale(&o_proj, cfg.residual_scale());
     let x = g.add(x, &o_proj);
-    let ln2 = rms_norm(g, cfg, &x, &p("post_attention_layernorm.weight"), h);
-    let gate = linear(
-        g,
-        &ln2,
-        &p("mlp.gate_proj"),
-        h,
-        cfg.intermediate_size,
-        cfg.mlp_bias,
-    );
-    let sig = g.op("Sigmoid", &[&gate], vec![]);
-    let act = g.mul(&gate, &sig);
-    let up = linear(
-        g,
-        &ln2,
-        &p("mlp.up_proj"),
-        h,
-        cfg.intermediate_size,
-        cfg.mlp_bias,
-    );
-    let m = g.mul(&act, &up);
-    let down = linear(
-        g,
-        &m,
-        &p("mlp.down_proj"),
-        cfg.intermediate_size,
-        h,
-        cfg.mlp_bias,
-    );
+    let ln2 = norm(g, cfg, &x, &n.weight(layer, n.post_attention_norm), h);
+    let down = mlp(g, cfg, layer, &ln2);
     let down = g.scale(&down, cfg.residual_scale());
     let mut out = g.add(&x, &down);
     // Single device: the final norm is folded into the last block.
     if layer + 1 == cfg.num_hidden_layers {
-        out = rms_norm(g, cfg, &out, "model.norm.weight", h);
+        out = norm(g, cfg, &out, n.final_norm, h);
     }
     let axis = match attn {
         Attn::Prefill { .. } => o.dynamic.then_some(1),
@@ -229,21 +210,34 @@ fn layer_body(
     g.output_with_axis(&v, "v_cache", Elem::F32, &[1, len, kvh, d], axis);
 }
 
-/// `[0, 1, …, n-1]` as f32 `[1, n]` for keys `[1, n, KVH, D]` of per-call length n: a CumSum
-/// over ones made from the keys themselves (kept in f32, like the mask).
-fn key_positions(g: &mut Graph, keys: &str) -> String {
-    let first = g.nodes.len();
-    let col = g.slice(keys, 3, 0, 1);
-    let col = g.slice(&col, 2, 0, 1);
-    let zero = g.scale(&col, 0.0);
-    let one = g.scalar("one", 1.0);
-    let ones = g.add(&zero, &one);
-    let ones = g.reshape(&ones, &[1, -1]);
-    let axis = g.const_i64("axis", &[1]);
-    let count = g.op("CumSum", &[&ones, &axis], vec![]);
-    let pos = g.op("Sub", &[&count, &one], vec![]);
-    g.keep_f32_since(first);
-    pos
+/// `down(act(gate(x)) * up(x))`, before the residual scale.
+fn mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str) -> String {
+    let (h, i, n, spec) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.weights(),
+        &cfg.layer.mlp,
+    );
+    let m = |module: &str| n.module(layer, module);
+    // Node order (gate, act, up) is part of the exported bytes: keep it.
+    let Projections::Separate = spec.gate_up;
+    let gate = linear(g, x, &m(n.gate_proj), h, i, spec.bias);
+    let act = match spec.activation {
+        Activation::Silu => {
+            let sig = g.op("Sigmoid", &[&gate], vec![]);
+            g.mul(&gate, &sig)
+        }
+    };
+    let up = linear(g, x, &m(n.up_proj), h, i, spec.bias);
+    let prod = g.mul(&act, &up);
+    linear(g, &prod, &m(n.down_proj), i, h, spec.bias)
+}
+
+/// The layer's norm over the last axis.
+fn norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
+    match cfg.layer.norm {
+        Norm::Rms => rms_norm(g, cfg, x, weight, dim),
+    }
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last axis.

@@ -8,7 +8,7 @@ pub fn embedding(cfg: &ModelConfig, len: usize, name: &str) -> Graph {
     let mut g = Graph::new(name);
     let ids = g.input("input_ids", Elem::I32, &[1, len]);
     let table = g.weight(
-        "model.embed_tokens.weight",
+        cfg.weights().embed_tokens,
         &[cfg.vocab_size, cfg.hidden_size],
         false,
     );
@@ -28,9 +28,9 @@ pub fn lm_head(cfg: &ModelConfig, logits_out: bool) -> Graph {
     let x = g.input("hidden_states", Elem::F32, &[1, h]);
     let x = g.scale(&x, cfg.lm_head_input_scale());
     let w = if cfg.tie_word_embeddings {
-        "model.embed_tokens.weight"
+        cfg.weights().embed_tokens
     } else {
-        "lm_head.weight"
+        cfg.weights().lm_head
     };
     // `W [V,H] · xᵀ` keeps the weight in its checkpoint layout, so with tied embeddings the
     // combined bmodel stores one table for embedding and lm_head (model_tool --combine shares

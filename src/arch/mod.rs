@@ -3,6 +3,7 @@
 
 mod decoder;
 mod heads;
+mod mask;
 mod rope;
 
 use anyhow::{bail, Result};
@@ -175,5 +176,77 @@ mod tests {
         assert_eq!(decode_stages(512, 128), vec![256, 128]);
         assert_eq!(decode_stages(8192, 512), vec![4096, 2048, 1024, 512]);
         assert_eq!(decode_stages(64, 0), Vec::<usize>::new());
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::{build, pieces, Piece, PieceOptions};
+    use crate::model::ModelConfig;
+    use serde_json::{json, Value};
+
+    fn config(model_type: &str, window: Value) -> ModelConfig {
+        let v = json!({"model_type": model_type, "hidden_size": 64, "num_attention_heads": 4,
+                       "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 256,
+                       "sliding_window": window});
+        ModelConfig::from_json(&v, std::path::Path::new("config.json")).unwrap()
+    }
+
+    /// Every piece at S 32, MAX_INPUT_LENGTH 16 (static and dynamic), with history KV and
+    /// decode stages of 16 and 8 slots.
+    fn all_options() -> Vec<PieceOptions> {
+        [false, true]
+            .map(|dynamic| {
+                PieceOptions::new(32, Some(16))
+                    .unwrap()
+                    .with_dynamic(dynamic)
+                    .with_history(true, 8)
+            })
+            .to_vec()
+    }
+
+    fn same_graph(a: &ModelConfig, b: &ModelConfig, piece: Piece, o: &PieceOptions) -> bool {
+        format!("{:?}", build(piece, a, o)) == format!("{:?}", build(piece, b, o))
+    }
+
+    /// A mistral whose window hides nothing a piece can see exports llama's graph.
+    #[test]
+    fn mistral_with_an_invisible_window_is_llama() {
+        let llama = config("llama", Value::Null);
+        for window in [Value::Null, json!(32), json!(4096)] {
+            let mistral = config("mistral", window.clone());
+            for o in all_options() {
+                for piece in pieces(&llama, &o) {
+                    assert!(
+                        same_graph(&llama, &mistral, piece, &o),
+                        "{window} {piece:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A window shorter than what a piece sees changes exactly the pieces that see that far,
+    /// and its mask ops run in f32.
+    #[test]
+    fn a_short_window_changes_exactly_the_blocks_that_see_past_it() {
+        let llama = config("llama", Value::Null);
+        // 20 slots: beyond block_i's 16 rows and the 16- and 8-slot decode stages, within
+        // block_kv_i's and the full block_cache_i's 32.
+        let mistral = config("mistral", json!(20));
+        for o in all_options() {
+            for piece in pieces(&llama, &o) {
+                let windowed = matches!(piece, Piece::BlockCache(_) | Piece::BlockKv(_));
+                assert_eq!(
+                    !same_graph(&llama, &mistral, piece, &o),
+                    windowed,
+                    "{piece:?}"
+                );
+                if windowed {
+                    let table = build(piece, &mistral, &o).quantize_table().unwrap();
+                    assert!(table.contains("_Relu F32"), "{table}");
+                }
+            }
+        }
     }
 }

@@ -1,47 +1,20 @@
-//! `config.json` → typed [`ModelConfig`] for the llama family.
+//! `config.json` → typed [`ModelConfig`]: the generic numbers here, the family's own keys by
+//! its reader in [`crate::family`].
 //!
 //! Reads both layouts seen in the wild: the Hub's classic one (`rope_theta`, `rope_scaling`,
 //! `torch_dtype`) and transformers 5's (`rope_parameters`, `dtype`). Defaults follow the
 //! transformers config classes so a sparse config means what it means to transformers.
 
-use std::path::{Path, PathBuf};
+mod keys;
 
-use serde_json::{Map, Value};
+use std::path::Path;
+
+use serde_json::Value;
 
 use crate::error::InputError;
-
-/// Model families whose decoder we know how to describe and compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Llama,
-    Qwen2,
-    Qwen3,
-    MiniCpm,
-}
-
-impl Family {
-    pub const SUPPORTED: &'static [&'static str] = &["llama", "qwen2", "qwen3", "minicpm"];
-
-    pub fn from_model_type(t: &str) -> Option<Family> {
-        match t {
-            "llama" => Some(Family::Llama),
-            "qwen2" => Some(Family::Qwen2),
-            "qwen3" => Some(Family::Qwen3),
-            "minicpm" => Some(Family::MiniCpm),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Qwen2 => "qwen2",
-            Family::Qwen3 => "qwen3",
-            Family::MiniCpm => "minicpm",
-        }
-    }
-}
+pub use crate::family::Family;
+use crate::family::{Dims, LayerSpec, WeightNames};
+pub use keys::ConfigKeys;
 
 /// How rotary frequencies are rescaled for long context.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -58,20 +31,9 @@ pub enum RopeScaling {
     },
 }
 
-/// MiniCPM's three scalings (µP-style); all 1 for other families.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct MiniCpmScales {
-    /// Embedding output is multiplied by this.
-    pub scale_emb: f64,
-    /// Residual branches are multiplied by `scale_depth / sqrt(num_layers)`.
-    pub scale_depth: f64,
-    /// The lm_head input is divided by `hidden_size / dim_model_base`.
-    pub dim_model_base: f64,
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelConfig {
-    pub family: Family,
+    pub family: &'static Family,
     pub hidden_size: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
@@ -84,15 +46,8 @@ pub struct ModelConfig {
     pub rope_scaling: Option<RopeScaling>,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
-    /// Bias on q/k/v projections.
-    pub qkv_bias: bool,
-    /// Bias on the output projection.
-    pub o_bias: bool,
-    /// Bias on gate/up/down projections.
-    pub mlp_bias: bool,
-    /// RMSNorm over head_dim on q and k before RoPE (Qwen3).
-    pub qk_norm: bool,
-    pub minicpm: Option<MiniCpmScales>,
+    /// The decoder layer this config describes (biases, norms, scales, window…).
+    pub layer: LayerSpec,
     /// `torch_dtype` (or transformers 5 `dtype`), e.g. "bfloat16".
     pub torch_dtype: Option<String>,
     /// Kept verbatim: pre-quantized checkpoints (AWQ/GPTQ/…) describe themselves here.
@@ -130,16 +85,13 @@ impl ModelConfig {
                 "restore config.json",
             )
         })?;
-        let r = Reader {
-            obj,
-            path: path.to_path_buf(),
-        };
+        let r = ConfigKeys::new(obj, path);
         let model_type = r.req_str("model_type")?;
-        let family = Family::from_model_type(&model_type).ok_or_else(|| {
+        let family = crate::family::lookup(&model_type).ok_or_else(|| {
             InputError::invalid(
                 path,
                 format!("unsupported model_type \"{model_type}\""),
-                format!("supported model types: {}", Family::SUPPORTED.join(", ")),
+                format!("supported model types: {}", crate::family::supported()),
             )
         })?;
         if let Some(act) = r.opt_str("hidden_act")? {
@@ -179,57 +131,44 @@ impl ModelConfig {
             ));
         }
         let vocab_size = r.req_usize("vocab_size")?;
-        let rope = r.rope()?;
-        let (default_tie, qkv_default) = match family {
-            Family::Llama | Family::Qwen3 => (false, false),
-            Family::Qwen2 => (false, true),
-            Family::MiniCpm => (true, false),
+        let rope = read_rope(&r)?;
+        let num_hidden_layers = r.req_usize("num_hidden_layers")?;
+        let dims = Dims {
+            hidden_size,
+            num_hidden_layers,
         };
-        let attention_bias = r.opt_bool("attention_bias")?;
-        let (qkv_bias, o_bias) = match family {
-            // Qwen2 always has q/k/v bias and never an o_proj bias.
-            Family::Qwen2 => (true, false),
-            _ => {
-                let b = attention_bias.unwrap_or(qkv_default);
-                (b, b)
-            }
-        };
-        let minicpm = match family {
-            Family::MiniCpm => Some(MiniCpmScales {
-                scale_emb: r.opt_f64("scale_emb")?.unwrap_or(1.0),
-                scale_depth: r.opt_f64("scale_depth")?.unwrap_or(1.0),
-                dim_model_base: r.opt_f64("dim_model_base")?.unwrap_or(hidden_size as f64),
-            }),
-            _ => None,
-        };
+        let layer = (family.layer)(&r, &dims)?;
         let cfg = ModelConfig {
             family,
             hidden_size,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            num_hidden_layers: r.req_usize("num_hidden_layers")?,
+            num_hidden_layers,
             intermediate_size: r.req_usize("intermediate_size")?,
             vocab_size,
             max_position_embeddings: r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             rope_theta: rope.0,
             rope_scaling: rope.1,
             rms_norm_eps: r.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-            tie_word_embeddings: r.opt_bool("tie_word_embeddings")?.unwrap_or(default_tie),
-            qkv_bias,
-            o_bias,
-            mlp_bias: r.opt_bool("mlp_bias")?.unwrap_or(false),
-            qk_norm: family == Family::Qwen3,
-            minicpm,
+            tie_word_embeddings: r
+                .opt_bool("tie_word_embeddings")?
+                .unwrap_or(family.tie_word_embeddings),
+            layer,
             torch_dtype: match r.opt_str("torch_dtype")? {
                 Some(d) => Some(d),
                 None => r.opt_str("dtype")?,
             },
-            quantization_config: obj.get("quantization_config").cloned(),
+            quantization_config: r.raw("quantization_config").cloned(),
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
         };
         Ok(cfg)
+    }
+
+    /// The family's checkpoint tensor names.
+    pub fn weights(&self) -> &'static WeightNames {
+        self.family.weights
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -242,183 +181,74 @@ impl ModelConfig {
 
     /// Multiplier applied to each residual branch (MiniCPM's depth scaling, else 1).
     pub fn residual_scale(&self) -> f64 {
-        match &self.minicpm {
-            Some(m) => m.scale_depth / (self.num_hidden_layers as f64).sqrt(),
-            None => 1.0,
-        }
+        self.layer.scales.residual
     }
 
     /// Multiplier applied to the embedding output (MiniCPM's scale_emb, else 1).
     pub fn embedding_scale(&self) -> f64 {
-        self.minicpm.as_ref().map_or(1.0, |m| m.scale_emb)
+        self.layer.scales.embedding
     }
 
     /// Multiplier applied to the final hidden state before lm_head (MiniCPM, else 1).
     pub fn lm_head_input_scale(&self) -> f64 {
-        match &self.minicpm {
-            Some(m) => m.dim_model_base / self.hidden_size as f64,
-            None => 1.0,
-        }
+        self.layer.scales.lm_head_input
     }
 }
 
-/// Typed accessors over a JSON object that produce errors naming the file and key.
-struct Reader<'a> {
-    obj: &'a Map<String, Value>,
-    path: PathBuf,
-}
-
-impl Reader<'_> {
-    fn bad(&self, key: &str, problem: impl Into<String>, fix: impl Into<String>) -> InputError {
-        InputError::invalid(
-            &self.path,
-            format!("key \"{key}\": {}", problem.into()),
-            fix,
-        )
-    }
-
-    fn present(&self, key: &str) -> Option<&Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-
-    fn missing(&self, key: &str) -> InputError {
-        self.bad(
-            key,
-            "missing",
-            format!("add \"{key}\" to config.json (copy it from the original model's config)"),
-        )
-    }
-
-    fn req_str(&self, key: &str) -> Result<String, InputError> {
-        self.opt_str(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<String>, InputError> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.bad(key, format!("expected a string, got {v}"), "fix its type")),
-        }
-    }
-
-    fn req_usize(&self, key: &str) -> Result<usize, InputError> {
-        self.opt_usize(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>, InputError> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .filter(|n| *n > 0 || key.ends_with("token_id"))
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| {
-                    self.bad(
-                        key,
-                        format!("expected a positive integer, got {v}"),
-                        "fix its value",
-                    )
-                }),
-        }
-    }
-
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>, InputError> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                self.bad(key, format!("expected a number, got {v}"), "fix its value")
-            }),
-        }
-    }
-
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>, InputError> {
-        match self.present(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.bad(
+/// (rope_theta, rope_scaling) from either `rope_theta`+`rope_scaling` or `rope_parameters`.
+fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError> {
+    let params = keys
+        .present("rope_parameters")
+        .or(keys.present("rope_scaling"));
+    let theta_in_params = params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(Value::as_f64);
+    let theta = match keys.opt_f64("rope_theta")? {
+        Some(t) => t,
+        None => theta_in_params.unwrap_or(10000.0),
+    };
+    let Some(p) = params else {
+        return Ok((theta, None));
+    };
+    let key = if keys.present("rope_parameters").is_some() {
+        "rope_parameters"
+    } else {
+        "rope_scaling"
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |name: &str| -> Result<f64, InputError> {
+        p.get(name).and_then(Value::as_f64).ok_or_else(|| {
+            keys.bad(
                 key,
-                format!("expected true/false, got {v}"),
-                "fix its value",
-            )),
+                format!("rope type \"{kind}\" needs \"{name}\""),
+                format!("add \"{name}\" to {key}"),
+            )
+        })
+    };
+    let scaling = match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        }),
+        other => {
+            return Err(keys.bad(
+                key,
+                format!("rope type \"{other}\" is not supported"),
+                "supported rope types: default, linear, llama3",
+            ))
         }
-    }
-
-    fn token_ids(&self, key: &str) -> Result<Vec<u32>, InputError> {
-        match self.present(key) {
-            None => Ok(vec![]),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_u64().map(|n| n as u32).ok_or_else(|| {
-                        self.bad(key, format!("expected token ids, got {v}"), "fix its value")
-                    })
-                })
-                .collect(),
-            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| {
-                self.bad(
-                    key,
-                    format!("expected a token id, got {v}"),
-                    "fix its value",
-                )
-            }),
-        }
-    }
-
-    /// (rope_theta, rope_scaling) from either `rope_theta`+`rope_scaling` or `rope_parameters`.
-    fn rope(&self) -> Result<(f64, Option<RopeScaling>), InputError> {
-        let params = self
-            .present("rope_parameters")
-            .or(self.present("rope_scaling"));
-        let theta_in_params = params
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64);
-        let theta = match self.opt_f64("rope_theta")? {
-            Some(t) => t,
-            None => theta_in_params.unwrap_or(10000.0),
-        };
-        let Some(p) = params else {
-            return Ok((theta, None));
-        };
-        let key = if self.present("rope_parameters").is_some() {
-            "rope_parameters"
-        } else {
-            "rope_scaling"
-        };
-        let kind = p
-            .get("rope_type")
-            .or_else(|| p.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let num = |name: &str| -> Result<f64, InputError> {
-            p.get(name).and_then(Value::as_f64).ok_or_else(|| {
-                self.bad(
-                    key,
-                    format!("rope type \"{kind}\" needs \"{name}\""),
-                    format!("add \"{name}\" to {key}"),
-                )
-            })
-        };
-        let scaling = match kind {
-            "default" => None,
-            "linear" => Some(RopeScaling::Linear {
-                factor: num("factor")?,
-            }),
-            "llama3" => Some(RopeScaling::Llama3 {
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")?,
-            }),
-            other => {
-                return Err(self.bad(
-                    key,
-                    format!("rope type \"{other}\" is not supported"),
-                    "supported rope types: default, linear, llama3",
-                ))
-            }
-        };
-        Ok((theta, scaling))
-    }
+    };
+    Ok((theta, scaling))
 }
 
 #[cfg(test)]
@@ -439,17 +269,18 @@ mod tests {
     fn derives_head_dim_and_kv_heads() {
         let c = parse(base("llama")).unwrap();
         assert_eq!((c.head_dim, c.num_key_value_heads), (16, 4));
-        assert!(!c.tie_word_embeddings && !c.qkv_bias && !c.qk_norm);
+        let a = c.layer.attention;
+        assert!(!c.tie_word_embeddings && !a.qkv_bias && !a.qk_norm);
     }
 
     #[test]
     fn qwen2_has_qkv_bias_only_and_qwen3_qk_norm() {
         let q2 = parse(base("qwen2")).unwrap();
-        assert!(q2.qkv_bias && !q2.o_bias);
+        assert!(q2.layer.attention.qkv_bias && !q2.layer.attention.o_bias);
         let mut v = base("qwen3");
         v["head_dim"] = json!(32);
         let q3 = parse(v).unwrap();
-        assert!(q3.qk_norm && q3.head_dim == 32 && q3.q_dim() == 128);
+        assert!(q3.layer.attention.qk_norm && q3.head_dim == 32 && q3.q_dim() == 128);
     }
 
     #[test]
@@ -503,5 +334,24 @@ mod tests {
         assert!((c.residual_scale() - 1.4 / 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(c.lm_head_input_scale(), 0.25);
         assert!(c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn mistral_window_defaults_like_transformers() {
+        let absent = parse(base("mistral")).unwrap();
+        assert_eq!(absent.layer.sliding_window, Some(4096));
+        let mut v = base("mistral");
+        v["sliding_window"] = Value::Null;
+        assert_eq!(parse(v).unwrap().layer.sliding_window, None);
+        let mut v = base("mistral");
+        v["sliding_window"] = json!(5);
+        v["head_dim"] = json!(48);
+        let c = parse(v).unwrap();
+        assert_eq!((c.layer.sliding_window, c.head_dim), (Some(5), 48));
+        assert!(!c.tie_word_embeddings && !c.layer.attention.qkv_bias);
+        let mut v = base("mistral");
+        v["sliding_window"] = json!(0);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("sliding_window"), "{e}");
     }
 }

@@ -1,8 +1,9 @@
 //! GGUF checkpoints (llama.cpp format): config from metadata, tensors dequantized on read and
 //! renamed to Hugging Face names.
 //!
-//! llama.cpp's converter permutes the q/k projection rows of `llama` models (to interleaved
-//! rotary pairs); we undo it so the weights mean what the HF checkpoint meant.
+//! llama.cpp's converter permutes the q/k projection rows of some architectures (`llama`: to
+//! interleaved rotary pairs; the family registry says which); we undo it so the weights mean
+//! what the HF checkpoint meant.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -17,14 +18,15 @@ use serde_json::json;
 
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
-
-/// Architectures whose GGUF layout we understand (`general.architecture`).
-const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+use crate::family::{Family, Gguf};
 
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
     arch: String,
+    /// The family llama.cpp wrote as `arch`.
+    family: &'static Family,
+    gguf: Gguf,
     /// HF name → GGUF name.
     hf_to_gguf: HashMap<String, String>,
     n_head: usize,
@@ -58,13 +60,19 @@ impl GgufFile {
                 ))
             }
         };
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(InputError::invalid(
-                path,
-                format!("unsupported GGUF architecture \"{arch}\""),
-                format!("supported architectures: {}", SUPPORTED_ARCHS.join(", ")),
-            ));
-        }
+        let (family, gguf) = match crate::family::by_gguf_arch(&arch) {
+            Some(found) => found,
+            None => {
+                return Err(InputError::invalid(
+                    path,
+                    format!("unsupported GGUF architecture \"{arch}\""),
+                    format!(
+                        "supported architectures: {}",
+                        crate::family::supported_gguf_archs()
+                    ),
+                ))
+            }
+        };
         // Every tensor must lie inside the file: catch truncation before any math.
         for (name, info) in &content.tensor_infos {
             let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
@@ -95,6 +103,8 @@ impl GgufFile {
             path: path.to_path_buf(),
             content,
             arch,
+            family,
+            gguf,
             hf_to_gguf,
             n_head: 0,
             n_kv_head: 0,
@@ -162,9 +172,8 @@ impl GgufFile {
         })?;
         let hidden = self.meta_usize("embedding_length")?;
         let mut cfg = json!({
-            "architectures": [match self.arch.as_str() {
-                "llama" => "LlamaForCausalLM", "qwen2" => "Qwen2ForCausalLM", _ => "Qwen3ForCausalLM" }],
-            "model_type": self.arch,
+            "architectures": [self.gguf.hf_architecture],
+            "model_type": self.family.model_type,
             "hidden_size": hidden,
             "intermediate_size": self.meta_usize("feed_forward_length")?,
             "num_hidden_layers": self.meta_usize("block_count")?,
@@ -187,7 +196,7 @@ impl GgufFile {
         if let Some(e) = self.global_u32("tokenizer.ggml.eos_token_id") {
             cfg["eos_token_id"] = json!(e);
         }
-        if self.arch == "llama"
+        if self.gguf.bias_in_config
             && self
                 .hf_to_gguf
                 .contains_key("model.layers.0.self_attn.q_proj.bias")
@@ -234,7 +243,7 @@ impl WeightSource for GgufFile {
             .get(name)
             .with_context(|| format!("tensor \"{name}\" is not in {}", self.path.display()))?;
         let t = self.dequantize(gguf_name)?;
-        if self.arch != "llama" {
+        if !self.gguf.qk_rows_permuted {
             return Ok(t);
         }
         if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {

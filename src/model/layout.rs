@@ -1,4 +1,5 @@
-//! The tensors (HF names, torch shapes) a llama-family checkpoint must contain for its config.
+//! The tensors (checkpoint names, torch shapes) a checkpoint must contain for its config:
+//! the family's weight names, filtered by its layer description.
 
 use super::config::ModelConfig;
 
@@ -11,43 +12,34 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         cfg.intermediate_size,
         cfg.head_dim,
     );
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
+    let n = cfg.weights();
+    let (attn, mlp) = (&cfg.layer.attention, &cfg.layer.mlp);
+    let mut out = vec![(n.embed_tokens.to_string(), vec![cfg.vocab_size, h])];
     for l in 0..cfg.num_hidden_layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        out.push((p("input_layernorm.weight"), vec![h]));
-        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
-            out.push((p(&format!("self_attn.{name}.weight")), vec![rows, h]));
-            if cfg.qkv_bias {
-                out.push((p(&format!("self_attn.{name}.bias")), vec![rows]));
+        // A linear layer: weight `[rows, cols]`, and with a bias `[rows]`.
+        let linear = |out: &mut Vec<_>, module: &str, rows: usize, cols: usize, bias: bool| {
+            out.push((n.weight(l, module), vec![rows, cols]));
+            if bias {
+                out.push((n.bias(l, module), vec![rows]));
             }
+        };
+        out.push((n.weight(l, n.input_norm), vec![h]));
+        for (module, rows) in [(n.q_proj, q), (n.k_proj, kv), (n.v_proj, kv)] {
+            linear(&mut out, module, rows, h, attn.qkv_bias);
         }
-        out.push((p("self_attn.o_proj.weight"), vec![h, q]));
-        if cfg.o_bias {
-            out.push((p("self_attn.o_proj.bias"), vec![h]));
+        linear(&mut out, n.o_proj, h, q, attn.o_bias);
+        if attn.qk_norm {
+            out.push((n.weight(l, n.q_norm), vec![d]));
+            out.push((n.weight(l, n.k_norm), vec![d]));
         }
-        if cfg.qk_norm {
-            out.push((p("self_attn.q_norm.weight"), vec![d]));
-            out.push((p("self_attn.k_norm.weight"), vec![d]));
-        }
-        out.push((p("post_attention_layernorm.weight"), vec![h]));
-        for (name, shape) in [
-            ("gate_proj", vec![i, h]),
-            ("up_proj", vec![i, h]),
-            ("down_proj", vec![h, i]),
-        ] {
-            let rows = shape[0];
-            out.push((p(&format!("mlp.{name}.weight")), shape));
-            if cfg.mlp_bias {
-                out.push((p(&format!("mlp.{name}.bias")), vec![rows]));
-            }
+        out.push((n.weight(l, n.post_attention_norm), vec![h]));
+        for (module, rows, cols) in [(n.gate_proj, i, h), (n.up_proj, i, h), (n.down_proj, h, i)] {
+            linear(&mut out, module, rows, cols, mlp.bias);
         }
     }
-    out.push(("model.norm.weight".to_string(), vec![h]));
+    out.push((n.final_norm.to_string(), vec![h]));
     if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+        out.push((n.lm_head.to_string(), vec![cfg.vocab_size, h]));
     }
     out
 }

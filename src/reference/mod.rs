@@ -1,6 +1,7 @@
-//! The golden model: a candle forward pass for the llama family, written from the model
-//! math (RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU) straight from the
-//! checkpoint. It shares no code with graph building, so a graph bug shows up as a mismatch.
+//! The golden model: a candle forward pass of the family's layer description, written from
+//! the model math (RMSNorm, rotate-half RoPE, grouped-query attention with its optional
+//! sliding window, SwiGLU) straight from the checkpoint. It shares only the description and
+//! the weight names with graph building, so a graph bug shows up as a mismatch.
 //!
 //! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
 //! when they fit a budget, else re-read from the (mmapped) checkpoint on every forward.
@@ -10,6 +11,7 @@ mod rope;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
 
+use crate::family::{Activation, Norm, Projections, RotaryDims, RotaryPairs};
 use crate::model::{layout, Model, ModelConfig};
 pub use rope::inverse_frequencies;
 
@@ -62,28 +64,31 @@ struct Layer {
 impl Layer {
     fn load(model: &Model, i: usize) -> Result<Layer> {
         let c = &model.config;
-        let p = |s: &str| format!("model.layers.{i}.{s}");
-        let norm = |s: &str| model.tensor(&p(s));
+        let (n, attn, mlp) = (c.weights(), &c.layer.attention, &c.layer.mlp);
+        let linear = |module: &str, bias: bool| Linear::load(model, &n.module(i, module), bias);
+        let norm = |module: &str| model.tensor(&n.weight(i, module));
+        let Projections::Separate = attn.qkv;
+        let Projections::Separate = mlp.gate_up;
         Ok(Layer {
-            input_norm: norm("input_layernorm.weight")?,
-            q: Linear::load(model, &p("self_attn.q_proj"), c.qkv_bias)?,
-            k: Linear::load(model, &p("self_attn.k_proj"), c.qkv_bias)?,
-            v: Linear::load(model, &p("self_attn.v_proj"), c.qkv_bias)?,
-            o: Linear::load(model, &p("self_attn.o_proj"), c.o_bias)?,
-            q_norm: if c.qk_norm {
-                Some(norm("self_attn.q_norm.weight")?)
+            input_norm: norm(n.input_norm)?,
+            q: linear(n.q_proj, attn.qkv_bias)?,
+            k: linear(n.k_proj, attn.qkv_bias)?,
+            v: linear(n.v_proj, attn.qkv_bias)?,
+            o: linear(n.o_proj, attn.o_bias)?,
+            q_norm: if attn.qk_norm {
+                Some(norm(n.q_norm)?)
             } else {
                 None
             },
-            k_norm: if c.qk_norm {
-                Some(norm("self_attn.k_norm.weight")?)
+            k_norm: if attn.qk_norm {
+                Some(norm(n.k_norm)?)
             } else {
                 None
             },
-            post_norm: norm("post_attention_layernorm.weight")?,
-            gate: Linear::load(model, &p("mlp.gate_proj"), c.mlp_bias)?,
-            up: Linear::load(model, &p("mlp.up_proj"), c.mlp_bias)?,
-            down: Linear::load(model, &p("mlp.down_proj"), c.mlp_bias)?,
+            post_norm: norm(n.post_attention_norm)?,
+            gate: linear(n.gate_proj, mlp.bias)?,
+            up: linear(n.up_proj, mlp.bias)?,
+            down: linear(n.down_proj, mlp.bias)?,
         })
     }
 }
@@ -115,15 +120,16 @@ pub struct Reference<'m> {
 impl<'m> Reference<'m> {
     pub fn new(model: &'m Model) -> Result<Reference<'m>> {
         let c = &model.config;
-        let embed = model.tensor("model.embed_tokens.weight")?;
+        let names = c.weights();
+        let embed = model.tensor(names.embed_tokens)?;
         let lm_head = if c.tie_word_embeddings {
             embed.clone()
         } else {
-            model.tensor("lm_head.weight")?
+            model.tensor(names.lm_head)?
         };
         let layer_bytes: usize = layout::expected_tensors(c)
             .iter()
-            .filter(|(n, _)| n.starts_with("model.layers."))
+            .filter(|(n, _)| n.starts_with(&format!("{}.", names.layers)))
             .map(|(_, s)| s.iter().product::<usize>() * 4)
             .sum();
         let layers = if layer_bytes <= KEEP_LAYERS_BUDGET {
@@ -138,7 +144,7 @@ impl<'m> Reference<'m> {
         Ok(Reference {
             model,
             embed,
-            final_norm: model.tensor("model.norm.weight")?,
+            final_norm: model.tensor(names.final_norm)?,
             lm_head_t: lm_head.t()?.contiguous()?,
             layers,
             inv_freq: inverse_frequencies(c),
@@ -226,7 +232,7 @@ impl<'m> Reference<'m> {
         }
         let n = x.dim(0)?;
         let last = x.narrow(0, n - 1, 1)?;
-        let normed = rms_norm(&last, &self.final_norm, c.rms_norm_eps)?;
+        let normed = norm(&c, &last, &self.final_norm)?;
         let head_in = scale(&normed, c.lm_head_input_scale())?;
         let logits = head_in
             .matmul(&self.lm_head_t)?
@@ -256,32 +262,54 @@ fn layer_forward(
         c.num_key_value_heads,
         c.head_dim,
     );
-    let h = rms_norm(x, &l.input_norm, c.rms_norm_eps)?;
+    let h = norm(c, x, &l.input_norm)?;
     let mut q = l.q.forward(&h)?.reshape((t, nh, d))?;
     let mut k = l.k.forward(&h)?.reshape((t, kvh, d))?;
     let v = l.v.forward(&h)?.reshape((t, kvh, d))?;
     if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-        q = rms_norm(&q, qn, c.rms_norm_eps)?;
-        k = rms_norm(&k, kn, c.rms_norm_eps)?;
+        q = norm(c, &q, qn)?;
+        k = norm(c, &k, kn)?;
     }
-    let q = rope::apply(&q, cos, sin)?;
-    let k = rope::apply(&k, cos, sin)?;
+    let rotary = c.layer.attention.rotary;
+    let (q, k) = match (rotary.dims, rotary.pairs) {
+        (RotaryDims::Full, RotaryPairs::HalfSplit) => {
+            (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
+        }
+    };
     let (keys, values) = match cache.take() {
         Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 0)?, Tensor::cat(&[&pv, &v], 0)?),
         None => (k, v),
     };
     *cache = Some((keys.clone(), values.clone()));
-    let attn = attention(&q, &keys, &values, start)?; // [t, nh*d]
+    let attn = attention(&q, &keys, &values, start, c.layer.sliding_window)?; // [t, nh*d]
     let res = c.residual_scale();
     let x = (x + scale(&l.o.forward(&attn)?, res)?)?;
-    let h2 = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
-    let act = silu(&l.gate.forward(&h2)?)?.mul(&l.up.forward(&h2)?)?;
+    let h2 = norm(c, &x, &l.post_norm)?;
+    let gate = l.gate.forward(&h2)?;
+    let act = match c.layer.mlp.activation {
+        Activation::Silu => silu(&gate)?,
+    };
+    let act = act.mul(&l.up.forward(&h2)?)?;
     Ok((&x + scale(&l.down.forward(&act)?, res)?)?)
 }
 
+/// The layer's norm over the last dimension.
+fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match c.layer.norm {
+        Norm::Rms => rms_norm(x, w, c.rms_norm_eps),
+    }
+}
+
 /// Causal grouped-query attention. `q`: `[t, heads, d]` at absolute positions `start..start+t`;
-/// `k`, `v`: `[start+t, kv_heads, d]`. Returns `[t, heads*d]`.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+/// `k`, `v`: `[start+t, kv_heads, d]`. With a sliding `window`, the query at position p sees
+/// only keys at positions j with `p - window < j`. Returns `[t, heads*d]`.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    start: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let (t, nh, d) = q.dims3()?;
     let (s, kvh, _) = k.dims3()?;
     let groups = nh / kvh;
@@ -298,7 +326,8 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor>
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..s).map(move |j| {
-                if j <= start + i {
+                let p = start + i;
+                if j <= p && window.is_none_or(|w| p - j < w) {
                     0.0
                 } else {
                     f32::NEG_INFINITY

@@ -1,0 +1,126 @@
+//! The decoder layer a family's config resolves to: what `arch` (the graph), `reference` (the
+//! golden model) and `model::layout` (the tensors) read. Each choice is an enum or a flag, so a
+//! new kind is a new variant that `arch` and `reference` must both handle (they match on it).
+
+/// How every norm of the layer (and the final norm) normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Norm {
+    /// `x / sqrt(mean(x²) + eps) * w`.
+    Rms,
+}
+
+/// How a group of projections (q/k/v, or gate/up) is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Projections {
+    /// One tensor per projection.
+    Separate,
+}
+
+/// Which part of each head rotary position embedding turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RotaryDims {
+    /// All of head_dim.
+    Full,
+}
+
+/// Which elements rotary pairs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RotaryPairs {
+    /// Element i with element i + d/2 (transformers' `rotate_half`).
+    HalfSplit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Rotary {
+    pub dims: RotaryDims,
+    pub pairs: RotaryPairs,
+}
+
+impl Rotary {
+    /// llama's: full head_dim, rotate-half.
+    pub const FULL_HALF_SPLIT: Rotary = Rotary {
+        dims: RotaryDims::Full,
+        pairs: RotaryPairs::HalfSplit,
+    };
+}
+
+/// Grouped-query self-attention, scores scaled by `1/sqrt(head_dim)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Attention {
+    pub qkv: Projections,
+    /// Bias on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// RMSNorm over head_dim on q and k before rotary (Qwen3).
+    pub qk_norm: bool,
+    pub rotary: Rotary,
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+/// `down(act(gate(x)) * up(x))`. Dense: a mixture of experts would be another kind here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Mlp {
+    pub activation: Activation,
+    pub gate_up: Projections,
+    /// Bias on gate/up/down.
+    pub bias: bool,
+}
+
+/// Multipliers on the embedding output, on each residual branch and on the lm_head input
+/// (MiniCPM's µP scalings; all 1 elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Scales {
+    pub embedding: f64,
+    pub residual: f64,
+    pub lm_head_input: f64,
+}
+
+impl Scales {
+    pub const NONE: Scales = Scales {
+        embedding: 1.0,
+        residual: 1.0,
+        lm_head_input: 1.0,
+    };
+}
+
+/// One pre-norm decoder layer: `x += attn(norm(x))`, `x += mlp(norm(x))`, every layer alike.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LayerSpec {
+    pub norm: Norm,
+    pub attention: Attention,
+    pub mlp: Mlp,
+    pub scales: Scales,
+    /// A query at position q sees the keys at positions k with `q - window < k <= q`
+    /// (transformers' sliding-window overlay); `None`: every earlier key.
+    pub sliding_window: Option<usize>,
+}
+
+impl LayerSpec {
+    /// llama's layer with the given biases.
+    pub fn llama(qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> LayerSpec {
+        LayerSpec {
+            norm: Norm::Rms,
+            attention: Attention {
+                qkv: Projections::Separate,
+                qkv_bias,
+                o_bias,
+                qk_norm: false,
+                rotary: Rotary::FULL_HALF_SPLIT,
+            },
+            mlp: Mlp {
+                activation: Activation::Silu,
+                gate_up: Projections::Separate,
+                bias: mlp_bias,
+            },
+            scales: Scales::NONE,
+            sliding_window: None,
+        }
+    }
+}

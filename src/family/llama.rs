@@ -1,0 +1,32 @@
+//! llama (transformers' `LlamaForCausalLM`): the baseline every other family here varies.
+//! Rotary scaling (default, linear, llama3) is read generically by `model::config`.
+
+use super::{names, Dims, Family, Gguf, LayerSpec};
+use crate::error::InputError;
+use crate::model::config::ConfigKeys;
+
+pub static FAMILY: Family = Family {
+    model_type: "llama",
+    summary: "the baseline: RMSNorm, rotate-half RoPE (default, linear, llama3 `rope_scaling`), \
+              SiLU MLP; optional `attention_bias`, `mlp_bias`",
+    tie_word_embeddings: false,
+    weights: &names::LLAMA,
+    gguf: Some(Gguf {
+        arch: "llama",
+        hf_architecture: "LlamaForCausalLM",
+        qk_rows_permuted: true,
+        bias_in_config: true,
+    }),
+    layer,
+};
+
+/// `attention_bias` puts a bias on q, k, v and o alike.
+fn layer(keys: &ConfigKeys, _: &Dims) -> Result<LayerSpec, InputError> {
+    let bias = keys.opt_bool("attention_bias")?.unwrap_or(false);
+    Ok(LayerSpec::llama(bias, bias, mlp_bias(keys)?))
+}
+
+/// `mlp_bias` (default false), read alike by every llama-derived family.
+pub(super) fn mlp_bias(keys: &ConfigKeys) -> Result<bool, InputError> {
+    Ok(keys.opt_bool("mlp_bias")?.unwrap_or(false))
+}

@@ -1,0 +1,57 @@
+//! Checkpoint tensor names, written once per naming scheme. Layer `i`'s module `m` has
+//! `{layers}.{i}.{m}.weight` (and `.bias`).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightNames {
+    pub embed_tokens: &'static str,
+    pub final_norm: &'static str,
+    pub lm_head: &'static str,
+    pub layers: &'static str,
+    pub input_norm: &'static str,
+    pub q_proj: &'static str,
+    pub k_proj: &'static str,
+    pub v_proj: &'static str,
+    pub o_proj: &'static str,
+    pub q_norm: &'static str,
+    pub k_norm: &'static str,
+    pub post_attention_norm: &'static str,
+    pub gate_proj: &'static str,
+    pub up_proj: &'static str,
+    pub down_proj: &'static str,
+}
+
+impl WeightNames {
+    /// Module `module` of layer `layer`, e.g. `model.layers.3.self_attn.q_proj`.
+    pub fn module(&self, layer: usize, module: &str) -> String {
+        format!("{}.{layer}.{module}", self.layers)
+    }
+
+    /// `<module>.weight` of layer `layer`.
+    pub fn weight(&self, layer: usize, module: &str) -> String {
+        format!("{}.weight", self.module(layer, module))
+    }
+
+    /// `<module>.bias` of layer `layer`.
+    pub fn bias(&self, layer: usize, module: &str) -> String {
+        format!("{}.bias", self.module(layer, module))
+    }
+}
+
+/// transformers' `LlamaForCausalLM` names, shared by every family that copies its modules.
+pub const LLAMA: WeightNames = WeightNames {
+    embed_tokens: "model.embed_tokens.weight",
+    final_norm: "model.norm.weight",
+    lm_head: "lm_head.weight",
+    layers: "model.layers",
+    input_norm: "input_layernorm",
+    q_proj: "self_attn.q_proj",
+    k_proj: "self_attn.k_proj",
+    v_proj: "self_attn.v_proj",
+    o_proj: "self_attn.o_proj",
+    q_norm: "self_attn.q_norm",
+    k_norm: "self_attn.k_norm",
+    post_attention_norm: "post_attention_layernorm",
+    gate_proj: "mlp.gate_proj",
+    up_proj: "mlp.up_proj",
+    down_proj: "mlp.down_proj",
+};

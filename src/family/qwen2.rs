@@ -1,0 +1,23 @@
+//! qwen2 (transformers' `Qwen2ForCausalLM`): llama with a bias on q/k/v (never on o).
+
+use super::{llama, names, Dims, Family, Gguf, LayerSpec};
+use crate::error::InputError;
+use crate::model::config::ConfigKeys;
+
+pub static FAMILY: Family = Family {
+    model_type: "qwen2",
+    summary: "q/k/v bias (always), no o bias",
+    tie_word_embeddings: false,
+    weights: &names::LLAMA,
+    gguf: Some(Gguf {
+        arch: "qwen2",
+        hf_architecture: "Qwen2ForCausalLM",
+        qk_rows_permuted: false,
+        bias_in_config: false,
+    }),
+    layer,
+};
+
+fn layer(keys: &ConfigKeys, _: &Dims) -> Result<LayerSpec, InputError> {
+    Ok(LayerSpec::llama(true, false, llama::mlp_bias(keys)?))
+}
