@@ -1,4 +1,4 @@
-//! Error categories that decide the process exit code.
+//! Error categories that decide the process exit code ([`crate::exit::ExitStatus`]).
 //!
 //! Bad input (a broken model folder, a config we cannot read, a missing tensor) exits with 2 so
 //! scripts can tell "fix your input" apart from "the tool or toolchain failed" (exit 1).
@@ -36,17 +36,5 @@ impl InputError {
             problem: problem.into(),
             fix: fix.into(),
         }
-    }
-}
-
-/// Exit code for an error chain: 2 when any cause is an [`InputError`], else 1.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<InputError>().is_some())
-    {
-        2
-    } else {
-        1
     }
 }

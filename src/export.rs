@@ -7,7 +7,45 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::arch::{self, Piece, PieceOptions};
-use crate::model::Model;
+use crate::convert::options::PieceArgs;
+use crate::model::{BundledModels, Model};
+
+/// `export-onnx`: the piece flags mean what they mean to convert (the same builder as
+/// `convert --only_onnx`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Hugging Face model folder, .gguf file, or bundled model folder (models/...).
+    #[arg(short = 'm', long = "model_path", alias = "model")]
+    pub model: PathBuf,
+    /// KV cache length (SEQLEN).
+    #[arg(short = 's', long = "seq_length")]
+    pub seq_length: usize,
+    #[command(flatten)]
+    pub pieces: PieceArgs,
+    /// Output folder; the ONNX files go to <out_dir>/onnx.
+    #[arg(short = 'o', long = "out_dir")]
+    pub out_dir: PathBuf,
+}
+
+impl ExportArgs {
+    pub fn run(&self, installed: &BundledModels) -> Result<()> {
+        let model = Model::open_with(&self.model, Some(installed))?;
+        let opts = self
+            .pieces
+            .resolve(self.seq_length, &self.model)?
+            .piece_options()?;
+        let t0 = Instant::now();
+        let done = export_onnx(&model, &opts, &self.out_dir.join("onnx"), false)?;
+        let bytes: u64 = done.iter().map(|d| d.weight_bytes).sum();
+        eprintln!(
+            "{} pieces, {:.1} MB of weights in {:.1} s",
+            done.len(),
+            bytes as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
 
 pub struct Exported {
     pub piece: Piece,

@@ -1,5 +1,5 @@
 //! llm-convert: Hugging Face LLMs → Sophgo TPU bmodels, with a golden reference to prove them.
-//! See shared/design/ARCHITECTURE.md for how the modules fit.
+//! See support/docs/ARCHITECTURE.md for how the modules fit.
 
 pub mod arch;
 pub mod bmodel;
@@ -8,8 +8,10 @@ pub mod chat;
 pub mod cli;
 pub mod convert;
 pub mod error;
+pub mod exit;
 pub mod export;
 pub mod family;
+pub mod golden;
 pub mod graph;
 pub mod model;
 pub mod onnx;

@@ -1,12 +1,12 @@
 use clap::Parser;
 
+use llm_convert::exit::ExitStatus;
+
 fn main() {
     let cli = llm_convert::cli::Cli::parse();
-    match llm_convert::cli::run(cli) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(llm_convert::error::exit_code(&e));
-        }
-    }
+    let status = llm_convert::cli::run(cli).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitStatus::of_error(&e)
+    });
+    status.exit()
 }

@@ -10,6 +10,24 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// sha256 of a whole file, lower-case hex, read in 1 MiB pieces (wheels and bmodels are
+/// too large to hold twice).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
 /// Writes `data` to `path` via a temporary file in the same folder and a rename, so readers
 /// never see a half-written file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
@@ -51,4 +69,10 @@ pub fn flush_c_stdio() {
     unsafe {
         libc::fflush(std::ptr::null_mut());
     }
+}
+
+/// A status line on stderr, after flushing the simulator's buffered chatter so it stays whole.
+pub fn status(line: impl std::fmt::Display) {
+    flush_c_stdio();
+    eprintln!("{line}");
 }

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 
 use super::template::ChatTemplate;
 use crate::error::InputError;
+use crate::model::{BundledModels, Expected, ModelPath};
 
 /// generation_config.json's sampling fields (each only when present).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +34,14 @@ pub struct ChatConfig {
     pub generation: GenerationDefaults,
 }
 
+/// What `-m` must name for chatting.
+const CONFIG_PATH: Expected = Expected {
+    role: "the model config folder given with -m",
+    problem: "neither a config folder nor a .gguf file",
+    fix:
+        "pass the config/ folder convert wrote next to the bmodel, or the Hugging Face model folder",
+};
+
 /// The raw files, wherever they came from.
 struct Files {
     source: PathBuf,
@@ -45,36 +54,23 @@ struct Files {
 }
 
 impl ChatConfig {
-    /// Reads a config folder (`<out>/config`, a Hugging Face folder), a `.gguf` file or a
-    /// bundled model folder.
+    /// Reads a config folder (`<out>/config`, a Hugging Face folder) or a `.gguf` file.
     pub fn load(path: &Path) -> Result<ChatConfig> {
-        let path = crate::model::bundled::resolve(path)?;
-        let files = if path.extension().is_some_and(|e| e == "gguf") && path.is_file() {
-            Files::from_gguf(&path)?
-        } else if path.is_dir() {
-            Files::from_dir(&path)?
-        } else if path.exists() {
-            return Err(InputError::invalid(
-                &path,
-                "neither a config folder nor a .gguf file",
-                "pass the config/ folder convert wrote next to the bmodel, or the Hugging Face model folder",
-            )
-            .into());
-        } else {
-            return Err(InputError::missing(&path, "the model config folder given with -m").into());
+        Self::load_with(path, None)
+    }
+
+    /// Reads what `-m` names: with `installed`, also a bundled model folder.
+    pub fn load_with(path: &Path, installed: Option<&BundledModels>) -> Result<ChatConfig> {
+        let files = match ModelPath::resolve(path, installed, &CONFIG_PATH)? {
+            ModelPath::Gguf(p) => Files::from_gguf(&p)?,
+            ModelPath::Dir(p) => Files::from_dir(&p)?,
         };
         Self::from_files(files)
     }
 
     fn from_files(f: Files) -> Result<ChatConfig> {
-        let tok_path = f.source.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_bytes(&f.tokenizer_json).map_err(|e| {
-            InputError::invalid(
-                &tok_path,
-                format!("cannot load the tokenizer: {e}"),
-                "restore tokenizer.json from the model's Hugging Face folder",
-            )
-        })?;
+        let tokenizer =
+            crate::model::tokenizer::load(&f.tokenizer_json, &f.source.join("tokenizer.json"))?;
         let tc = f.tokenizer_config.unwrap_or(Value::Null);
         let mut special = serde_json::Map::new();
         for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
@@ -131,12 +127,7 @@ impl ChatConfig {
     /// `add_special` the tokenizer's post-processor adds its own (a BOS), as transformers'
     /// `tokenizer(text)` does for a raw prompt. Rendered templates carry their own.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, add_special)
-            .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
-            .get_ids()
-            .to_vec())
+        crate::model::tokenizer::encode(&self.tokenizer, text, add_special)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -293,6 +284,9 @@ mod tests {
             msg.contains("tokenizer.json") && msg.contains("config/"),
             "{msg}"
         );
-        assert_eq!(crate::error::exit_code(&err), 2);
+        assert_eq!(
+            crate::exit::ExitStatus::of_error(&err),
+            crate::exit::ExitStatus::BadInput
+        );
     }
 }

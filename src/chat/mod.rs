@@ -1,18 +1,22 @@
 //! `chat` and `generate`: a bmodel plus its config folder (tokenizer, chat template,
 //! generation_config.json) as a text generator, on the simulator or a device.
 
+pub mod command;
 pub mod config;
 pub mod conversation;
 pub mod detok;
 pub mod generate;
 pub mod options;
+pub mod repl;
 pub mod template;
 
+pub use command::{GenerateArgs, TextGen, TextGenArgs};
 pub use config::{ChatConfig, GenerationDefaults};
 pub use conversation::Conversation;
 pub use detok::IncrementalDecoder;
 pub use generate::{generate, Generation, StopReason};
 pub use options::{resolve as resolve_sampling, SamplingFlags};
+pub use repl::ChatArgs;
 pub use template::{ChatTemplate, Message};
 
 #[cfg(test)]

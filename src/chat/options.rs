@@ -7,15 +7,30 @@ use crate::runner::sample::{SamplingConfig, DEFAULT_TOP_K};
 use super::config::GenerationDefaults;
 
 /// The sampling flags as given on the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct SamplingFlags {
-    /// Sample with generation_config.json's parameters.
+    /// Sample (through the bmodel's sample_head; needs a --do_sample bmodel) with
+    /// generation_config.json's parameters. Any of the options below also turns sampling on;
+    /// without them decoding is greedy.
+    #[arg(long)]
     pub sample: bool,
+    /// Sampling temperature (> 0; 0 means greedy).
+    #[arg(long)]
     pub temperature: Option<f32>,
+    /// Candidates to sample from, 1..=50.
+    #[arg(long = "top-k")]
     pub top_k: Option<usize>,
+    /// Nucleus sampling threshold, in (0, 1].
+    #[arg(long = "top-p")]
     pub top_p: Option<f32>,
+    /// Repetition penalty (> 0; 1 = none) on the last --repetition-window tokens.
+    #[arg(long = "repetition-penalty")]
     pub repetition_penalty: Option<f32>,
+    /// Tokens the repetition penalty looks back at (default 64).
+    #[arg(long = "repetition-window")]
     pub repetition_window: Option<usize>,
+    /// Seed for the draws (default: random, reported with --json).
+    #[arg(long)]
     pub seed: Option<u64>,
 }
 

@@ -4,6 +4,7 @@
 
 mod cache;
 mod combine;
+pub mod command;
 mod config_dir;
 mod deploy_flags;
 mod manifest;
@@ -86,13 +87,10 @@ pub struct Outcome {
 pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Option<Outcome>> {
     let t_start = Instant::now();
     let (model_path, _) = args.validate()?;
-    let model = Model::open(&model_path)?;
+    let model = Model::open_with(&model_path, Some(&layout.bundled_models()))?;
     let opts = args.resolve(&model.config)?;
     let template = DeployTemplate::builtin()?;
-    let piece_opts = PieceOptions::new(opts.seq_length, Some(opts.max_input_length))?
-        .with_dynamic(opts.dynamic)
-        .with_do_sample(opts.do_sample)
-        .with_history(opts.use_history_kv, opts.chunk_length);
+    let piece_opts = opts.piece_options()?;
     let folder = opts.out_dir.join(opts.folder_name());
 
     if opts.dry_run {

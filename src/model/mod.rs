@@ -6,7 +6,9 @@ pub mod config;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod layout;
+pub mod path;
 pub mod safetensors;
+pub mod tokenizer;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +16,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 
+pub use bundled::BundledModels;
 pub use config::{Family, ModelConfig};
+pub use path::{Expected, ModelPath};
 pub use weights::{StoredDtype, TensorMeta, WeightSource};
 
 use crate::error::InputError;
@@ -29,6 +33,13 @@ pub enum TokenizerSource {
     Unavailable(String),
 }
 
+/// What `-m` must name for the model's weights.
+const MODEL_PATH: Expected = Expected {
+    role: "the model given with -m",
+    problem: "neither a model folder nor a .gguf file",
+    fix: "pass a Hugging Face model folder (config.json + *.safetensors) or a .gguf file",
+};
+
 pub struct Model {
     /// The folder or GGUF file the user named.
     pub source: PathBuf,
@@ -40,23 +51,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens a model folder, a `.gguf` file, or a bundled-model folder (see [`bundled`]),
-    /// and checks every tensor the config needs is present with the right shape.
+    /// Opens a model folder or a `.gguf` file, and checks every tensor the config needs is
+    /// present with the right shape.
     pub fn open(path: &Path) -> Result<Model> {
-        let path = bundled::resolve(path)?;
-        let model = if path.extension().is_some_and(|e| e == "gguf") {
-            Self::open_gguf(&path)?
-        } else if path.is_dir() {
-            Self::open_dir(&path)?
-        } else if path.exists() {
-            return Err(InputError::invalid(
-                &path,
-                "neither a model folder nor a .gguf file",
-                "pass a Hugging Face model folder (config.json + *.safetensors) or a .gguf file",
-            )
-            .into());
-        } else {
-            return Err(InputError::missing(&path, "the model given with -m").into());
+        Self::open_with(path, None)
+    }
+
+    /// Opens what `-m` names: with `installed`, also a bundled-model folder (see [`bundled`]).
+    pub fn open_with(path: &Path, installed: Option<&BundledModels>) -> Result<Model> {
+        let model = match ModelPath::resolve(path, installed, &MODEL_PATH)? {
+            ModelPath::Gguf(p) => Self::open_gguf(&p)?,
+            ModelPath::Dir(p) => Self::open_dir(&p)?,
         };
         model.check_tensors()?;
         Ok(model)
@@ -139,18 +144,12 @@ impl Model {
     pub fn load_tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>> {
         match &self.tokenizer {
             TokenizerSource::File(p) => {
-                tokenizers::Tokenizer::from_file(p).map(Some).map_err(|e| {
-                    InputError::invalid(
-                        p,
-                        format!("cannot load tokenizer: {e}"),
-                        "restore tokenizer.json",
-                    )
-                    .into()
-                })
+                let json = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                Ok(Some(tokenizer::load(&json, p)?))
             }
-            TokenizerSource::Rebuilt(json, _) => tokenizers::Tokenizer::from_bytes(json.as_bytes())
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("rebuilt tokenizer does not load: {e}")),
+            TokenizerSource::Rebuilt(json, _) => {
+                Ok(Some(tokenizer::load(json.as_bytes(), &self.source)?))
+            }
             TokenizerSource::Unavailable(_) => Ok(None),
         }
     }

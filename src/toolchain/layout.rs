@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::BundledModels;
+
 /// The TPU-MLIR release every cache key and manifest is pinned to.
 pub const TPU_MLIR_VERSION: &str = "1.30.2";
 /// sha256 of `tpu_mlir-1.30.2-py3-none-any.whl` as served by PyPI.
@@ -44,6 +46,13 @@ impl Layout {
             .join("lib")
             .join("python3.10")
             .join("site-packages")
+    }
+
+    /// Where `toolchain install` puts the bundled models' packages.
+    pub fn bundled_models(&self) -> BundledModels {
+        BundledModels {
+            site_packages: self.site_packages(),
+        }
     }
 
     /// `$TPUC_ROOT`: the installed `tpu_mlir` package.

@@ -8,9 +8,20 @@ pub mod layout;
 pub mod runtime;
 
 pub use layout::{Layout, TPU_MLIR_VERSION};
-pub use runtime::RuntimeLibs;
+pub use runtime::{RuntimeArg, RuntimeLibs};
 
 use anyhow::{bail, Result};
+
+/// `toolchain show`: where the toolchain lives, as JSON.
+pub fn show(layout: &Layout) -> Result<()> {
+    let v = serde_json::json!({
+        "root": layout.root, "installed": layout.is_installed(), "python": layout.python(),
+        "tpuc_root": layout.tpuc_root(), "site_packages": layout.site_packages(),
+        "version": TPU_MLIR_VERSION,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
 
 /// The installed toolchain, or an error that says how to install it.
 pub fn require_installed(layout: &Layout) -> Result<()> {

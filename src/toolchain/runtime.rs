@@ -10,6 +10,20 @@ use super::layout::Layout;
 pub const ENV_RUNTIME: &str = "LLM_CONVERT_RUNTIME";
 pub const LIBSOPHON_LIB: &str = "/opt/sophon/libsophon-current/lib";
 
+/// `--runtime`, for every command that loads libbmrt.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RuntimeArg {
+    /// Runtime libraries: simulator (default), device, or a folder holding libbmrt.so.
+    #[arg(long)]
+    pub runtime: Option<String>,
+}
+
+impl RuntimeArg {
+    pub fn libs(&self, layout: &Layout) -> RuntimeLibs {
+        RuntimeLibs::select(layout, self.runtime.as_deref())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum RuntimeLibs {
     /// `$TPUC_ROOT/lib`: libbmlib there is the cmodel build, so launches run on the CPU.

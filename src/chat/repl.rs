@@ -1,0 +1,130 @@
+//! The `chat` command: a line of stdin per turn, `/clear` starts over, EOF exits.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context, Result};
+
+use super::command::{TextGen, TextGenArgs};
+use super::conversation::Conversation;
+use super::generate::StopReason;
+use crate::runner::Pipeline;
+use crate::toolchain::Layout;
+use crate::util::status;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: TextGenArgs,
+    /// One JSON report per turn, a line each (as generate --json), instead of streamed text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// "> " on stderr, after the simulator's chatter.
+fn prompt_mark() {
+    crate::util::flush_c_stdio();
+    eprint!("> ");
+    let _ = std::io::stderr().flush();
+}
+
+impl ChatArgs {
+    pub fn run(&self, layout: &Layout) -> Result<()> {
+        let args = &self.common;
+        let (mut tg, rt) = TextGen::open(args, layout)?;
+        let mut pipeline = tg.pipeline(args, &rt)?;
+        let limit = TextGen::limit(&pipeline);
+        let templated = tg.cfg.template.is_some() && !args.no_template;
+        if !templated {
+            status(
+                "note: no chat template in use: every line is a separate raw prompt (no history)",
+            );
+        }
+        if pipeline.nets.history_kv() {
+            status(format!(
+                "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This \
+                 history-KV bmodel keeps the conversation in its KV cache: each turn prefills only \
+                 its new tokens (the conversation holds at most {limit} tokens)."
+            ));
+        } else {
+            status(format!(
+                "chat: one line per turn, /clear starts over, end of input (Ctrl-D) exits. This bmodel \
+                 keeps no KV cache between turns: every turn re-reads the conversation (at most {limit} tokens)."
+            ));
+        }
+        let mut conversation = Conversation::new(args.system.clone());
+        prompt_mark();
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("reading stdin")?;
+            let line = line.trim();
+            if line == "/clear" {
+                conversation.clear();
+                status("(conversation cleared)");
+            } else if !line.is_empty() {
+                self.turn(&mut tg, &mut pipeline, &mut conversation, templated, line)?;
+            }
+            prompt_mark();
+        }
+        status("");
+        Ok(())
+    }
+
+    /// One turn: the prompt (the conversation, or the raw line), the reply, the status lines.
+    /// A prompt that does not fit is reported and skipped.
+    fn turn(
+        &self,
+        tg: &mut TextGen,
+        pipeline: &mut Pipeline,
+        conversation: &mut Conversation,
+        templated: bool,
+        line: &str,
+    ) -> Result<()> {
+        let limit = TextGen::limit(pipeline);
+        let ids = if templated {
+            conversation.push_user(line);
+            match conversation.prompt(&tg.cfg, limit) {
+                Ok(p) => {
+                    if p.dropped_exchanges > 0 {
+                        status(format!(
+                            "(the conversation no longer fits MAX_INPUT_LENGTH ({limit} tokens): dropped the oldest {} exchange(s))",
+                            p.dropped_exchanges
+                        ));
+                    }
+                    p.ids
+                }
+                Err(e) => {
+                    status(format!("{e:#}"));
+                    return Ok(());
+                }
+            }
+        } else {
+            let ids = tg.cfg.encode(line, true)?;
+            if ids.len() > limit {
+                status(format!(
+                    "this line is {} tokens; the bmodel takes at most {limit} (MAX_INPUT_LENGTH): send a shorter one",
+                    ids.len()
+                ));
+                return Ok(());
+            }
+            ids
+        };
+        let g = tg.reply(pipeline, &ids, self.common.max_tokens, self.json)?;
+        if self.json {
+            let v = tg.generation_json(pipeline, &ids, &g);
+            writeln!(tg.out, "{}", serde_json::to_string(&v)?)?;
+            tg.out.flush()?;
+        } else {
+            writeln!(tg.out)?;
+        }
+        if templated {
+            conversation.push_assistant(&g.text);
+        }
+        if g.stop_reason != StopReason::Eos {
+            status(format!(
+                "[stopped: {}]",
+                g.stop_reason.describe(pipeline.nets.seq_length)
+            ));
+        }
+        status(format!("[{}]", tg.timing_note(&g)));
+        Ok(())
+    }
+}

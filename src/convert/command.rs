@@ -1,0 +1,47 @@
+//! The convert command: Ctrl-C handling, the run, and its summary (or the manifest as JSON).
+
+use anyhow::Result;
+
+use super::{convert, ConvertArgs, Outcome};
+use crate::exit::ExitStatus;
+use crate::toolchain::Layout;
+
+pub fn run(args: &ConvertArgs, layout: &Layout) -> Result<()> {
+    // Ctrl-C: kill every TPU-MLIR process we started (they live in their own process groups).
+    let _ = ctrlc::set_handler(|| {
+        super::worker::kill_all_children();
+        eprintln!("interrupted: finished pieces stay cached; rerun the same command to resume");
+        ExitStatus::Interrupted.exit();
+    });
+    if let Some(outcome) = convert(args, layout, args.json)? {
+        print_outcome(&outcome, args.json)?;
+    }
+    Ok(())
+}
+
+fn print_outcome(outcome: &Outcome, json: bool) -> Result<()> {
+    let m = &outcome.manifest;
+    if json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+        return Ok(());
+    }
+    let cached = m.pieces.iter().filter(|p| p.cached).count();
+    println!(
+        "bmodel: {} ({:.1} MB)",
+        m.bmodel.display(),
+        m.bmodel_bytes as f64 / 1e6
+    );
+    println!("manifest: {}", outcome.manifest_path.display());
+    println!(
+        "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s, compile {:.1} s on {} workers, combine {:.1} s",
+        m.pieces.len(),
+        m.pieces.len() - cached,
+        cached,
+        m.timings.total_s,
+        m.timings.export_s,
+        m.timings.compile_s,
+        m.timings.workers,
+        m.timings.combine_s
+    );
+    Ok(())
+}
