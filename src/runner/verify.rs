@@ -151,7 +151,7 @@ pub fn verify(
     pipeline.capture = true;
     let mut reference = Reference::new(model)?.keep_hidden(true);
     // The last block holds the final norm; read its weight once, not per step.
-    let final_norm = model.tensor("model.norm.weight")?;
+    let final_norm = model.tensor(model.config.weights().final_norm)?;
     let mut checks = Vec::new();
     let t0 = std::time::Instant::now();
     let dev = pipeline.prefill(prompt)?;
