@@ -3,7 +3,7 @@
 //!
 //! Knows nothing about LLMs: a [`Runtime`] loads bmodels, describes their nets ([`NetInfo`]),
 //! copies between host and device memory ([`DeviceMem`], [`DeviceBuffer`]) and launches nets on
-//! [`Tensor`]s. The runner builds the LLM pipeline on top (shared/reference/llm-tpu.md §4).
+//! [`Tensor`]s. The runner builds the LLM pipeline on top (support/docs/runtime-contract.md).
 //!
 //! [`RuntimeLibs`]: crate::toolchain::RuntimeLibs
 

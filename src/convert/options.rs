@@ -1,5 +1,5 @@
 //! llm_convert.py's command line, with the same meaning, defaults and normalisation rules
-//! (shared/reference/llm-tpu.md §3.1), turned into checked [`ConvertOptions`]. Anything we
+//! (TPU-MLIR 1.30.2 `python/tools/llm_convert.py`), turned into checked [`ConvertOptions`]. Anything we
 //! cannot honour yet is refused here, by name, before any work starts.
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! What an LLM bmodel contains, discovered by net name and shape exactly as the LLM-TPU runtime
-//! does (shared/reference/llm-tpu.md §4.2), and checked: a missing net or a shape that does not
+//! does (support/docs/runtime-contract.md §1), and checked: a missing net or a shape that does not
 //! fit the contract is an error naming the net and what was expected.
 
 use anyhow::{bail, ensure, Context, Result};

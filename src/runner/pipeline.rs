@@ -1,5 +1,5 @@
-//! Prefill and decode exactly as the LLM-TPU runtime runs them (shared/reference/llm-tpu.md
-//! §4.4-4.5): BM_RUNTIME_SHARE_MEM, the KV cache is block_cache_i's own history inputs, prefill
+//! Prefill and decode exactly as the LLM-TPU runtime runs them (support/docs/runtime-contract.md
+//! §5-6): BM_RUNTIME_SHARE_MEM, the KV cache is block_cache_i's own history inputs, prefill
 //! copies each block's new K/V into it, decode lets the net write its new K/V in place at
 //! (history_length-1)·kv_bytes, and position ids / masks go to layer 0's buffers only.
 

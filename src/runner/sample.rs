@@ -2,7 +2,7 @@
 //! `arch::heads::sample_head`) applies the repetition penalty, temperature, top-p and top-k on
 //! the TPU and returns the 50 best candidates with their probabilities; the host only draws one
 //! of them, as LLM-TPU's `penalty_sample` does with `std::discrete_distribution`
-//! (shared/reference/llm-tpu.md §4.6).
+//! (support/docs/runtime-contract.md §6).
 
 use anyhow::{bail, ensure, Result};
 use rand::rngs::StdRng;

@@ -1,7 +1,7 @@
 /*
  * llm_convert_bmrt.h: llm-convert's own declaration of the small part of Sophgo's bmlib and
  * bmruntime C API that the bmrt runner uses. Written from the documented signatures and layouts
- * (shared/reference/llm-tpu.md §4.8) and checked against libbmrt/libbmlib of TPU-MLIR 1.30.2
+ * (LLM-TPU support/include, see support/docs/runtime-contract.md §7) and checked against libbmrt/libbmlib of TPU-MLIR 1.30.2
  * (Linux x86-64 / aarch64, LP64). It is not the vendor header: only what we call is declared.
  *
  * bindgen turns this into Rust at build time (build.rs -> src/bmrt/ffi.rs); the libraries are
