@@ -592,20 +592,21 @@ fn failing_piece_stops_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let cache = dir.path().join("cache");
-    let cli = llm_convert::cli::Cli::try_parse_from([
+    let [m, o, c] = [&model, &out, &cache].map(|p| p.display().to_string());
+    let argv = [
         "llm-convert",
         "-m",
-        model.to_str().unwrap(),
+        &m,
         "-s",
         "64",
         "-q",
         "bf16",
         "-o",
-        out.to_str().unwrap(),
+        &o,
         "--cache-dir",
-        cache.to_str().unwrap(),
-    ])
-    .unwrap();
+        &c,
+    ];
+    let cli = llm_convert::cli::Cli::try_parse_from(argv).unwrap();
     let wrap = |real: Box<dyn ToolRunner>| -> Box<dyn ToolRunner> {
         Box::new(TruncatesOnnx {
             piece: "block_1",
@@ -815,6 +816,11 @@ fn history_kv_rules_and_plan() {
     let kv = section("block_kv_0");
     assert!(
         kv.contains("--dynamic") && kv.contains("--quantize_table onnx/block_kv_0.qtable"),
+        "{kv}"
+    );
+    // The transform gets the largest shapes of the per-call axes, as the real run passes them.
+    assert!(
+        kv.contains("--input_shapes [[1,16,128],[1,16],[1,64,2,32],[1,64,2,32]] --do_onnx_sim="),
         "{kv}"
     );
     for (extra, words) in [
