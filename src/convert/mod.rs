@@ -66,9 +66,10 @@ pub fn convert_with(
         .with_history(opts.use_history_kv, opts.chunk_length);
     let folder = opts.out_dir.join(opts.folder_name());
     let bmodel_path = opts.out_dir.join(format!("{}.bmodel", opts.folder_name()));
+    // Cheap (graphs without weights): --dry_run prints what the real run executes.
+    let plan = Plan::new(&model.config, &piece_opts, &template, &opts)?;
 
     if opts.dry_run {
-        let plan = Plan::new(&model.config, &piece_opts, &template, &opts)?;
         dry_run::print(&plan, &model, &bmodel_path)?;
         return Ok(None);
     }
@@ -82,7 +83,6 @@ pub fn convert_with(
     }
     crate::toolchain::require_installed(layout)?;
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    let plan = Plan::new(&model.config, &piece_opts, &template, &opts)?;
     let cache_root = opts
         .cache_dir
         .clone()

@@ -205,3 +205,39 @@ fn transform_argv(
     }
     argv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_stages_join_their_block_cache() {
+        let pieces = [
+            Piece::Block(0),
+            Piece::BlockCache(0),
+            Piece::BlockCacheStage(0, 1),
+            Piece::BlockCacheStage(0, 2),
+            Piece::BlockKv(0),
+        ];
+        let sizes: Vec<usize> = job_groups(&pieces).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 3, 1]);
+    }
+
+    #[test]
+    fn fill_replaces_only_placeholders() {
+        let argv: Vec<String> = ["--model_def", ONNX_PLACEHOLDER, "--use_io_alone_config"]
+            .into_iter()
+            .chain([IO_ALONE_PLACEHOLDER, "--quantize_table", QTABLE_PLACEHOLDER])
+            .map(String::from)
+            .collect();
+        let paths = StepPaths {
+            onnx: "a.onnx".into(),
+            io_alone_config: "b/io.json".into(),
+            quantize_table: "a.qtable".into(),
+        };
+        assert_eq!(
+            fill(&argv, &paths).join(" "),
+            "--model_def a.onnx --use_io_alone_config b/io.json --quantize_table a.qtable"
+        );
+    }
+}
