@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use llm_convert::bmrt::{
@@ -20,12 +19,6 @@ const HIDDEN: usize = 128;
 const VOCAB: usize = 1024;
 const TOKEN: usize = 17;
 
-/// `llm-convert -m <fixture> -s 64 -q bf16 --json`, returning the combined bmodel's path.
-fn convert(model: &Path, tmp: &Path) -> PathBuf {
-    let m = common::convert_seq64(model, &tmp.join("out"), &tmp.join("cache"), &["-q", "bf16"]);
-    PathBuf::from(m["bmodel"].as_str().expect("manifest names the bmodel"))
-}
-
 /// A `[rows, cols]` weight as f32 rows.
 fn weight_rows(model: &Model, name: &str) -> Vec<Vec<f32>> {
     model.tensor(name).unwrap().to_vec2::<f32>().unwrap()
@@ -37,7 +30,9 @@ fn simulator_loads_and_runs_a_converted_bmodel() {
     let fixture = common::fixtures().join("qwen2");
     let tmp = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let bmodel = convert(&fixture, tmp.path());
+    let bmodel = common::converted(&fixture, SEQ, &["-q", "bf16"])
+        .bmodel
+        .clone();
     eprintln!("converted in {:.1} s", t0.elapsed().as_secs_f64());
 
     // Explicitly the simulator, whatever LLM_CONVERT_RUNTIME says.

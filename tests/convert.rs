@@ -6,10 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use llm_convert::convert::ToolRunner;
 use serde_json::Value;
 
 const SEQ: usize = 64;
@@ -250,10 +251,6 @@ fn expected_nets_with(
     nets
 }
 
-fn run_convert(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Value {
-    common::convert_seq64(model, out, cache, extra)
-}
-
 /// Converts `fixture` and checks the combined bmodel against the contract.
 fn converts_to_contract(fixture: &str, quantize: &str, dynamic: bool) -> Value {
     let v = Variant {
@@ -270,16 +267,10 @@ fn converts_to_contract_with(fixture: &str, quantize: &str, variant: Variant) ->
     let model = common::fixtures().join(fixture);
     let config: Value =
         serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let mut extra = vec!["-q", quantize];
     extra.extend(variant.flags());
-    let m = run_convert(
-        &model,
-        &dir.path().join("out"),
-        &dir.path().join("cache"),
-        &extra,
-    );
-    let bmodel = PathBuf::from(m["bmodel"].as_str().unwrap());
+    let converted = common::converted(&model, SEQ, &extra);
+    let (m, bmodel) = (&converted.manifest, &converted.bmodel);
     let kind = if dynamic { "dynamic" } else { "static" };
     let history = if variant.history_chunk.is_some() {
         "_history"
@@ -290,7 +281,7 @@ fn converts_to_contract_with(fixture: &str, quantize: &str, variant: Variant) ->
         bmodel.file_name().unwrap().to_str().unwrap(),
         format!("{fixture}_{quantize}_seq{SEQ}_bm1684x_1dev{history}_{kind}.bmodel")
     );
-    let info = std::fs::read_to_string(dir.path().join("out/model.log")).unwrap();
+    let info = std::fs::read_to_string(converted.out.join("model.log")).unwrap();
     let nets = parse_info(&info);
     let half = if quantize.contains("bf16") {
         "bfloat16"
@@ -353,13 +344,13 @@ fn converts_to_contract_with(fixture: &str, quantize: &str, variant: Variant) ->
         }
     }
     // The runtime's companions are there.
-    assert!(dir.path().join("out/config/config.json").is_file());
-    assert!(dir.path().join("out/manifest.json").is_file());
+    assert!(converted.out.join("config/config.json").is_file());
+    assert!(converted.out.join("manifest.json").is_file());
     assert_eq!(
         m["bmodel_sha256"].as_str().unwrap(),
-        llm_convert::util::hex(&sha256(&std::fs::read(&bmodel).unwrap()))
+        llm_convert::util::hex(&sha256(&std::fs::read(bmodel).unwrap()))
     );
-    m
+    m.clone()
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
@@ -458,13 +449,13 @@ fn cache_reuse_and_resume_after_sigkill() {
     let model = common::fixtures().join("llama_rope3");
     let dir = tempfile::tempdir().unwrap();
     let (cache_a, cache_b) = (dir.path().join("cache_a"), dir.path().join("cache_b"));
-    let first = run_convert(&model, &dir.path().join("a1"), &cache_a, &["-q", "w4bf16"]);
+    let first = common::convert_seq64(&model, &dir.path().join("a1"), &cache_a, &["-q", "w4bf16"]);
     assert!(first["pieces"]
         .as_array()
         .unwrap()
         .iter()
         .all(|p| p["cached"] == false));
-    let second = run_convert(&model, &dir.path().join("a2"), &cache_a, &["-q", "w4bf16"]);
+    let second = common::convert_seq64(&model, &dir.path().join("a2"), &cache_a, &["-q", "w4bf16"]);
     assert!(second["pieces"]
         .as_array()
         .unwrap()
@@ -476,7 +467,7 @@ fn cache_reuse_and_resume_after_sigkill() {
     );
     // Changing one piece-specific flag recompiles only the pieces it affects: -g touches only
     // the weight-quantized blocks.
-    let regrouped = run_convert(
+    let regrouped = common::convert_seq64(
         &model,
         &dir.path().join("a3"),
         &cache_a,
@@ -537,7 +528,7 @@ fn cache_reuse_and_resume_after_sigkill() {
     let left: Vec<u32> = workers.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "orphaned workers: {left:?}");
 
-    let resumed = run_convert(&model, &out_b, &cache_b, &["-q", "w4bf16"]);
+    let resumed = common::convert_seq64(&model, &out_b, &cache_b, &["-q", "w4bf16"]);
     let reused = resumed["pieces"]
         .as_array()
         .unwrap()
@@ -590,31 +581,47 @@ fn count_files(dir: &Path, ext: &str) -> usize {
         .sum()
 }
 
-/// A piece whose compile fails (its ONNX file is truncated after export) stops the run with a
-/// non-zero exit, the failing log's tail and path, and no combined bmodel.
+/// A piece whose compile fails (its ONNX file is truncated after its cache key is taken, by a
+/// runner wrapped around the real one) stops the run with an error of exit code 1 naming the
+/// failing log with its tail, and no combined bmodel.
 #[test]
 fn failing_piece_stops_the_run() {
-    common::toolchain();
+    use clap::Parser;
+    let layout = common::toolchain();
     let model = common::fixtures().join("qwen2");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-s",
-            "64",
-            "-q",
-            "bf16",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .args(["--cache-dir", dir.path().join("cache").to_str().unwrap()])
-        .env("LLM_CONVERT_FAULT_PIECE", "block_1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let cache = dir.path().join("cache");
+    let [m, o, c] = [&model, &out, &cache].map(|p| p.display().to_string());
+    let argv = [
+        "llm-convert",
+        "-m",
+        &m,
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "-o",
+        &o,
+        "--cache-dir",
+        &c,
+    ];
+    let cli = llm_convert::cli::Cli::try_parse_from(argv).unwrap();
+    let wrap = |real: Box<dyn ToolRunner>| -> Box<dyn ToolRunner> {
+        Box::new(TruncatesOnnx {
+            piece: "block_1",
+            real,
+        })
+    };
+    let err = llm_convert::convert::convert_with(&cli.convert, &layout, true, &wrap)
+        .err()
+        .expect("the run fails");
+    let stderr = format!("error: {err:#}"); // as main prints it
+    assert_eq!(
+        llm_convert::exit::ExitStatus::of_error(&err).code(),
+        1,
+        "{stderr}"
+    );
     assert!(
         stderr.contains("piece block_1: model_transform.py failed"),
         "{stderr}"
@@ -629,6 +636,29 @@ fn failing_piece_stops_the_run() {
         .count();
     assert_eq!(bmodels, 0);
     assert!(!out.join("manifest.json").exists());
+}
+
+/// A real tool runner that first cuts `piece`'s ONNX file in half, so the real
+/// model_transform.py fails on it.
+struct TruncatesOnnx {
+    piece: &'static str,
+    real: Box<dyn ToolRunner>,
+}
+
+impl ToolRunner for TruncatesOnnx {
+    fn run(&mut self, tool: &str, argv: &[String], cwd: &Path, log: &Path) -> anyhow::Result<f64> {
+        let value = |flag: &str| {
+            argv.iter()
+                .position(|a| a == flag)
+                .and_then(|i| argv.get(i + 1))
+        };
+        if tool == "model_transform.py" && value("--model_name").is_some_and(|n| n == self.piece) {
+            let onnx = value("--model_def").expect("model_transform.py gets --model_def");
+            let f = std::fs::OpenOptions::new().write(true).open(onnx)?;
+            f.set_len(f.metadata()?.len() / 2)?;
+        }
+        self.real.run(tool, argv, cwd, log)
+    }
 }
 
 /// Flags we cannot honour yet are refused by name (exit 2), before any work.
@@ -724,26 +754,10 @@ fn dry_run_prints_the_deploy_matrix() {
 fn smollm2_w4bf16_seq512() {
     common::toolchain();
     let model = common::repo().join("models/smollm2-135m-instruct");
-    let dir = tempfile::tempdir().unwrap();
-    let o = common::llm_convert(&[
-        "-m",
-        model.to_str().unwrap(),
-        "-s",
-        "512",
-        "-q",
-        "w4bf16",
-        "-c",
-        "bm1684x",
-        "-o",
-        dir.path().join("out").to_str().unwrap(),
-        "--cache-dir",
-        dir.path().join("cache").to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let converted = common::converted(&model, 512, &["-q", "w4bf16", "-c", "bm1684x"]);
+    let m = &converted.manifest;
     assert_eq!(m["pieces"].as_array().unwrap().len(), 3 + 2 * 30);
-    let nets = parse_info(&std::fs::read_to_string(dir.path().join("out/model.log")).unwrap());
+    let nets = parse_info(&std::fs::read_to_string(converted.out.join("model.log")).unwrap());
     let config = serde_json::json!({
         "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
         "vocab_size": 49152,
@@ -758,7 +772,7 @@ fn smollm2_w4bf16_seq512() {
     assert_eq!(nets["block_cache_29"].inputs[3].1, vec![1, 512, 3, 64]);
     // GGUF: the runtime's config folder is synthesised, tokenizer included.
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
-        assert!(dir.path().join("out/config").join(f).is_file(), "{f}");
+        assert!(converted.out.join("config").join(f).is_file(), "{f}");
     }
 }
 
@@ -806,6 +820,11 @@ fn history_kv_rules_and_plan() {
     let kv = section("block_kv_0");
     assert!(
         kv.contains("--dynamic") && kv.contains("--quantize_table onnx/block_kv_0.qtable"),
+        "{kv}"
+    );
+    // The transform gets the largest shapes of the per-call axes, as the real run passes them.
+    assert!(
+        kv.contains("--input_shapes [[1,16,128],[1,16],[1,64,2,32],[1,64,2,32]] --do_onnx_sim="),
         "{kv}"
     );
     for (extra, words) in [

@@ -5,6 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::PROMPT;
 use llm_convert::arch::PieceOptions;
 use llm_convert::model::Model;
 use llm_convert::reference::{rms_norm, Reference};
@@ -22,7 +23,6 @@ struct PipelineResult {
     decode_hidden: Vec<Vec<Vec<f32>>>,
 }
 
-const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
 const STEPS: usize = 16;
 
 use llm_convert::runner::verify::cosine;

@@ -9,18 +9,26 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const PROMPT: &str = "3,17,256,999,42,7,511,128";
+/// A prompt longer than a history-KV bmodel's chunk (16 at seq 64): prefill runs in two chunks.
+const TWO_CHUNK_PROMPT: &str = "3,17,256,999,42,7,511,128,64,5,9,10,11,12,13,14,15,16,17,18";
 
-/// Converts `fixture` (seq 64) and returns the combined bmodel's path.
-fn convert(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
-    let model = common::fixtures().join(fixture);
-    let m = common::convert_seq64(&model, &dir.join("out"), &dir.join("cache"), extra);
-    PathBuf::from(m["bmodel"].as_str().unwrap())
+/// `fixture` converted at seq 64 with `flags` (shared by every test of this process that asks
+/// for the same); returns the combined bmodel's path.
+fn converted(fixture: &str, flags: &[&str]) -> PathBuf {
+    common::converted(&common::fixtures().join(fixture), 64, flags)
+        .bmodel
+        .clone()
 }
 
-/// `llm-convert verify --json`; returns (exit code, report).
+/// `llm-convert verify --json` on [`common::PROMPT`]; returns (exit code, report).
 fn verify(bmodel: &Path, fixture: &str, steps: usize, extra: &[&str]) -> (i32, Value) {
-    verify_prompt(bmodel, fixture, PROMPT, steps, extra)
+    verify_prompt(
+        bmodel,
+        fixture,
+        &common::tokens_arg(&common::PROMPT),
+        steps,
+        extra,
+    )
 }
 
 fn verify_prompt(
@@ -72,7 +80,7 @@ fn reference_tokens(fixture: &str, steps: usize) -> Vec<u64> {
         "-m",
         model.to_str().unwrap(),
         "--tokens",
-        PROMPT,
+        &common::tokens_arg(&common::PROMPT),
         "--steps",
         &steps.to_string(),
         "--json",
@@ -93,10 +101,9 @@ fn reference_tokens(fixture: &str, steps: usize) -> Vec<u64> {
 /// was broken, the free-running greedy sequence equals the reference's.
 fn bf16_matches_reference(fixture: &str, extra: &[&str]) {
     common::toolchain();
-    let dir = tempfile::tempdir().unwrap();
     let mut flags = vec!["-q", "bf16"];
     flags.extend_from_slice(extra);
-    let bmodel = convert(fixture, dir.path(), &flags);
+    let bmodel = converted(fixture, &flags);
     let (code, r) = verify(&bmodel, fixture, 16, &[]);
     println!(
         "{fixture} {extra:?}: min block cosine {:.6}, exact agreement {}, near ties at {}",
@@ -162,8 +169,7 @@ fn llama_rope3_bf16_do_sample_greedy_head() {
 #[test]
 fn qwen2_w4bf16_verify_and_bench() {
     common::toolchain();
-    let dir = tempfile::tempdir().unwrap();
-    let bmodel = convert("qwen2", dir.path(), &["-q", "w4bf16"]);
+    let bmodel = converted("qwen2", &["-q", "w4bf16"]);
     let (code, r) = verify(&bmodel, "qwen2", 8, &[]);
     println!(
         "qwen2 w4bf16: min block cosine {:.6}, agreement {}",
@@ -223,7 +229,7 @@ fn qwen2_w4bf16_verify_and_bench() {
 fn llm_convert_py_bmodel_runs_like_ours() {
     let dir = tempfile::tempdir().unwrap();
     let theirs = llm_convert_py("qwen2_bf16", dir.path(), &[]);
-    let ours = convert("qwen2_bf16", dir.path(), &["-q", "bf16"]);
+    let ours = converted("qwen2_bf16", &["-q", "bf16"]);
     let (code_t, rt) = verify(&theirs, "qwen2_bf16", 8, &["-q", "bf16"]);
     let (code_o, ro) = verify(&ours, "qwen2_bf16", 8, &[]);
     println!(
@@ -246,8 +252,7 @@ fn llm_convert_py_bmodel_runs_like_ours() {
 fn llm_convert_py_history_kv_bmodel_runs() {
     let dir = tempfile::tempdir().unwrap();
     let theirs = llm_convert_py("qwen2_bf16", dir.path(), &["--use_history_kv"]);
-    let prompt = "3,17,256,999,42,7,511,128,64,5,9,10,11,12,13,14,15,16,17,18";
-    let (code, r) = verify_prompt(&theirs, "qwen2_bf16", prompt, 16, &["-q", "bf16"]);
+    let (code, r) = verify_prompt(&theirs, "qwen2_bf16", TWO_CHUNK_PROMPT, 16, &["-q", "bf16"]);
     assert_eq!(code, 0, "verify failed: {r}");
     assert_history_kv_run(&r);
 }
@@ -296,13 +301,8 @@ fn missing_net_is_named() {
     let layout = common::toolchain();
     let dir = tempfile::tempdir().unwrap();
     let model = common::fixtures().join("qwen2");
-    let m = common::convert_seq64(
-        &model,
-        &dir.path().join("out"),
-        &dir.path().join("cache"),
-        &["-q", "bf16"],
-    );
-    let pieces: Vec<&str> = m["pieces"]
+    let converted = common::converted(&model, 64, &["-q", "bf16"]);
+    let pieces: Vec<&str> = converted.manifest["pieces"]
         .as_array()
         .unwrap()
         .iter()
@@ -341,10 +341,8 @@ fn missing_net_is_named() {
 #[test]
 fn qwen3_bf16_history_kv_chunked_prefill_and_decode_stages() {
     common::toolchain();
-    let dir = tempfile::tempdir().unwrap();
-    let bmodel = convert("qwen3", dir.path(), &["-q", "bf16", "--use_history_kv"]);
-    let prompt = "3,17,256,999,42,7,511,128,64,5,9,10,11,12,13,14,15,16,17,18";
-    let (code, r) = verify_prompt(&bmodel, "qwen3", prompt, 16, &[]);
+    let bmodel = converted("qwen3", &["-q", "bf16", "--use_history_kv"]);
+    let (code, r) = verify_prompt(&bmodel, "qwen3", TWO_CHUNK_PROMPT, 16, &[]);
     println!(
         "history-KV: min block cosine {:.6}, exact agreement {}, near ties at {}",
         min_cosine(&r),
@@ -364,14 +362,8 @@ fn qwen3_bf16_history_kv_chunked_prefill_and_decode_stages() {
 fn smollm2_w4bf16_verify_passes() {
     common::toolchain();
     let model = common::repo().join("models/smollm2-135m-instruct");
-    let dir = tempfile::tempdir().unwrap();
-    let m = common::convert_seq64(
-        &model,
-        &dir.path().join("out"),
-        &dir.path().join("cache"),
-        &["-q", "w4bf16", "--max_input_length", "8"],
-    );
-    let bmodel = m["bmodel"].as_str().unwrap();
+    let converted = common::converted(&model, 64, &["-q", "w4bf16", "--max_input_length", "8"]);
+    let bmodel = converted.bmodel.to_str().unwrap();
     let o = common::llm_convert(&[
         "verify",
         bmodel,

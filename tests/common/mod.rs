@@ -2,9 +2,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use llm_convert::toolchain::Layout;
 
@@ -97,10 +99,33 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
     dst
 }
 
+/// The prompt token ids the pipeline tests feed every model (below every fixture's vocab).
+pub const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
+
+/// Token ids as `--tokens` takes them: `3,17,256`.
+pub fn tokens_arg(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `llm-convert -m MODEL -s 64 -o OUT --cache-dir CACHE --json EXTRA...`; returns the manifest
-/// it prints (fails the test, with the output, if the conversion fails).
+/// it prints (fails the test, with the output, if the conversion fails). Not memoised: for
+/// tests about the cache itself. Others use [`converted`].
 pub fn convert_seq64(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec!["-m", model.to_str().unwrap(), "-s", "64"];
+    run_convert(model, 64, out, cache, extra)
+}
+
+fn run_convert(
+    model: &Path,
+    seq: usize,
+    out: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let seq = seq.to_string();
+    let mut args = vec!["-m", model.to_str().unwrap(), "-s", &seq];
     args.extend_from_slice(&["-o", out.to_str().unwrap()]);
     args.extend_from_slice(&["--cache-dir", cache.to_str().unwrap(), "--json"]);
     args.extend_from_slice(extra);
@@ -112,4 +137,86 @@ pub fn convert_seq64(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> 
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).expect("--json prints the manifest")
+}
+
+/// A conversion made by [`converted`].
+pub struct Converted {
+    /// The `-o` folder: the bmodel, model.log, config/, manifest.json.
+    pub out: PathBuf,
+    pub bmodel: PathBuf,
+    pub manifest: serde_json::Value,
+}
+
+type Memo = HashMap<(PathBuf, usize, Vec<String>), Arc<OnceLock<Arc<Converted>>>>;
+
+/// `llm-convert -m MODEL -s SEQ FLAGS... --json`, converted once per test process for each
+/// (model, seq, flags): later calls get the first one's result. Every conversion of a test run
+/// shares one piece cache ([`run_dir`]), so a piece two tests need is compiled once.
+pub fn converted(model: &Path, seq: usize, flags: &[&str]) -> Arc<Converted> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let key = (
+        model.to_path_buf(),
+        seq,
+        flags.iter().map(|f| f.to_string()).collect(),
+    );
+    let slot = {
+        let mut memo = MEMO
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        memo.entry(key).or_default().clone()
+    };
+    // Outside the map's lock: conversions of other (model, flags) run meanwhile.
+    slot.get_or_init(|| {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let out = run_dir().join(format!("out-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let manifest = run_convert(model, seq, &out, &run_dir().join("cache"), flags);
+        let bmodel = PathBuf::from(
+            manifest["bmodel"]
+                .as_str()
+                .expect("manifest names the bmodel"),
+        );
+        Arc::new(Converted {
+            out,
+            bmodel,
+            manifest,
+        })
+    })
+    .clone()
+}
+
+/// This test run's scratch folder, under target/tmp: one per `cargo test` (the test binaries it
+/// runs share their parent process), so a run never reuses an earlier run's pieces. Folders of
+/// runs whose parent is gone are removed.
+pub fn run_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-runs");
+        let run_name = |pid: u32| process_start(pid).map(|t| format!("run-{pid}-{t}"));
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("run-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse().ok());
+            if pid.and_then(run_name).as_deref() != Some(name.as_str()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let parent = std::os::unix::process::parent_id();
+        let dir = root.join(run_name(parent).expect("reading the parent's /proc entry"));
+        std::fs::create_dir_all(&dir).expect("creating the test run's folder");
+        dir
+    })
+}
+
+/// A process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, it
+/// names one process for good.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces: state is field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19).map(str::to_string)
 }

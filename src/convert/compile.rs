@@ -1,0 +1,184 @@
+//! Compiling prepared jobs: each step's model_transform.py → output names restored →
+//! model_deploy.py on a tool runner, then the bmodels into the cache.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::cache::{self, PieceCache};
+use super::options::ConvertOptions;
+use super::output_names;
+use super::plan::{StepPaths, StepPlan, IO_ALONE_FILE};
+use super::prepare::PieceJob;
+use super::scheduler;
+use super::worker::{self, LazyWorker, SpawnRunner, ToolRunner};
+use crate::toolchain::Layout;
+
+/// Workers use ~0.9 GB each once TPU-MLIR (and torch) are imported.
+pub const WORKER_MEM: u64 = 1 << 30;
+
+/// Wraps each tool runner a run makes; the identity outside tests (which use it to break one
+/// step of a real compile on purpose).
+pub type WrapRunner<'a> = &'a (dyn Fn(Box<dyn ToolRunner>) -> Box<dyn ToolRunner> + Sync);
+
+impl scheduler::Job for PieceJob {
+    fn label(&self) -> String {
+        self.plan.piece().name()
+    }
+
+    /// A piece's transform + deploy hold a few copies of its weights (steps run one by one).
+    fn mem(&self) -> u64 {
+        4 * self.files.iter().map(|f| f.onnx_bytes).max().unwrap_or(0)
+    }
+}
+
+/// What compiling one step did.
+pub struct Compiled {
+    pub bmodel: Option<PathBuf>,
+    pub transform_s: f64,
+    pub deploy_s: f64,
+}
+
+/// Parallel workers: --jobs, else the cores, bounded by memory and the number of jobs.
+pub fn worker_count(opts: &ConvertOptions, jobs: usize) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let by_mem = (scheduler::memory_budget() / (2 * WORKER_MEM)).max(1) as usize;
+    opts.jobs.unwrap_or(cores.min(by_mem)).clamp(1, jobs.max(1))
+}
+
+/// `n` runners: lazily started TPU-MLIR workers, or one process per step (`--spawn-tools`).
+pub fn start_runners(
+    layout: &Layout,
+    opts: &ConvertOptions,
+    folder: &Path,
+    n: usize,
+    wrap: WrapRunner,
+) -> Vec<Box<dyn ToolRunner>> {
+    (0..n)
+        .map(|i| {
+            let runner: Box<dyn ToolRunner> = if opts.spawn_tools {
+                Box::new(SpawnRunner::new(layout))
+            } else {
+                let log = folder.join(format!("worker_{i}.log"));
+                Box::new(LazyWorker::new(layout, &log))
+            };
+            wrap(runner)
+        })
+        .collect()
+}
+
+/// Every step of a job, then its bmodels into the cache (the first step's last: its presence
+/// marks the piece done).
+pub fn compile_piece(
+    job: &PieceJob,
+    runner: &mut dyn ToolRunner,
+    folder: &Path,
+    cache: &PieceCache,
+    opts: &ConvertOptions,
+) -> Result<Vec<Compiled>> {
+    let io_alone =
+        std::path::absolute(folder.join(job.plan.piece().file_stem()))?.join(IO_ALONE_FILE);
+    let mut done = Vec::with_capacity(job.files.len());
+    let mut produced = Vec::with_capacity(job.files.len());
+    for (step, files) in job.plan.steps.iter().zip(&job.files) {
+        let paths = StepPaths {
+            onnx: files.onnx.display().to_string(),
+            io_alone_config: io_alone.display().to_string(),
+            quantize_table: files
+                .quantize_table
+                .as_ref()
+                .map(|q| q.display().to_string())
+                .unwrap_or_default(),
+        };
+        let (c, bmodel) = compile_step(step, &paths, runner, folder, opts)?;
+        done.push(c);
+        produced.push(bmodel);
+    }
+    if opts.only_mlir {
+        return Ok(done);
+    }
+    for j in (0..produced.len()).rev() {
+        if let Some(b) = &produced[j] {
+            make_reproducible(b)?;
+            done[j].bmodel = Some(cache.put(&job.key, &cache::step_ext(j), b)?);
+        }
+    }
+    if !opts.debug {
+        for step in &job.plan.steps {
+            let _ = std::fs::remove_dir_all(folder.join(step.piece.file_stem()));
+        }
+    }
+    Ok(done)
+}
+
+/// Zeroes what TPU-MLIR leaves uninitialised in a piece (see `bmodel::zero_timestep_padding`),
+/// so a piece's bytes follow from its inputs and two cold builds are equal.
+fn make_reproducible(bmodel: &Path) -> Result<()> {
+    let mut bytes =
+        std::fs::read(bmodel).with_context(|| format!("reading {}", bmodel.display()))?;
+    match crate::bmodel::zero_timestep_padding(&mut bytes) {
+        Ok(0) => Ok(()),
+        Ok(_) => crate::util::write_atomic(bmodel, &bytes),
+        Err(e) => {
+            // Not fatal: the bmodel is right, only not byte-reproducible.
+            eprintln!(
+                "warning: {}: dynamic IR not normalised ({e:#})",
+                bmodel.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// transform → restore output names → deploy. The step's work dir is `<folder>/<stem>/` and its
+/// log `<folder>/<stem>.log`, as llm_convert.py lays them out; returns the bmodel it wrote.
+fn compile_step(
+    step: &StepPlan,
+    paths: &StepPaths,
+    runner: &mut dyn ToolRunner,
+    folder: &Path,
+    opts: &ConvertOptions,
+) -> Result<(Compiled, Option<PathBuf>)> {
+    let (stem, name) = (step.piece.file_stem(), step.piece.name());
+    let work = std::path::absolute(folder.join(&stem))?;
+    let log = std::path::absolute(folder.join(format!("{stem}.log")))?;
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let _ = std::fs::remove_file(&log);
+    let fail = |tool: &str, e: anyhow::Error| {
+        e.context(format!(
+            "piece {stem}: {tool} failed; log {}:\n{}",
+            log.display(),
+            worker::tail(&log, 20)
+        ))
+    };
+    let (transform_argv, deploy_argv) = step.filled(paths);
+    let transform_s = runner
+        .run("model_transform.py", &transform_argv, &work, &log)
+        .map_err(|e| fail("model_transform.py", e))?;
+    let mlir = work.join(format!("{name}.mlir"));
+    output_names::restore_file(&mlir, &step.outputs).map_err(|e| fail("renaming outputs", e))?;
+    let mut compiled = Compiled {
+        bmodel: None,
+        transform_s,
+        deploy_s: 0.0,
+    };
+    if opts.only_mlir {
+        return Ok((compiled, None));
+    }
+    compiled.deploy_s = runner
+        .run("model_deploy.py", &deploy_argv, &work, &log)
+        .map_err(|e| fail("model_deploy.py", e))?;
+    let produced = work.join(format!("{name}.bmodel"));
+    if !produced.is_file() {
+        return Err(fail(
+            "model_deploy.py",
+            anyhow::anyhow!("it reported success but wrote no {}", produced.display()),
+        ));
+    }
+    Ok((compiled, Some(produced)))
+}

@@ -1,0 +1,38 @@
+//! `--dry_run`: the plan's tool command lines exactly as the real run fills them in, with paths
+//! relative to the run's folder instead of absolute ones.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::plan::{Plan, StepPaths, IO_ALONE_FILE};
+use crate::model::Model;
+
+pub fn print(plan: &Plan, model: &Model, bmodel: &Path) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "model: {} ({:?})",
+        model.source.display(),
+        model.config.family
+    )?;
+    writeln!(out, "output: {}", bmodel.display())?;
+    for job in &plan.jobs {
+        for step in &job.steps {
+            let stem = step.piece.file_stem();
+            let (transform, deploy) = step.filled(&StepPaths {
+                onnx: format!("onnx/{stem}.onnx"),
+                io_alone_config: format!("{}/{IO_ALONE_FILE}", job.piece().file_stem()),
+                quantize_table: format!("onnx/{stem}.qtable"),
+            });
+            writeln!(
+                out,
+                "{stem}:\n  model_transform.py {}\n  model_deploy.py {}",
+                transform.join(" "),
+                deploy.join(" ")
+            )?;
+        }
+    }
+    Ok(())
+}

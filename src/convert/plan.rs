@@ -1,0 +1,243 @@
+//! Planning a conversion: the pieces, grouped into compile jobs, and every step's exact tool
+//! command lines (paths as placeholders). `--dry_run` prints this plan and the real run
+//! executes it, so the two cannot drift apart.
+
+use anyhow::{bail, Result};
+
+use super::deploy_flags::DeployTemplate;
+use super::options::ConvertOptions;
+use crate::arch::{Piece, PieceOptions};
+use crate::export::Exported;
+use crate::model::ModelConfig;
+
+/// Stands for the step's ONNX file (paths are not part of the cache key).
+const ONNX_PLACEHOLDER: &str = "{onnx}";
+/// Where a decode stage's deploy reads the first step's IO address config.
+const IO_ALONE_PLACEHOLDER: &str = "{io_alone_config}";
+/// Where a step's deploy reads its quantize table (its content is part of the key).
+const QTABLE_PLACEHOLDER: &str = "{quantize_table}";
+/// The IO address config the first step of a job saves in its work dir.
+pub const IO_ALONE_FILE: &str = "io_alone_config.json";
+
+/// Every compile job of a conversion, in the runtime's combine order.
+pub struct Plan {
+    pub jobs: Vec<JobPlan>,
+}
+
+/// One compile job: usually one step; block_cache_i with decode stages has one more per
+/// stage, compiled after the first in the same job because they reuse its IO addresses
+/// (`--save_io_alone_config` / `--use_io_alone_config`).
+#[derive(Clone)]
+pub struct JobPlan {
+    pub steps: Vec<StepPlan>,
+}
+
+/// One transform + deploy, as the tools will be called.
+#[derive(Clone)]
+pub struct StepPlan {
+    pub piece: Piece,
+    /// `model_transform.py` arguments, with placeholders for paths.
+    pub transform_argv: Vec<String>,
+    /// `model_deploy.py` arguments, with placeholders for paths.
+    pub deploy_argv: Vec<String>,
+    /// The graph's output names (restored in the Top MLIR after the transform).
+    pub outputs: Vec<String>,
+    /// For a graph with per-call axes: every input's largest shape.
+    dynamic_input_shapes: Option<Vec<Vec<usize>>>,
+    pub has_quantize_table: bool,
+}
+
+/// The paths a step's placeholders stand for.
+pub struct StepPaths {
+    pub onnx: String,
+    pub io_alone_config: String,
+    pub quantize_table: String,
+}
+
+impl Plan {
+    /// Plans every piece from its graph (cheap: no weights are read).
+    pub fn new(
+        cfg: &ModelConfig,
+        piece_opts: &PieceOptions,
+        template: &DeployTemplate,
+        opts: &ConvertOptions,
+    ) -> Result<Plan> {
+        let mut jobs = Vec::new();
+        for group in job_groups(&crate::arch::pieces(cfg, piece_opts)) {
+            let mut steps = Vec::with_capacity(group.len());
+            for (j, &piece) in group.iter().enumerate() {
+                let graph = crate::arch::build(piece, cfg, piece_opts);
+                let dynamic_input_shapes = graph
+                    .is_dynamic()
+                    .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
+                let has_quantize_table = graph.quantize_table().is_some();
+                steps.push(StepPlan {
+                    piece,
+                    transform_argv: transform_argv(
+                        &piece.name(),
+                        dynamic_input_shapes.as_deref(),
+                        opts,
+                    ),
+                    deploy_argv: step_deploy_argv(template, opts, &group, j, has_quantize_table)?,
+                    outputs: graph.outputs.iter().map(|o| o.name.clone()).collect(),
+                    dynamic_input_shapes,
+                    has_quantize_table,
+                });
+            }
+            jobs.push(JobPlan { steps });
+        }
+        Ok(Plan { jobs })
+    }
+
+    pub fn piece_count(&self) -> usize {
+        self.jobs.iter().map(|j| j.steps.len()).sum()
+    }
+}
+
+impl JobPlan {
+    /// The job's net (its first step's piece).
+    pub fn piece(&self) -> Piece {
+        self.steps[0].piece
+    }
+}
+
+impl StepPlan {
+    /// The export must have written the graph this step was planned from.
+    pub fn check_export(&self, e: &Exported) -> Result<()> {
+        if e.outputs != self.outputs
+            || e.dynamic_input_shapes != self.dynamic_input_shapes
+            || e.quantize_table.is_some() != self.has_quantize_table
+        {
+            bail!(
+                "internal error: the exported {} differs from its plan",
+                self.piece.file_stem()
+            );
+        }
+        Ok(())
+    }
+
+    /// Both tools' arguments with the placeholders replaced by `paths`.
+    pub fn filled(&self, paths: &StepPaths) -> (Vec<String>, Vec<String>) {
+        (
+            fill(&self.transform_argv, paths),
+            fill(&self.deploy_argv, paths),
+        )
+    }
+}
+
+fn fill(argv: &[String], paths: &StepPaths) -> Vec<String> {
+    argv.iter()
+        .map(|a| match a.as_str() {
+            ONNX_PLACEHOLDER => paths.onnx.clone(),
+            IO_ALONE_PLACEHOLDER => paths.io_alone_config.clone(),
+            QTABLE_PLACEHOLDER => paths.quantize_table.clone(),
+            _ => a.clone(),
+        })
+        .collect()
+}
+
+/// Pieces grouped into compile jobs: each decode stage joins its block_cache_i.
+fn job_groups(pieces: &[Piece]) -> Vec<Vec<Piece>> {
+    let mut groups: Vec<Vec<Piece>> = Vec::new();
+    for &p in pieces {
+        match (p, groups.last_mut()) {
+            (Piece::BlockCacheStage(i, _), Some(g)) if g[0] == Piece::BlockCache(i) => g.push(p),
+            _ => groups.push(vec![p]),
+        }
+    }
+    groups
+}
+
+/// `model_deploy.py` arguments of step `j` of a job: the template's, then (decode stages) the
+/// IO address config the first step saves and the others reuse, then the quantize table.
+fn step_deploy_argv(
+    template: &DeployTemplate,
+    opts: &ConvertOptions,
+    group: &[Piece],
+    j: usize,
+    quantize_table: bool,
+) -> Result<Vec<String>> {
+    let mut argv = template.deploy_argv(group[j], opts)?;
+    if group.len() > 1 {
+        argv.extend(if j == 0 {
+            ["--save_io_alone_config".into(), IO_ALONE_FILE.into()]
+        } else {
+            ["--use_io_alone_config".into(), IO_ALONE_PLACEHOLDER.into()]
+        });
+    }
+    if quantize_table {
+        argv.extend(["--quantize_table".into(), QTABLE_PLACEHOLDER.into()]);
+    }
+    Ok(argv)
+}
+
+/// `model_transform.py` arguments.
+fn transform_argv(
+    name: &str,
+    dynamic_input_shapes: Option<&[Vec<usize>]>,
+    opts: &ConvertOptions,
+) -> Vec<String> {
+    let mut argv = vec![
+        "--model_name".to_string(),
+        name.to_string(),
+        "--model_def".into(),
+        ONNX_PLACEHOLDER.into(),
+        "--mlir".into(),
+        format!("{name}.mlir"),
+    ];
+    if let Some(shapes) = dynamic_input_shapes {
+        // Symbolic ONNX axes get their largest size; the Top MLIR stays static, and
+        // model_deploy --dynamic makes the net dynamic (llm_convert.py's bmodels do the same).
+        let list: Vec<String> = shapes
+            .iter()
+            .map(|s| {
+                let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                format!("[{}]", dims.join(","))
+            })
+            .collect();
+        argv.extend(["--input_shapes".into(), format!("[{}]", list.join(","))]);
+    }
+    // Our graphs are already simple: onnxsim and its two constant-folding passes only cost
+    // time (10 s on a 113 MB embedding). `type=bool` upstream: an empty value means False.
+    argv.push("--do_onnx_sim=".into());
+    if opts.debug {
+        argv.push("--debug".into());
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_stages_join_their_block_cache() {
+        let pieces = [
+            Piece::Block(0),
+            Piece::BlockCache(0),
+            Piece::BlockCacheStage(0, 1),
+            Piece::BlockCacheStage(0, 2),
+            Piece::BlockKv(0),
+        ];
+        let sizes: Vec<usize> = job_groups(&pieces).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 3, 1]);
+    }
+
+    #[test]
+    fn fill_replaces_only_placeholders() {
+        let argv: Vec<String> = ["--model_def", ONNX_PLACEHOLDER, "--use_io_alone_config"]
+            .into_iter()
+            .chain([IO_ALONE_PLACEHOLDER, "--quantize_table", QTABLE_PLACEHOLDER])
+            .map(String::from)
+            .collect();
+        let paths = StepPaths {
+            onnx: "a.onnx".into(),
+            io_alone_config: "b/io.json".into(),
+            quantize_table: "a.qtable".into(),
+        };
+        assert_eq!(
+            fill(&argv, &paths).join(" "),
+            "--model_def a.onnx --use_io_alone_config b/io.json --quantize_table a.qtable"
+        );
+    }
+}
