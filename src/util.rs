@@ -38,13 +38,19 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .context("path has no file name")?
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    let written = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    })();
+    if written.is_err() {
+        // A full disk must not leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Points fd 1 at stderr (the CPU simulator prints its chatter to stdout) and returns a file

@@ -502,7 +502,7 @@ fn cache_reuse_and_resume_after_sigkill() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while count_files(&cache_b, "bmodel") == 0 {
+    while common::count_files(&cache_b, "bmodel") == 0 {
         assert!(
             t0.elapsed() < Duration::from_secs(300),
             "no piece finished in 300 s"
@@ -516,7 +516,7 @@ fn cache_reuse_and_resume_after_sigkill() {
     let workers = child_pids(child.id());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let done_before = count_files(&cache_b, "bmodel");
+    let done_before = common::count_files(&cache_b, "bmodel");
     assert!(
         done_before < first["pieces"].as_array().unwrap().len(),
         "killed too late"
@@ -563,22 +563,6 @@ fn alive(pid: u32) -> bool {
             !state.starts_with('Z')
         })
         .unwrap_or(false)
-}
-
-fn count_files(dir: &Path, ext: &str) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| e.path())
-        .map(|p| {
-            if p.is_dir() {
-                count_files(&p, ext)
-            } else {
-                usize::from(p.extension().is_some_and(|e| e == ext))
-            }
-        })
-        .sum()
 }
 
 /// A piece whose compile fails (its ONNX file is truncated after its cache key is taken, by a

@@ -1,9 +1,17 @@
 //! Content-addressed store of compiled pieces. A piece's key covers everything that decides its
 //! bmodel: the ONNX bytes (weights included), the tool command lines, the chip (inside the
-//! flags), the TPU-MLIR version and our worker script. A stored piece is never recompiled.
+//! flags), the TPU-MLIR version and our worker script. A stored piece is never recompiled,
+//! unless its bytes no longer match the sha256 recorded when it was stored: a corrupt or
+//! truncated entry is compiled again, never combined.
+//!
+//! Entries are published with a rename (the sidecar first, then the artifact), so runs sharing
+//! one cache at once never see half an entry; builds are reproducible, so two runs storing the
+//! same key store the same bytes.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -13,6 +21,8 @@ const FORMAT: &str = "llm-convert piece cache v2";
 
 pub struct PieceCache {
     root: PathBuf,
+    /// Artifacts whose bytes this run checked (or stored), with their sha256.
+    verified: Mutex<HashMap<PathBuf, String>>,
 }
 
 /// What decides one compile step's bmodel.
@@ -78,19 +88,13 @@ fn sidecar(artifact: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// sha256 of a whole file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    hash_file_into(path, &mut h)?;
-    Ok(crate::util::hex(&h.finalize()))
-}
-
 impl PieceCache {
     pub fn open(root: &Path) -> Result<PieceCache> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating cache {}", root.display()))?;
         Ok(PieceCache {
             root: root.to_path_buf(),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -103,36 +107,102 @@ impl PieceCache {
         self.root.join(&key[..2]).join(format!("{key}.{ext}"))
     }
 
-    /// The stored artifact, if this key was finished before.
+    /// The stored artifact, if this key was finished before and its bytes still hash to what
+    /// was recorded when it was stored (checked once per run).
     pub fn get(&self, key: &str, ext: &str) -> Option<PathBuf> {
         let p = self.path(key, ext);
-        p.is_file().then_some(p)
+        if self.is_verified(&p) {
+            return Some(p);
+        }
+        if !p.is_file() {
+            return None;
+        }
+        let recorded = std::fs::read_to_string(sidecar(&p)).ok();
+        let actual = crate::util::sha256_file(&p).ok();
+        match (recorded.as_deref().map(str::trim), actual) {
+            (Some(want), Some(got)) if want == got => {
+                self.remember(&p, got);
+                Some(p)
+            }
+            _ => {
+                // Left in place: the compile that follows overwrites it atomically (another
+                // run may be storing this very key right now).
+                eprintln!(
+                    "warning: cache entry {} does not match its recorded sha256 (corrupt, \
+                     truncated or unfinished): compiling the piece again",
+                    p.display()
+                );
+                None
+            }
+        }
     }
 
-    /// sha256 of a stored artifact, from the sidecar written by [`Self::put`] (hashed again
-    /// if the sidecar is missing).
-    pub fn sha256(&self, artifact: &Path) -> Result<String> {
-        let sidecar = sidecar(artifact);
-        match std::fs::read_to_string(&sidecar) {
-            Ok(s) if s.trim().len() == 64 => Ok(s.trim().to_string()),
-            _ => sha256_file(artifact),
+    fn is_verified(&self, p: &Path) -> bool {
+        self.verified.lock().is_ok_and(|m| m.contains_key(p))
+    }
+
+    fn remember(&self, p: &Path, sha: String) {
+        if let Ok(mut map) = self.verified.lock() {
+            map.insert(p.to_path_buf(), sha);
         }
+    }
+
+    /// sha256 of a stored artifact (checked or stored by this run, else hashed now).
+    pub fn sha256(&self, artifact: &Path) -> Result<String> {
+        if let Some(sha) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(artifact).cloned())
+        {
+            return Ok(sha);
+        }
+        crate::util::sha256_file(artifact)
     }
 
     /// Moves (or copies) a finished artifact into the store atomically, with a sha256
-    /// sidecar; returns its path.
+    /// sidecar; returns its path. On failure (a full disk, say) nothing half-written is left.
     pub fn put(&self, key: &str, ext: &str, file: &Path) -> Result<PathBuf> {
         let dest = self.path(key, ext);
         let dir = dest.parent().context("cache path has no parent")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!(".{key}.{ext}.tmp.{}", std::process::id()));
-        if std::fs::rename(file, &tmp).is_err() {
-            std::fs::copy(file, &tmp)
-                .with_context(|| format!("copying {} into the cache", file.display()))?;
+        let stored = (|| -> Result<String> {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            if std::fs::rename(file, &tmp).is_err() {
+                std::fs::copy(file, &tmp)
+                    .with_context(|| format!("copying {} into the cache", file.display()))?;
+            }
+            let sha = crate::util::sha256_file(&tmp)?;
+            crate::util::write_atomic(&sidecar(&dest), sha.as_bytes())?;
+            std::fs::rename(&tmp, &dest).with_context(|| format!("storing {}", dest.display()))?;
+            Ok(sha)
+        })();
+        match stored {
+            Ok(sha) => {
+                self.remember(&dest, sha);
+                Ok(dest)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(with_space_hint(e, &self.root))
+            }
         }
-        let sha = sha256_file(&tmp)?;
-        crate::util::write_atomic(&sidecar(&dest), sha.as_bytes())?;
-        std::fs::rename(&tmp, &dest).with_context(|| format!("storing {}", dest.display()))?;
-        Ok(dest)
+    }
+}
+
+/// Says what to do when the cache's disk is full.
+fn with_space_hint(e: anyhow::Error, root: &Path) -> anyhow::Error {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+    });
+    if full {
+        e.context(format!(
+            "no space left for the piece cache in {}: free space there, or pass --cache-dir \
+             on a disk with room",
+            root.display()
+        ))
+    } else {
+        e
     }
 }

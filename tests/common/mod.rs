@@ -220,3 +220,20 @@ fn process_start(pid: u32) -> Option<String> {
     let rest = stat.rsplit_once(')')?.1;
     rest.split_whitespace().nth(19).map(str::to_string)
 }
+
+/// How many files under `dir` (recursively) end in `.ext`.
+pub fn count_files(dir: &Path, ext: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .map(|p| {
+            if p.is_dir() {
+                count_files(&p, ext)
+            } else {
+                usize::from(p.extension().is_some_and(|e| e == ext))
+            }
+        })
+        .sum()
+}
