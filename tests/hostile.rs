@@ -410,6 +410,19 @@ fn user_errors_exit_2_not_1() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
+    let o = file.join("out");
+    let args = [
+        "export-onnx",
+        "-m",
+        model,
+        "-s",
+        "64",
+        "-o",
+        o.to_str().unwrap(),
+    ];
+    let (code, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
     for tokens in ["1024", "1,2,4294967295"] {
         let (code, err) = reference(dir.path(), &["--tokens", tokens]);
         assert_eq!(code, 2, "{err}");
