@@ -34,6 +34,7 @@ impl ExportArgs {
             .pieces
             .resolve(self.seq_length, &self.model)?
             .piece_options()?;
+        crate::convert::options::check_output_dir(&self.out_dir)?;
         let t0 = Instant::now();
         let done = export_onnx(&model, &opts, &self.out_dir.join("onnx"), false)?;
         let bytes: u64 = done.iter().map(|d| d.weight_bytes).sum();

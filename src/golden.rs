@@ -5,9 +5,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::error::InputError;
 use crate::model::tokenizer::PromptArgs;
 use crate::model::{BundledModels, Model};
 use crate::reference::Reference;
+
+/// More greedy steps than any context we run: the output buffer is sized from it.
+const MAX_STEPS: usize = 1 << 20;
 
 #[derive(clap::Args, Debug, Clone)]
 // Reference needs a prompt before anything loads (verify reports a missing one itself).
@@ -23,14 +27,29 @@ pub struct ReferenceArgs {
     pub steps: usize,
     #[arg(long)]
     pub json: bool,
+    /// Run even if a weight holds NaN or Inf (by default an error naming the tensor).
+    #[arg(long = "allow-non-finite")]
+    pub allow_non_finite: bool,
 }
 
 impl ReferenceArgs {
     pub fn run(&self, installed: &BundledModels) -> Result<()> {
         let t0 = Instant::now();
-        let model = Model::open_with(&self.model, Some(installed))?;
+        let mut model = Model::open_with(&self.model, Some(installed))?;
+        if self.allow_non_finite {
+            model.allow_non_finite();
+        }
         let tokenizer = model.load_tokenizer()?;
-        let prompt_ids = self.prompt.ids(&self.model, tokenizer.as_ref())?;
+        let vocab = model.config.vocab_size;
+        let prompt_ids = self.prompt.ids(&self.model, tokenizer.as_ref(), vocab)?;
+        if self.steps > MAX_STEPS {
+            return Err(InputError::invalid(
+                &self.model,
+                format!("--steps {} is more than {MAX_STEPS}", self.steps),
+                "lower --steps",
+            )
+            .into());
+        }
         let mut reference = Reference::new(&model).context("building the reference model")?;
         let generated = reference.generate_greedy(&prompt_ids, self.steps)?;
         let text = match &tokenizer {

@@ -4,7 +4,13 @@
 mod dynamic_ir;
 mod flatbuf;
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
 use anyhow::{bail, Context, Result};
+
+use crate::error::InputError;
 
 pub use dynamic_ir::zero_timestep_padding;
 pub use flatbuf::Table;
@@ -23,6 +29,11 @@ pub struct Header {
 impl Header {
     /// Reads and checks the header against the file's length.
     pub fn parse(bytes: &[u8]) -> Result<Header> {
+        Self::parse_prefix(bytes, bytes.len() as u64)
+    }
+
+    /// Reads the header from the first bytes of a file of `file_len` bytes.
+    pub fn parse_prefix(bytes: &[u8], file_len: u64) -> Result<Header> {
         let word = |i: usize| flatbuf::u32_at(bytes, 4 * i).context("shorter than a bmodel header");
         if word(0)? != MAGIC {
             bail!("not a bmodel (its first bytes are not the bmodel magic 0xFF55AAEE)");
@@ -37,13 +48,13 @@ impl Header {
             .checked_add(h.flatbuffer_size)
             .and_then(|n| n.checked_add(h.binary_size))
             .context("header sizes overflow")?;
-        if h.header_size < 16 || end > bytes.len() {
+        if h.header_size < 16 || end as u64 > file_len {
             bail!(
                 "header says {end} bytes (header {}, description {}, binary {}) but the file has {}: truncated",
                 h.header_size,
                 h.flatbuffer_size,
                 h.binary_size,
-                bytes.len()
+                file_len
             );
         }
         Ok(h)
@@ -58,6 +69,66 @@ impl Header {
     pub fn binary_base(&self) -> usize {
         self.header_size + self.flatbuffer_size
     }
+}
+
+/// What a quick look at a bmodel file finds: enough to know it is one, before libbmrt sees it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub chip: String,
+    pub nets: Vec<String>,
+}
+
+/// The largest FlatBuffers description we read (real ones are kilobytes to a few megabytes).
+const MAX_FLATBUFFER: usize = 1 << 28;
+
+/// Checks that `path` is a whole bmodel: the header, sizes against the file's length, and the
+/// description's chip and nets. Reads the header and description only.
+pub fn check_file(path: &Path) -> Result<Summary, InputError> {
+    let bad = |why: String| {
+        InputError::invalid(
+            path,
+            format!("not a usable bmodel: {why}"),
+            "pass a .bmodel written by llm-convert (or TPU-MLIR); re-copy it if it was cut short",
+        )
+    };
+    let mut file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot stat: {e}")))?
+        .len();
+    let mut head = [0u8; 16];
+    file.read_exact(&mut head)
+        .map_err(|_| bad(format!("{file_len} bytes, shorter than a bmodel header")))?;
+    let header = Header::parse_prefix(&head, file_len).map_err(|e| bad(format!("{e:#}")))?;
+    if header.flatbuffer_size > MAX_FLATBUFFER {
+        return Err(bad(format!(
+            "a description of {} bytes (at most {MAX_FLATBUFFER})",
+            header.flatbuffer_size
+        )));
+    }
+    let mut description = vec![0u8; header.flatbuffer_size];
+    file.seek(SeekFrom::Start(header.header_size as u64))
+        .and_then(|_| file.read_exact(&mut description))
+        .map_err(|e| bad(format!("reading the description: {e}")))?;
+    summarize(&description).map_err(|e| bad(format!("{e:#}")))
+}
+
+/// The chip and net names of a FlatBuffers description.
+pub fn summarize(description: &[u8]) -> Result<Summary> {
+    let root = Table::root(description).context("reading the description's root")?;
+    let chip = root
+        .string(fields::MODEL_CHIP)?
+        .filter(|c| !c.is_empty())
+        .context("the description names no chip")?;
+    let nets = root
+        .tables(fields::MODEL_NET)?
+        .iter()
+        .map(|net| Ok(net.string(fields::NET_NAME)?.unwrap_or_default()))
+        .collect::<Result<Vec<_>>>()?;
+    if nets.is_empty() {
+        bail!("the description has no nets");
+    }
+    Ok(Summary { chip, nets })
 }
 
 /// Field ids in `bmodel.fbs` (table `Model`, `Net`, `NetParameter`, `SubNet`).

@@ -186,7 +186,11 @@ pub struct PieceShape {
     pub use_history_kv: bool,
 }
 
-/// `-s` must leave room for a prompt and a generated token.
+/// The longest `-s` accepted: 128k, the longest context of the supported families' releases.
+/// The pieces' tables and masks grow with it (the mask with its square).
+pub const MAX_SEQ_LENGTH: usize = 1 << 17;
+
+/// `-s` must leave room for a prompt and a generated token, and stay buildable.
 fn check_seq_length(seq: usize) -> Result<(), InputError> {
     if seq < 2 {
         return Err(refuse(
@@ -195,7 +199,31 @@ fn check_seq_length(seq: usize) -> Result<(), InputError> {
             "pass e.g. -s 512",
         ));
     }
+    if seq > MAX_SEQ_LENGTH {
+        return Err(refuse(
+            Path::new("llm-convert"),
+            &format!("-s/--seq_length {seq} is more than {MAX_SEQ_LENGTH}"),
+            "pass a context length the TPU can hold, e.g. -s 4096",
+        ));
+    }
     Ok(())
+}
+
+/// The output folder can be created: it is not a file, nor below one.
+pub fn check_output_dir(out_dir: &Path) -> Result<(), InputError> {
+    let abs = std::path::absolute(out_dir).unwrap_or_else(|_| out_dir.to_path_buf());
+    // The nearest part of the path that exists must be a folder.
+    match abs.ancestors().find(|p| p.exists()) {
+        Some(existing) if !existing.is_dir() => Err(refuse(
+            out_dir,
+            &format!(
+                "cannot create the output folder: {} is a file",
+                existing.display()
+            ),
+            "pass -o with a folder path (not a file, nor inside one)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl PieceArgs {
@@ -399,6 +427,7 @@ impl ConvertArgs {
                 "pass -o with a folder outside the model",
             ));
         }
+        check_output_dir(&out_dir)?;
         Ok(ConvertOptions {
             model_path,
             model_name,

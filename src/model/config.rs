@@ -103,8 +103,12 @@ impl ModelConfig {
                 ));
             }
         }
-        let hidden_size = r.req_usize("hidden_size")?;
-        let num_attention_heads = r.req_usize("num_attention_heads")?;
+        let hidden_size = bounded(&r, "hidden_size", r.req_usize("hidden_size")?)?;
+        let num_attention_heads = bounded(
+            &r,
+            "num_attention_heads",
+            r.req_usize("num_attention_heads")?,
+        )?;
         let num_key_value_heads = r
             .opt_usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
@@ -121,6 +125,14 @@ impl ModelConfig {
                 ))
             }
         };
+        let head_dim = bounded(&r, "head_dim", head_dim)?;
+        if head_dim % 2 != 0 {
+            return Err(r.bad(
+                "head_dim",
+                format!("{head_dim} is odd: rotary embeddings rotate pairs of channels"),
+                "head_dim (or hidden_size / num_attention_heads) must be even",
+            ));
+        }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(r.bad(
                 "num_key_value_heads",
@@ -130,9 +142,10 @@ impl ModelConfig {
                 "fix num_key_value_heads",
             ));
         }
-        let vocab_size = r.req_usize("vocab_size")?;
+        let vocab_size = bounded(&r, "vocab_size", r.req_usize("vocab_size")?)?;
         let rope = read_rope(&r)?;
-        let num_hidden_layers = r.req_usize("num_hidden_layers")?;
+        let num_hidden_layers =
+            bounded(&r, "num_hidden_layers", r.req_usize("num_hidden_layers")?)?;
         let dims = Dims {
             hidden_size,
             num_hidden_layers,
@@ -145,12 +158,21 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             num_hidden_layers,
-            intermediate_size: r.req_usize("intermediate_size")?,
+            intermediate_size: bounded(&r, "intermediate_size", r.req_usize("intermediate_size")?)?,
             vocab_size,
-            max_position_embeddings: r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings: bounded(
+                &r,
+                "max_position_embeddings",
+                r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            )?,
             rope_theta: rope.0,
             rope_scaling: rope.1,
-            rms_norm_eps: r.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: in_range(
+                &r,
+                "rms_norm_eps",
+                r.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+                0.0..1.0,
+            )?,
             tie_word_embeddings: r
                 .opt_bool("tie_word_embeddings")?
                 .unwrap_or(family.tie_word_embeddings),
@@ -195,6 +217,64 @@ impl ModelConfig {
     }
 }
 
+/// Upper bounds on config sizes: far above any real model, low enough that nothing derived
+/// from them (the tensor list, rotary tables, per-layer specs) can exhaust memory before the
+/// checkpoint is compared with them.
+const LIMITS: &[(&str, usize)] = &[
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_attention_heads", 1 << 10),
+    ("head_dim", 1 << 11),
+    ("num_hidden_layers", 1 << 10),
+    ("vocab_size", 1 << 22),
+    ("max_position_embeddings", 1 << 24),
+];
+
+/// `value` of `key`, refused above its limit in [`LIMITS`].
+fn bounded(keys: &ConfigKeys, key: &str, value: usize) -> Result<usize, InputError> {
+    let limit = LIMITS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(usize::MAX, |(_, l)| *l);
+    if value > limit {
+        return Err(keys.bad(
+            key,
+            format!("{value} is larger than any model this tool can convert (at most {limit})"),
+            "fix its value: the config is corrupt",
+        ));
+    }
+    Ok(value)
+}
+
+/// `value` of `key`, refused unless finite and inside `range` (start inclusive).
+fn in_range(
+    keys: &ConfigKeys,
+    key: &str,
+    value: f64,
+    range: std::ops::Range<f64>,
+) -> Result<f64, InputError> {
+    if !(value.is_finite() && range.contains(&value)) {
+        return Err(keys.bad(
+            key,
+            format!("{value} is outside [{}, {})", range.start, range.end),
+            "fix its value",
+        ));
+    }
+    Ok(value)
+}
+
+/// A positive, finite rotary parameter of `key`.
+fn positive(keys: &ConfigKeys, key: &str, value: f64) -> Result<f64, InputError> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(keys.bad(
+            key,
+            format!("{value} is not a positive finite number"),
+            "fix its value",
+        ));
+    }
+    Ok(value)
+}
+
 /// (rope_theta, rope_scaling) from either `rope_theta`+`rope_scaling` or `rope_parameters`.
 fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError> {
     let params = keys
@@ -207,6 +287,7 @@ fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError
         Some(t) => t,
         None => theta_in_params.unwrap_or(10000.0),
     };
+    let theta = positive(keys, "rope_theta", theta)?;
     let Some(p) = params else {
         return Ok((theta, None));
     };
@@ -221,25 +302,36 @@ fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError
         .and_then(Value::as_str)
         .unwrap_or("default");
     let num = |name: &str| -> Result<f64, InputError> {
-        p.get(name).and_then(Value::as_f64).ok_or_else(|| {
+        let v = p.get(name).and_then(Value::as_f64).ok_or_else(|| {
             keys.bad(
                 key,
                 format!("rope type \"{kind}\" needs \"{name}\""),
                 format!("add \"{name}\" to {key}"),
             )
-        })
+        })?;
+        positive(keys, &format!("{key}.{name}"), v)
     };
     let scaling = match kind {
         "default" => None,
         "linear" => Some(RopeScaling::Linear {
             factor: num("factor")?,
         }),
-        "llama3" => Some(RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")?,
-        }),
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high <= low {
+                return Err(keys.bad(
+                    key,
+                    format!("high_freq_factor {high} must be larger than low_freq_factor {low}"),
+                    "restore rope_scaling from the original config",
+                ));
+            }
+            Some(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            })
+        }
         other => {
             return Err(keys.bad(
                 key,

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -43,13 +43,20 @@ impl GgufFile {
             }
         })?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+        let unreadable = |why: String| {
             InputError::invalid(
                 path,
-                format!("not a readable GGUF file: {e}"),
+                format!("not a readable GGUF file: {why}"),
                 "re-download the file; it may be truncated",
             )
-        })?;
+        };
+        // Our own checked walk first: candle's reader panics on some values (alignment 0).
+        let mut reader = BufReader::new(file);
+        super::gguf_header::check(&mut reader, file_len).map_err(unreadable)?;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| unreadable(e.to_string()))?;
+        let content = Content::read(&mut reader).map_err(|e| unreadable(e.to_string()))?;
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
             _ => {
@@ -73,21 +80,6 @@ impl GgufFile {
                 ))
             }
         };
-        // Every tensor must lie inside the file: catch truncation before any math.
-        for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
-            if end > file_len {
-                return Err(InputError::invalid(
-                    path,
-                    format!(
-                        "tensor \"{name}\" ends at byte {end} but the file has {file_len} bytes"
-                    ),
-                    "the file is truncated: re-download it",
-                ));
-            }
-        }
         let mut hf_to_gguf = HashMap::new();
         for name in content.tensor_infos.keys() {
             let hf = hf_name(name).ok_or_else(|| {
@@ -179,7 +171,7 @@ impl GgufFile {
             "num_hidden_layers": self.meta_usize("block_count")?,
             "num_attention_heads": self.n_head,
             "num_key_value_heads": self.n_kv_head,
-            "vocab_size": embed.shape[0],
+            "vocab_size": embed.shape.first().copied().unwrap_or(0),
             "max_position_embeddings": self.meta_usize_opt("context_length")?.unwrap_or(2048),
             "rope_theta": self.meta_f64("rope.freq_base").unwrap_or(10000.0),
             "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
@@ -266,7 +258,10 @@ impl WeightSource for GgufFile {
 /// back to HF's rotate-half order (first half, second half).
 fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     let dims = t.dims().to_vec();
-    let rows = dims[0];
+    let rows = dims.first().copied().unwrap_or(0);
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        anyhow::bail!("{rows} rows cannot be split into {n_head} rotary heads");
+    }
     let rest: usize = dims[1..].iter().product();
     let r = t
         .reshape((n_head, rows / n_head / 2, 2, rest))?

@@ -4,6 +4,7 @@
 pub mod bundled;
 pub mod config;
 pub mod gguf;
+pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod layout;
 pub mod path;
@@ -19,7 +20,7 @@ use candle_core::Tensor;
 pub use bundled::BundledModels;
 pub use config::{Family, ModelConfig};
 pub use path::{Expected, ModelPath};
-pub use weights::{StoredDtype, TensorMeta, WeightSource};
+pub use weights::{FiniteWeights, StoredDtype, TensorMeta, WeightSource};
 
 use crate::error::InputError;
 
@@ -46,7 +47,8 @@ pub struct Model {
     pub config: ModelConfig,
     /// config.json as read (or as synthesised from GGUF metadata).
     pub config_json: serde_json::Value,
-    pub weights: Box<dyn WeightSource>,
+    /// Reads refuse NaN / Inf unless [`Model::allow_non_finite`] was called.
+    pub weights: FiniteWeights,
     pub tokenizer: TokenizerSource,
 }
 
@@ -84,7 +86,7 @@ impl Model {
             source: dir.to_path_buf(),
             config,
             config_json,
-            weights: Box::new(weights),
+            weights: FiniteWeights::new(Box::new(weights), dir),
             tokenizer,
         })
     }
@@ -103,7 +105,7 @@ impl Model {
             source: path.to_path_buf(),
             config,
             config_json,
-            weights: Box::new(g),
+            weights: FiniteWeights::new(Box::new(g), path),
             tokenizer,
         })
     }
@@ -135,7 +137,12 @@ impl Model {
         Ok(())
     }
 
-    /// Reads one tensor as f32 (dequantizing/up-casting as needed).
+    /// Lets tensors with NaN / Inf values through (they are an error by default).
+    pub fn allow_non_finite(&mut self) {
+        self.weights.allow_non_finite();
+    }
+
+    /// Reads one tensor as f32 (dequantizing/up-casting as needed; NaN / Inf refused).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         self.weights.read_f32(name)
     }

@@ -35,25 +35,24 @@ impl SafetensorsWeights {
     /// else every `*.safetensors` file in the folder.
     pub fn open_dir(dir: &Path) -> Result<SafetensorsWeights, InputError> {
         let index_path = dir.join("model.safetensors.index.json");
-        let files = if index_path.exists() {
-            shard_files_from_index(&index_path)?
-        } else {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| {
-                    InputError::invalid(dir, format!("cannot list: {e}"), "check the path")
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(InputError::missing(
-                    dir.join("model.safetensors"),
-                    "no *.safetensors weights in the model folder (pytorch .bin checkpoints are not supported: convert them to safetensors)",
-                ));
-            }
-            files
-        };
+        if index_path.exists() {
+            let index = ShardIndex::read(&index_path)?;
+            let weights = Self::open_files(&index.files())?;
+            index.check_against(&weights)?;
+            return Ok(weights);
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| InputError::invalid(dir, format!("cannot list: {e}"), "check the path"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(InputError::missing(
+                dir.join("model.safetensors"),
+                "no *.safetensors weights in the model folder (pytorch .bin checkpoints are not supported: convert them to safetensors)",
+            ));
+        }
         Self::open_files(&files)
     }
 
@@ -83,45 +82,108 @@ impl SafetensorsWeights {
     }
 }
 
-fn shard_files_from_index(index_path: &Path) -> Result<Vec<PathBuf>, InputError> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| {
-        InputError::invalid(index_path, format!("cannot read: {e}"), "check permissions")
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        InputError::invalid(
-            index_path,
-            format!("not valid JSON: {e}"),
-            "re-download the index file",
-        )
-    })?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| {
-            InputError::invalid(
-                index_path,
-                "no \"weight_map\" object",
-                "re-download the index file",
-            )
+/// `model.safetensors.index.json`: which shard holds each tensor.
+pub struct ShardIndex {
+    path: PathBuf,
+    /// Tensor name → shard file (inside the index's folder).
+    weight_map: BTreeMap<String, PathBuf>,
+}
+
+impl ShardIndex {
+    pub fn read(index_path: &Path) -> Result<ShardIndex, InputError> {
+        let text = std::fs::read(index_path).map_err(|e| {
+            InputError::invalid(index_path, format!("cannot read: {e}"), "check permissions")
         })?;
-    let dir = index_path.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|f| f.as_str())
-        .map(|f| dir.join(f))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    files.sort();
-    for f in &files {
-        if !f.exists() {
-            return Err(InputError::missing(
-                f,
-                format!("shard listed in {}", index_path.display()),
-            ));
+        let index = Self::parse(&text, index_path)?;
+        for f in index.files() {
+            if !f.is_file() {
+                return Err(InputError::missing(
+                    f,
+                    format!("shard listed in {}", index_path.display()),
+                ));
+            }
+        }
+        Ok(index)
+    }
+
+    /// Parses the index text; shard names must be plain file names in the index's folder.
+    pub fn parse(text: &[u8], index_path: &Path) -> Result<ShardIndex, InputError> {
+        let bad = |problem: String| {
+            InputError::invalid(index_path, problem, "re-download the index file")
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut weight_map = BTreeMap::new();
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("weight_map[\"{name}\"] is {file}, not a file name")))?;
+            let plain = Path::new(file).components().count() == 1
+                && matches!(
+                    Path::new(file).components().next(),
+                    Some(std::path::Component::Normal(_))
+                );
+            if !plain {
+                return Err(bad(format!(
+                    "weight_map[\"{name}\"] = \"{file}\" is not a file name in the model folder"
+                )));
+            }
+            weight_map.insert(name.clone(), dir.join(file));
+        }
+        Ok(ShardIndex {
+            path: index_path.to_path_buf(),
+            weight_map,
+        })
+    }
+
+    /// The shard files, sorted, each once.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let set: std::collections::BTreeSet<_> = self.weight_map.values().cloned().collect();
+        set.into_iter().collect()
+    }
+
+    /// The index and the shards' own headers agree: every listed tensor is in the shard the
+    /// index names, and every tensor of a shard is listed (for that shard).
+    pub fn check_against(&self, weights: &SafetensorsWeights) -> Result<(), InputError> {
+        let disagree = |problem: String| {
+            InputError::invalid(
+                &self.path,
+                problem,
+                "the index does not match the shards: re-download the model",
+            )
+        };
+        for (name, file) in &self.weight_map {
+            let found = weights.index.get(name).map(|&i| &weights.shards[i].path);
+            if found != Some(file) {
+                return Err(disagree(match found {
+                    None => format!(
+                        "weight_map lists \"{name}\" in {} but no shard holds it",
+                        file.display()
+                    ),
+                    Some(other) => format!(
+                        "weight_map lists \"{name}\" in {} but it is in {}",
+                        file.display(),
+                        other.display()
+                    ),
+                }));
+            }
+        }
+        let unlisted = weights
+            .names()
+            .into_iter()
+            .find(|n| !self.weight_map.contains_key(n));
+        match unlisted {
+            Some(name) => Err(disagree(format!(
+                "\"{name}\" is in a shard but not in weight_map"
+            ))),
+            None => Ok(()),
         }
     }
-    Ok(files)
 }
 
 fn open_shard(path: &Path) -> Result<Shard, InputError> {
@@ -135,13 +197,28 @@ fn open_shard(path: &Path) -> Result<Shard, InputError> {
     // SAFETY: the map is read-only; a checkpoint modified while we run is outside our contract.
     let mmap = unsafe { Mmap::map(&file) }
         .map_err(|e| InputError::invalid(path, format!("cannot mmap: {e}"), "check the file"))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+    let (header_len, metadata) = parse_header(&mmap, path)?;
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+        data_start: 8 + header_len,
+        metadata,
+    })
+}
+
+/// Validates a whole safetensors file's bytes: the header, every tensor inside the data
+/// section, supported dtypes. Returns the header length and the tensors; `path` names errors.
+pub fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), InputError> {
+    let corrupt = |why: String| {
         InputError::invalid(
             path,
-            format!("not a valid safetensors file ({e}); it may be truncated or corrupt"),
+            format!("not a valid safetensors file ({why}); it may be truncated or corrupt"),
             "re-download or re-save this file",
         )
-    })?;
+    };
+    check_offsets(bytes).map_err(corrupt)?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     for (name, info) in metadata.tensors() {
         stored_dtype(info.dtype).ok_or_else(|| {
             InputError::invalid(
@@ -151,12 +228,42 @@ fn open_shard(path: &Path) -> Result<Shard, InputError> {
             )
         })?;
     }
-    Ok(Shard {
-        path: path.to_path_buf(),
-        mmap,
-        data_start: 8 + header_len,
-        metadata,
-    })
+    Ok((header_len, metadata))
+}
+
+/// Every tensor's `data_offsets` lie inside the data section, checked before the safetensors
+/// crate sums them (its end check adds without overflow checks).
+fn check_offsets(bytes: &[u8]) -> Result<(), String> {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Err(format!(
+            "{} bytes: shorter than the header length",
+            bytes.len()
+        ));
+    };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(len_bytes);
+    let header_len = u64::from_le_bytes(word);
+    let data_len = (bytes.len() as u64 - 8)
+        .checked_sub(header_len)
+        .ok_or_else(|| format!("header of {header_len} bytes beyond the end of the file"))?;
+    // A header is at most 100 MB (the crate's limit), so parsing it allocates little.
+    if header_len > 100_000_000 {
+        return Ok(()); // the crate refuses it as too large
+    }
+    let header = &bytes[8..8 + header_len as usize];
+    let Ok(entries) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(header) else {
+        return Ok(()); // the crate's own parser words this error
+    };
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = entry.get("data_offsets").and_then(|o| o.as_array());
+        let end = offsets.and_then(|o| o.get(1)).and_then(|e| e.as_u64());
+        if let Some(end) = end.filter(|e| *e > data_len) {
+            return Err(format!(
+                "tensor \"{name}\" ends at data byte {end} but the data section has {data_len}: truncated"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn stored_dtype(d: Dtype) -> Option<StoredDtype> {
@@ -195,7 +302,15 @@ impl WeightSource for SafetensorsWeights {
             .locate(name)
             .with_context(|| format!("tensor \"{name}\" is not in the checkpoint"))?;
         let (start, end) = info.data_offsets;
-        let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
+        let bytes = shard
+            .mmap
+            .get(shard.data_start + start..shard.data_start + end)
+            .with_context(|| {
+                format!(
+                    "{}: tensor \"{name}\" lies outside the file (checked at open)",
+                    shard.path.display()
+                )
+            })?;
         let dtype = stored_dtype(info.dtype).context("dtype checked at open")?;
         let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &info.shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;

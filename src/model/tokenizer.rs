@@ -41,8 +41,27 @@ pub struct PromptArgs {
 }
 
 impl PromptArgs {
-    /// `--tokens` as given, or `--prompt` through `tokenizer`; errors name `model`.
-    pub fn ids(&self, model: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>> {
+    /// `--tokens` as given (each below `vocab_size`), or `--prompt` through `tokenizer`;
+    /// errors name `model`.
+    pub fn ids(
+        &self,
+        model: &Path,
+        tokenizer: Option<&Tokenizer>,
+        vocab_size: usize,
+    ) -> Result<Vec<u32>> {
+        let ids = self.unchecked_ids(model, tokenizer)?;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(InputError::invalid(
+                model,
+                format!("token id {bad} is outside the vocabulary (vocab_size {vocab_size})"),
+                format!("pass token ids from 0 to {}", vocab_size.saturating_sub(1)),
+            )
+            .into());
+        }
+        Ok(ids)
+    }
+
+    fn unchecked_ids(&self, model: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>> {
         match (&self.tokens, &self.prompt) {
             (Some(ids), _) => Ok(ids.clone()),
             (None, Some(text)) => {

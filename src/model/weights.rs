@@ -1,7 +1,11 @@
 //! Lazy, one-tensor-at-a-time access to model weights, whatever the file format.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Storage, Tensor};
+
+use crate::error::InputError;
 
 /// Element types a weight can be stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,4 +35,98 @@ pub trait WeightSource: Send + Sync {
     fn read_f32(&self, name: &str) -> Result<Tensor>;
     /// Where the weights come from, for messages.
     fn describe(&self) -> String;
+}
+
+/// A [`WeightSource`] whose reads refuse NaN / Inf values (naming the tensor and `source`),
+/// unless allowed: a checkpoint with them converts into a bmodel that silently outputs garbage.
+pub struct FiniteWeights {
+    inner: Box<dyn WeightSource>,
+    source: PathBuf,
+    allow_non_finite: bool,
+}
+
+impl FiniteWeights {
+    pub fn new(inner: Box<dyn WeightSource>, source: &Path) -> FiniteWeights {
+        FiniteWeights {
+            inner,
+            source: source.to_path_buf(),
+            allow_non_finite: false,
+        }
+    }
+
+    /// Reads proceed whatever the values are.
+    pub fn allow_non_finite(&mut self) {
+        self.allow_non_finite = true;
+    }
+}
+
+impl WeightSource for FiniteWeights {
+    fn meta(&self, name: &str) -> Option<TensorMeta> {
+        self.inner.meta(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Tensor> {
+        let t = self.inner.read_f32(name)?;
+        if !self.allow_non_finite {
+            if let Some((at, value)) = first_non_finite(&t)? {
+                return Err(InputError::invalid(
+                    &self.source,
+                    format!(
+                        "tensor \"{name}\" holds {value} at element {at} (of {}) in {}",
+                        t.elem_count(),
+                        self.inner.describe()
+                    ),
+                    "the checkpoint is corrupt: re-download it (reference: --allow-non-finite proceeds anyway)",
+                )
+                .into());
+            }
+        }
+        Ok(t)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The first NaN or infinite element of an f32 tensor, with its flat index.
+fn first_non_finite(t: &Tensor) -> Result<Option<(usize, f32)>> {
+    let (storage, layout) = t.storage_and_layout();
+    let found = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((start, end))) => {
+            let values = &cpu.as_slice::<f32>()?[start..end];
+            values
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| (i, values[i]))
+        }
+        _ => {
+            drop(storage);
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            values
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| (i, values[i]))
+        }
+    };
+    Ok(found)
+}
+
+/// Where a `&dyn WeightSource` is wanted (the ONNX writer).
+impl AsRef<dyn WeightSource> for FiniteWeights {
+    fn as_ref(&self) -> &(dyn WeightSource + 'static) {
+        self
+    }
+}
+
+/// The field stays usable as the `Box<dyn WeightSource>` it replaced (no trait import).
+impl std::ops::Deref for FiniteWeights {
+    type Target = dyn WeightSource;
+    fn deref(&self) -> &Self::Target {
+        self
+    }
 }

@@ -23,6 +23,8 @@ impl LoadedBmodel {
         if !bmodel.is_file() {
             return Err(InputError::missing(bmodel, "the bmodel to run").into());
         }
+        // Before libbmrt: it is not built for damaged files, and may be missing altogether.
+        crate::bmodel::check_file(bmodel)?;
         let out = crate::util::stdout_to_stderr()?;
         let libs = runtime.libs(layout);
         let mut rt = Runtime::open(&libs, 0)?;

@@ -50,7 +50,9 @@ impl VerifyArgs {
     pub fn run(&self, layout: &Layout) -> Result<ExitStatus> {
         let model = Model::open_with(&self.model, Some(&layout.bundled_models()))?;
         let tokenizer = model.load_tokenizer()?;
-        let prompt = self.prompt.ids(&self.model, tokenizer.as_ref())?;
+        let prompt = self
+            .prompt
+            .ids(&self.model, tokenizer.as_ref(), model.config.vocab_size)?;
         let quantize = self
             .quantize
             .clone()

@@ -68,6 +68,7 @@ impl<'a> ConfigKeys<'a> {
             Some(v) => v
                 .as_u64()
                 .filter(|n| *n > 0 || key.ends_with("token_id"))
+                .filter(|n| !key.ends_with("token_id") || *n <= u32::MAX as u64)
                 .map(|n| Some(n as usize))
                 .ok_or_else(|| {
                     self.bad(
@@ -119,18 +120,24 @@ impl<'a> ConfigKeys<'a> {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| {
-                    v.as_u64().map(|n| n as u32).ok_or_else(|| {
-                        self.bad(key, format!("expected token ids, got {v}"), "fix its value")
-                    })
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| {
+                            self.bad(key, format!("expected token ids, got {v}"), "fix its value")
+                        })
                 })
                 .collect(),
-            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(|| {
-                self.bad(
-                    key,
-                    format!("expected a token id, got {v}"),
-                    "fix its value",
-                )
-            }),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| vec![n])
+                .ok_or_else(|| {
+                    self.bad(
+                        key,
+                        format!("expected a token id, got {v}"),
+                        "fix its value",
+                    )
+                }),
         }
     }
 
