@@ -29,7 +29,10 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     pub fn run(&self, installed: &BundledModels) -> Result<()> {
-        let model = Model::open_with(&self.model, Some(installed))?;
+        let mut model = Model::open_with(&self.model, Some(installed))?;
+        if self.pieces.allow_non_finite {
+            model.allow_non_finite();
+        }
         let opts = self
             .pieces
             .resolve(self.seq_length, &self.model)?

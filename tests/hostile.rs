@@ -226,6 +226,24 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         assert_bad_input(reference(dir.path(), &[]), dir.path(), &words);
         let (code, err) = reference(dir.path(), &["--allow-non-finite"]);
         assert_eq!(code, 0, "{err}");
+        // Converting refuses too, before any piece is written; the flag lets it through.
+        let out = tempfile::tempdir().unwrap();
+        let m = dir.path().to_str().unwrap();
+        let o = out.path().join("o");
+        let convert = [
+            "-m",
+            m,
+            "-s",
+            "16",
+            "-q",
+            "bf16",
+            "--only_onnx",
+            "-o",
+            o.to_str().unwrap(),
+        ];
+        assert_bad_input(run(&convert), dir.path(), &words);
+        let (code, err) = run(&[&convert[..], &["--allow-non-finite"]].concat());
+        assert_eq!(code, 0, "{err}");
     }
     let dir = tempfile::tempdir().unwrap();
     let path = GgufBuilder::llama(f32::NEG_INFINITY).write(dir.path(), "inf.gguf");

@@ -58,7 +58,10 @@ pub fn convert_with(
 ) -> Result<Option<Outcome>> {
     let t_start = Instant::now();
     let (model_path, _) = args.validate()?;
-    let model = Model::open_with(&model_path, Some(&layout.bundled_models()))?;
+    let mut model = Model::open_with(&model_path, Some(&layout.bundled_models()))?;
+    if args.pieces.allow_non_finite {
+        model.allow_non_finite();
+    }
     let opts = args.resolve(&model.config)?;
     let template = DeployTemplate::builtin()?;
     let piece_opts = opts.piece_options()?;

@@ -172,6 +172,10 @@ pub struct PieceArgs {
     /// Dynamic prefill: cost grows with the real prompt length, no mask input.
     #[arg(long)]
     pub dynamic: bool,
+    /// Convert even when a weight holds NaN or Inf (refused by default: such a bmodel computes
+    /// garbage).
+    #[arg(long = "allow-non-finite")]
+    pub allow_non_finite: bool,
 }
 
 /// [`PieceArgs`] after the rules: what the pieces are built from.

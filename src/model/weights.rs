@@ -80,7 +80,7 @@ impl WeightSource for FiniteWeights {
                         t.elem_count(),
                         self.inner.describe()
                     ),
-                    "the checkpoint is corrupt: re-download it (reference: --allow-non-finite proceeds anyway)",
+                    "the checkpoint is corrupt: re-download it (--allow-non-finite proceeds anyway)",
                 )
                 .into());
             }
