@@ -227,6 +227,7 @@ fn mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str) -> String {
             let sig = g.op("Sigmoid", &[&gate], vec![]);
             g.mul(&gate, &sig)
         }
+        Activation::GeluTanh => gelu_tanh(g, &gate),
     };
     let up = linear(g, x, &m(n.up_proj), h, i, spec.bias);
     let prod = g.mul(&act, &up);
@@ -235,13 +236,22 @@ fn mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str) -> String {
 
 /// The layer's norm over the last axis.
 fn norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
-    match cfg.layer.norm {
-        Norm::Rms => rms_norm(g, cfg, x, weight, dim),
-    }
+    let one_plus = match cfg.layer.norm {
+        Norm::Rms => false,
+        Norm::RmsOnePlus => true,
+    };
+    rms_norm(g, cfg, x, weight, dim, one_plus)
 }
 
-/// `x / sqrt(mean(x²) + eps) * w` over the last axis.
-fn rms_norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
+/// `x / sqrt(mean(x²) + eps) * w` over the last axis (`* (1 + w)` with `one_plus`).
+fn rms_norm(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    x: &str,
+    weight: &str,
+    dim: usize,
+    one_plus: bool,
+) -> String {
     let sq = g.mul(x, x);
     let ms = g.op(
         "ReduceMean",
@@ -252,8 +262,26 @@ fn rms_norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize)
     let var = g.add(&ms, &eps);
     let rms = g.op("Sqrt", &[&var], vec![]);
     let normed = g.op("Div", &[x, &rms], vec![]);
-    let w = g.weight(weight, &[dim], false);
+    let mut w = g.weight(weight, &[dim], false);
+    if one_plus {
+        let one = g.scalar("one", 1.0);
+        w = g.add(&w, &one);
+    }
     g.mul(&normed, &w)
+}
+
+/// `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))` from primitives (opset 17 has no Gelu).
+fn gelu_tanh(g: &mut Graph, x: &str) -> String {
+    let x2 = g.mul(x, x);
+    let x3 = g.mul(&x2, x);
+    let cubic = g.scale(&x3, 0.044715);
+    let inner = g.add(x, &cubic);
+    let inner = g.scale(&inner, (2.0 / std::f64::consts::PI).sqrt());
+    let t = g.op("Tanh", &[&inner], vec![]);
+    let one = g.scalar("one", 1.0);
+    let t = g.add(&t, &one);
+    let half_x = g.scale(x, 0.5);
+    g.mul(&half_x, &t)
 }
 
 /// `x Wᵀ (+ b)` with W stored transposed as `[in, out]`.
@@ -299,6 +327,12 @@ fn attention(
     let repeat = |g: &mut Graph, t: &str| -> String {
         if groups == 1 {
             return t.to_string();
+        }
+        if kvh == 1 {
+            // One kv head (MQA): tile the heads axis itself. TPU-MLIR 1.30.2's tpuc-opt
+            // crashes (segfault in --processor-tpu-optimize) on the 5-D tile of a 1-head axis.
+            let reps = g.const_i64("reps", &[1, 1, groups, 1]);
+            return g.op("Tile", &[t, &reps], vec![]);
         }
         let t = g.reshape(t, &[1, -1, kvh, 1, d]);
         let reps = g.const_i64("reps", &[1, 1, 1, groups, 1]);

@@ -7,6 +7,8 @@
 pub enum Norm {
     /// `x / sqrt(mean(x²) + eps) * w`.
     Rms,
+    /// `x / sqrt(mean(x²) + eps) * (1 + w)`, weights stored zero-centred (Gemma).
+    RmsOnePlus,
 }
 
 /// How a group of projections (q/k/v, or gate/up) is stored.
@@ -62,6 +64,9 @@ pub struct Attention {
 pub enum Activation {
     /// `x * sigmoid(x)`.
     Silu,
+    /// GELU's tanh approximation, `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))`
+    /// (transformers' `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// `down(act(gate(x)) * up(x))`. Dense: a mixture of experts would be another kind here.
@@ -74,7 +79,7 @@ pub struct Mlp {
 }
 
 /// Multipliers on the embedding output, on each residual branch and on the lm_head input
-/// (MiniCPM's µP scalings; all 1 elsewhere).
+/// (MiniCPM's µP scalings; Gemma's embedding × sqrt(hidden); all 1 elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Scales {
     pub embedding: f64,

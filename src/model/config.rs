@@ -94,21 +94,13 @@ impl ModelConfig {
                 format!("supported model types: {}", crate::family::supported()),
             )
         })?;
-        if let Some(act) = r.opt_str("hidden_act")? {
-            if act != "silu" {
-                return Err(r.bad(
-                    "hidden_act",
-                    format!("\"{act}\" is not supported"),
-                    "only SiLU-gated MLPs (hidden_act = \"silu\") are supported",
-                ));
-            }
-        }
+        // The MLP activation (`hidden_act`) is the family's to read.
         let hidden_size = r.req_usize("hidden_size")?;
         let num_attention_heads = r.req_usize("num_attention_heads")?;
         let num_key_value_heads = r
             .opt_usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        let head_dim = match r.opt_usize("head_dim")? {
+        let head_dim = match r.opt_usize("head_dim")?.or(family.head_dim) {
             Some(d) => d,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
             None => {

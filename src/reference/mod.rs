@@ -1,6 +1,6 @@
 //! The golden model: a candle forward pass of the family's layer description, written from
 //! the model math (RMSNorm, rotate-half RoPE, grouped-query attention with its optional
-//! sliding window, SwiGLU) straight from the checkpoint. It shares only the description and
+//! sliding window, SwiGLU or GELU-tanh gating) straight from the checkpoint. It shares only the description and
 //! the weight names with graph building, so a graph bug shows up as a mismatch.
 //!
 //! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
@@ -288,15 +288,17 @@ fn layer_forward(
     let gate = l.gate.forward(&h2)?;
     let act = match c.layer.mlp.activation {
         Activation::Silu => silu(&gate)?,
+        Activation::GeluTanh => gelu_tanh(&gate)?,
     };
     let act = act.mul(&l.up.forward(&h2)?)?;
     Ok((&x + scale(&l.down.forward(&act)?, res)?)?)
 }
 
-/// The layer's norm over the last dimension.
-fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// The family's norm over the last dimension (every layer norm and the final norm).
+pub fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     match c.layer.norm {
         Norm::Rms => rms_norm(x, w, c.rms_norm_eps),
+        Norm::RmsOnePlus => rms_norm(x, &(w + 1.0)?, c.rms_norm_eps),
     }
 }
 
@@ -358,6 +360,13 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 fn silu(x: &Tensor) -> Result<Tensor> {
     // x * sigmoid(x) = x / (1 + e^-x)
     Ok((x / (x.neg()?.exp()? + 1.0)?)?)
+}
+
+/// GELU, tanh approximation: `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))`.
+fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let cube = x.mul(x)?.mul(x)?;
+    let inner = ((x + (cube * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+    Ok(((x * 0.5)? * (inner.tanh()? + 1.0)?)?)
 }
 
 fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
