@@ -50,7 +50,10 @@ fn parse_info(text: &str) -> Nets {
 /// The static contract for `config` at S = MAX_INPUT_LENGTH = 64 in bf16 activations.
 fn contract(config: &Value) -> Nets {
     let u = |k: &str| config[k].as_u64().unwrap() as usize;
-    let (h, kvh, d) = (u("hidden_size"), u("num_key_value_heads"), u("head_dim"));
+    let (h, kvh) = (u("hidden_size"), u("num_key_value_heads"));
+    let d = config["head_dim"]
+        .as_u64()
+        .map_or(h / u("num_attention_heads"), |d| d as usize);
     let io = |v: &[(&str, Vec<usize>, &str)]| -> Vec<String> {
         v.iter()
             .map(|(n, d, t)| {
@@ -138,4 +141,9 @@ fn w4bf16_converts_to_contract(fixture: &str) {
 #[test]
 fn gemma_w4bf16_contract() {
     w4bf16_converts_to_contract("gemma");
+}
+
+#[test]
+fn phi3_w4bf16_contract() {
+    w4bf16_converts_to_contract("phi3");
 }

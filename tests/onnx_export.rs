@@ -360,3 +360,27 @@ fn gemma_history_kv() {
     let used = check_with("gemma", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "gemma: decode stages used");
 }
+
+/// phi3 (fused qkv_proj / gate_up_proj sliced in-graph, partial rotary): static, f32 and bf16.
+#[test]
+fn phi3_static() {
+    check("phi3", 32, 16);
+    check("phi3_bf16", 32, 16);
+}
+
+#[test]
+fn phi3_dynamic() {
+    check_variant("phi3", 32, 16, true);
+}
+
+/// phi3 `--use_history_kv --chunk_length 4`.
+#[test]
+fn phi3_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("phi3", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "phi3: decode stages used");
+}

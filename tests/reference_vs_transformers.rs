@@ -218,3 +218,31 @@ fn gemma_bf16() {
     assert_eq!(model.config.embedding_scale(), 11.3125);
     check_gemma("gemma_bf16");
 }
+
+/// phi3: the reference (fused q|k|v and gate|up split by rows) equals transformers, and the
+/// partial rotary matters: rotating all of head_dim picks other tokens.
+fn check_phi3(name: &str, rotary_dim: usize) {
+    use llm_convert::family::RotaryDims;
+    check_family(name);
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    assert_eq!(
+        model.config.layer.attention.rotary.dims,
+        RotaryDims::Partial { rotary_dim }
+    );
+    let full = tokens_with(name, |l| l.attention.rotary.dims = RotaryDims::Full);
+    assert_ne!(
+        full,
+        expected(name).tokens,
+        "{name}: partial rotary does not matter"
+    );
+}
+
+#[test]
+fn phi3_fused_projections_partial_rotary() {
+    check_phi3("phi3", 24);
+}
+
+#[test]
+fn phi3_bf16_tied() {
+    check_phi3("phi3_bf16", 16);
+}

@@ -436,3 +436,15 @@ fn gemma_bf16_static() {
 fn gemma_bf16_dynamic() {
     bf16_matches_reference("gemma", &["--dynamic"]);
 }
+
+/// phi3 at bf16, static: fused projections sliced in-graph, partial rotary.
+#[test]
+fn phi3_bf16_static() {
+    bf16_matches_reference("phi3", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn phi3_bf16_dynamic() {
+    bf16_matches_reference("phi3", &["--dynamic"]);
+}

@@ -15,6 +15,7 @@ pub static FAMILY: Family = Family {
     verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 (static, dynamic); contract w4bf16",
     tie_word_embeddings: true,
     head_dim: Some(256),
+    rms_norm_eps: 1e-6,
     weights: &super::names::LLAMA,
     gguf: None,
     layer,

@@ -16,6 +16,9 @@ pub enum Norm {
 pub enum Projections {
     /// One tensor per projection.
     Separate,
+    /// One tensor whose output rows are the projections one after another (phi3's `qkv_proj`:
+    /// q | k | v; `gate_up_proj`: gate | up).
+    Fused,
 }
 
 /// Which part of each head rotary position embedding turns.
@@ -23,6 +26,9 @@ pub enum Projections {
 pub enum RotaryDims {
     /// All of head_dim.
     Full,
+    /// The first `rotary_dim` elements of each head (phi3's `partial_rotary_factor`); the rest
+    /// pass through unrotated.
+    Partial { rotary_dim: usize },
 }
 
 /// Which elements rotary pairs up.
@@ -39,6 +45,14 @@ pub struct Rotary {
 }
 
 impl Rotary {
+    /// How many elements of a `head_dim`-wide head are rotated.
+    pub fn dim(&self, head_dim: usize) -> usize {
+        match self.dims {
+            RotaryDims::Full => head_dim,
+            RotaryDims::Partial { rotary_dim } => rotary_dim,
+        }
+    }
+
     /// llama's: full head_dim, rotate-half.
     pub const FULL_HALF_SPLIT: Rotary = Rotary {
         dims: RotaryDims::Full,

@@ -12,6 +12,7 @@ pub static FAMILY: Family = Family {
     verified: "reference f32/bf16 (tied, untied, llama3 rope; SmolLM2 GGUF); ONNX chain (static, dynamic, do_sample, history KV); verify bf16 (dynamic, do_sample), SmolLM2 w4bf16; contract bf16, w8f16",
     tie_word_embeddings: false,
     head_dim: None,
+    rms_norm_eps: 1e-6,
     weights: &names::LLAMA,
     gguf: Some(Gguf {
         arch: "llama",

@@ -13,6 +13,7 @@ pub static FAMILY: Family = Family {
     verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 (static, dynamic)",
     tie_word_embeddings: false,
     head_dim: None,
+    rms_norm_eps: 1e-6,
     weights: &names::LLAMA,
     gguf: None,
     layer,

@@ -9,6 +9,7 @@ mod llama;
 mod minicpm;
 mod mistral;
 pub mod names;
+mod phi3;
 mod qwen2;
 mod qwen3;
 
@@ -29,12 +30,14 @@ pub static REGISTRY: &[&Family] = &[
     &minicpm::FAMILY,
     &mistral::FAMILY,
     &gemma::FAMILY,
+    &phi3::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {
     pub hidden_size: usize,
+    pub head_dim: usize,
     pub num_hidden_layers: usize,
 }
 
@@ -63,6 +66,8 @@ pub struct Family {
     pub tie_word_embeddings: bool,
     /// `head_dim` when config.json does not say (`None`: hidden_size / num_attention_heads).
     pub head_dim: Option<usize>,
+    /// `rms_norm_eps` when config.json does not say.
+    pub rms_norm_eps: f64,
     pub weights: &'static WeightNames,
     pub gguf: Option<Gguf>,
     /// Reads the family's own config keys (with transformers' defaults) into its layer.
@@ -160,7 +165,10 @@ mod tests {
         assert!(lookup("gpt2").is_none());
         assert_eq!(by_gguf_arch("llama").map(|(f, _)| f.name()), Some("llama"));
         assert!(by_gguf_arch("mistral").is_none());
-        assert_eq!(supported(), "llama, qwen2, qwen3, minicpm, mistral, gemma");
+        assert_eq!(
+            supported(),
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3"
+        );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }
 }

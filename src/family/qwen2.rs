@@ -10,6 +10,7 @@ pub static FAMILY: Family = Family {
     verified: "reference f32/bf16; ONNX chain (static, dynamic, do_sample, history KV); verify bf16, w4bf16; contract bf16, w4bf16 (static, dynamic, history KV); chat",
     tie_word_embeddings: false,
     head_dim: None,
+    rms_norm_eps: 1e-6,
     weights: &names::LLAMA,
     gguf: Some(Gguf {
         arch: "qwen2",

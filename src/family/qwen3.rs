@@ -11,6 +11,7 @@ pub static FAMILY: Family = Family {
     verified: "reference; ONNX chain (static, history KV); verify bf16 (static, history KV); contract bf16 do_sample, w4bf16",
     tie_word_embeddings: false,
     head_dim: None,
+    rms_norm_eps: 1e-6,
     weights: &names::LLAMA,
     gguf: Some(Gguf {
         arch: "qwen3",

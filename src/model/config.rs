@@ -127,6 +127,7 @@ impl ModelConfig {
         let num_hidden_layers = r.req_usize("num_hidden_layers")?;
         let dims = Dims {
             hidden_size,
+            head_dim,
             num_hidden_layers,
         };
         let layer = (family.layer)(&r, &dims)?;
@@ -142,7 +143,7 @@ impl ModelConfig {
             max_position_embeddings: r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             rope_theta: rope.0,
             rope_scaling: rope.1,
-            rms_norm_eps: r.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: r.opt_f64("rms_norm_eps")?.unwrap_or(family.rms_norm_eps),
             tie_word_embeddings: r
                 .opt_bool("tie_word_embeddings")?
                 .unwrap_or(family.tie_word_embeddings),
