@@ -16,6 +16,9 @@ Families with a sliding window (mistral) also get
   tokens_without_window  the 16 greedy tokens with the window disabled (same weights), so a
                          test can assert the window changes the tokens
 
+Gemma's bf16 fixture's expectation multiplies the embedding by sqrt(hidden) rounded to bf16, as
+transformers does when it runs the checkpoint in its own dtype (the f32 run would not round).
+
 MiniCPM is not in transformers: it is a llama whose math gets MiniCPM's three scalings via
 module hooks (embedding x scale_emb, residual branches x scale_depth/sqrt(L), lm_head input
 / (hidden/dim_model_base)), exactly as the upstream modeling_minicpm.py computes them.
@@ -30,7 +33,8 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Phi3Config,
+                          Qwen2Config, Qwen3Config)
 
 STEPS = 16
 PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
@@ -47,6 +51,9 @@ def dims(**kw):
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+
+# Phi3Config's default special ids (32000) are outside the tiny vocabulary.
+PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 # name -> (config class, config kwargs, dtype to store, minicpm scales or None)
 FAMILIES = {
@@ -68,6 +75,17 @@ FAMILIES = {
                 torch.float32, None),
     "mistral_bf16": (MistralConfig, dims(head_dim=64, sliding_window=6, tie_word_embeddings=True),
                      torch.bfloat16, None),
+    # gemma: zero-centred norm weights (the (1+w) norm), gelu_pytorch_tanh (the class default),
+    # tied, MQA, head_dim 64 != 128/4 (real models: 256, the default).
+    # Larger weights so the layers, not the scaled tied embedding, pick the tokens.
+    "gemma": (GemmaConfig, dims(head_dim=64, num_key_value_heads=1, initializer_range=0.15),
+              torch.float32, None),
+    "gemma_bf16": (GemmaConfig, dims(head_dim=48, initializer_range=0.15), torch.bfloat16, None),
+    # phi3: fused qkv_proj / gate_up_proj, rotary on 24 (then 16) of head_dim 32's elements.
+    "phi3": (Phi3Config, dims(partial_rotary_factor=0.75, tie_word_embeddings=False, **PHI3_IDS),
+             torch.float32, None),
+    "phi3_bf16": (Phi3Config, dims(partial_rotary_factor=0.5, tie_word_embeddings=True, **PHI3_IDS),
+                  torch.bfloat16, None),
 }
 
 
@@ -84,13 +102,25 @@ def add_minicpm_hooks(model, s):
 
 
 def randomise(model):
-    """Non-trivial norms and biases, so every weight path is exercised."""
+    """Non-trivial norms and biases, so every weight path is exercised. Gemma stores its norm
+    weights zero-centred (it scales by 1 + w)."""
+    centre = 0.0 if model.config.model_type == "gemma" else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                p.copy_(centre + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+
+
+@torch.no_grad()
+def use_native_embed_scale(reloaded, d, dtype):
+    """Gemma multiplies the embedding by sqrt(hidden) cast to the weight dtype. Run in its own
+    dtype, a bf16 checkpoint rounds that scale; the f32 expectation uses the same rounded
+    scale (taken from transformers loading the checkpoint natively)."""
+    native = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).model.embed_tokens
+    scale = native.embed_scale.to(native.weight.dtype).float()
+    reloaded.model.embed_tokens.embed_scale.copy_(scale)
 
 
 @torch.no_grad()
@@ -129,6 +159,8 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
         **({"config": cfg} if minicpm else {})).eval()
     if minicpm:
         add_minicpm_hooks(reloaded, minicpm)
+    if cfg.model_type == "gemma":
+        use_native_embed_scale(reloaded, d, dtype)
     result = expected(reloaded, PROMPT)
     if getattr(cfg, "sliding_window", None):
         plain = AutoModelForCausalLM.from_pretrained(

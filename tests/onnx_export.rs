@@ -8,7 +8,7 @@ use std::process::Command;
 use common::PROMPT;
 use llm_convert::arch::PieceOptions;
 use llm_convert::model::Model;
-use llm_convert::reference::{rms_norm, Reference};
+use llm_convert::reference::{norm, Reference};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -111,11 +111,10 @@ fn check_dir(
     let mut r = Reference::new(model).unwrap().keep_hidden(true);
     let final_norm = model.tensor("model.norm.weight").unwrap();
     let last = model.config.num_hidden_layers - 1;
-    let eps = model.config.rms_norm_eps;
     // The last block holds the final norm.
     let compare = |what: &str, i: usize, want: &candle_core::Tensor, have: &[f32]| {
         let want = if i == last {
-            rms_norm(want, &final_norm, eps).unwrap()
+            norm(&model.config, want, &final_norm).unwrap()
         } else {
             want.clone()
         };
@@ -334,4 +333,54 @@ fn mistral_sliding_window_history_kv() {
         .with_history(true, 4);
     let used = check_with("mistral", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "mistral: decode stages used");
+}
+
+/// gemma ((1+w) norms, GELU-tanh from primitives, embedding × sqrt(hidden), tied, MQA):
+/// static, f32 and bf16 checkpoints.
+#[test]
+fn gemma_static() {
+    check("gemma", 32, 16);
+    check("gemma_bf16", 32, 16);
+}
+
+#[test]
+fn gemma_dynamic() {
+    check_variant("gemma", 32, 16, true);
+}
+
+/// gemma `--use_history_kv --chunk_length 4`: a 10-token prompt in chunks through block_kv_i,
+/// decode across the stages.
+#[test]
+fn gemma_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("gemma", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "gemma: decode stages used");
+}
+
+/// phi3 (fused qkv_proj / gate_up_proj sliced in-graph, partial rotary): static, f32 and bf16.
+#[test]
+fn phi3_static() {
+    check("phi3", 32, 16);
+    check("phi3_bf16", 32, 16);
+}
+
+#[test]
+fn phi3_dynamic() {
+    check_variant("phi3", 32, 16, true);
+}
+
+/// phi3 `--use_history_kv --chunk_length 4`.
+#[test]
+fn phi3_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("phi3", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "phi3: decode stages used");
 }

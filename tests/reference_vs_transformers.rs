@@ -177,3 +177,72 @@ fn smollm2_gguf_greedy_matches_transformers() {
     println!("smollm2: {text:?}");
     assert!(text.contains("Paris"), "not sensible English: {text:?}");
 }
+
+/// Greedy tokens of fixture `name`'s reference after `change` to its layer description.
+fn tokens_with(name: &str, change: impl Fn(&mut llm_convert::family::LayerSpec)) -> Vec<u32> {
+    let exp = expected(name);
+    let mut model = Model::open(&common::fixtures().join(name)).unwrap();
+    change(&mut model.config.layer);
+    Reference::new(&model)
+        .unwrap()
+        .generate_greedy(&exp.prompt, exp.tokens.len())
+        .unwrap()
+}
+
+/// gemma: the reference equals transformers, and each quirk matters: with llama's RMSNorm,
+/// SiLU, or an unscaled embedding the reference picks other tokens than transformers.
+fn check_gemma(name: &str) {
+    use llm_convert::family::{Activation, Norm};
+    check_family(name);
+    let want = expected(name).tokens;
+    let plain_norm = tokens_with(name, |l| l.norm = Norm::Rms);
+    assert_ne!(plain_norm, want, "{name}: the (1+w) norm does not matter");
+    let silu = tokens_with(name, |l| l.mlp.activation = Activation::Silu);
+    assert_ne!(silu, want, "{name}: GELU-tanh does not matter");
+    let unscaled = tokens_with(name, |l| l.scales.embedding = 1.0);
+    assert_ne!(
+        unscaled, want,
+        "{name}: the embedding scale does not matter"
+    );
+}
+
+#[test]
+fn gemma_one_plus_norm_gelu_tanh_scaled_embedding() {
+    check_gemma("gemma");
+}
+
+/// bf16: the embedding scale is sqrt(128) rounded to bf16 (11.3125), as transformers runs it.
+#[test]
+fn gemma_bf16() {
+    let model = Model::open(&common::fixtures().join("gemma_bf16")).unwrap();
+    assert_eq!(model.config.embedding_scale(), 11.3125);
+    check_gemma("gemma_bf16");
+}
+
+/// phi3: the reference (fused q|k|v and gate|up split by rows) equals transformers, and the
+/// partial rotary matters: rotating all of head_dim picks other tokens.
+fn check_phi3(name: &str, rotary_dim: usize) {
+    use llm_convert::family::RotaryDims;
+    check_family(name);
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    assert_eq!(
+        model.config.layer.attention.rotary.dims,
+        RotaryDims::Partial { rotary_dim }
+    );
+    let full = tokens_with(name, |l| l.attention.rotary.dims = RotaryDims::Full);
+    assert_ne!(
+        full,
+        expected(name).tokens,
+        "{name}: partial rotary does not matter"
+    );
+}
+
+#[test]
+fn phi3_fused_projections_partial_rotary() {
+    check_phi3("phi3", 24);
+}
+
+#[test]
+fn phi3_bf16_tied() {
+    check_phi3("phi3_bf16", 16);
+}

@@ -415,3 +415,28 @@ fn mistral_sliding_window_bf16_static() {
 fn mistral_sliding_window_bf16_dynamic() {
     bf16_matches_reference("mistral", &["--dynamic"]);
 }
+
+/// gemma at bf16, static: (1+w) norms, GELU-tanh built from Tanh/Mul/Add, the scaled tied
+/// embedding; verify passes against the reference.
+#[test]
+fn gemma_bf16_static() {
+    bf16_matches_reference("gemma", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn gemma_bf16_dynamic() {
+    bf16_matches_reference("gemma", &["--dynamic"]);
+}
+
+/// phi3 at bf16, static: fused projections sliced in-graph, partial rotary.
+#[test]
+fn phi3_bf16_static() {
+    bf16_matches_reference("phi3", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn phi3_bf16_dynamic() {
+    bf16_matches_reference("phi3", &["--dynamic"]);
+}

@@ -145,6 +145,12 @@ fn layer_body(
             let v = linear(g, &ln, &m(n.v_proj), h, kvh * d, bias);
             (q, k, v)
         }
+        Projections::Fused => {
+            let bias = spec.attention.qkv_bias;
+            let prefix = m(n.qkv_proj);
+            let [q, k, v] = fused_linear(g, &ln, &prefix, h, [nh * d, kvh * d, kvh * d], bias);
+            (q, k, v)
+        }
     };
     // -1 on the sequence axis: dynamic prefill blocks see any length.
     let mut q = g.reshape(&q, &[1, -1, nh as i64, d as i64]);
@@ -154,16 +160,26 @@ fn layer_body(
         q = norm(g, cfg, &q, &n.weight(layer, n.q_norm), d);
         k = norm(g, cfg, &k, &n.weight(layer, n.k_norm), d);
     }
-    let (q, k) = match (spec.attention.rotary.dims, spec.attention.rotary.pairs) {
-        (RotaryDims::Full, RotaryPairs::HalfSplit) => {
+    let rotary = spec.attention.rotary;
+    let (q, k) = match rotary.pairs {
+        RotaryPairs::HalfSplit => {
+            let rd = rotary.dim(d);
             let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
-            let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, d], cos_t);
-            let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, d], sin_t);
+            let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
+            let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
             let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
             let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
-            let q = apply_rope(g, &q, &cos, &sin, d);
-            let k = apply_rope(g, &k, &cos, &sin, d);
-            (q, k)
+            let turn = |g: &mut Graph, x: &str| match rotary.dims {
+                RotaryDims::Full => apply_rope(g, x, &cos, &sin, d),
+                RotaryDims::Partial { rotary_dim } => {
+                    let (rd, d) = (rotary_dim as i64, d as i64);
+                    let x_rot = g.slice(x, 3, 0, rd);
+                    let x_pass = g.slice(x, 3, rd, d);
+                    let turned = apply_rope(g, &x_rot, &cos, &sin, rotary_dim);
+                    g.concat(&[&turned, &x_pass], 3)
+                }
+            };
+            (turn(g, &q), turn(g, &k))
         }
     };
     // (keys, additive mask) parts of the score matrix, and the values in the same order.
@@ -220,28 +236,76 @@ fn mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str) -> String {
     );
     let m = |module: &str| n.module(layer, module);
     // Node order (gate, act, up) is part of the exported bytes: keep it.
-    let Projections::Separate = spec.gate_up;
-    let gate = linear(g, x, &m(n.gate_proj), h, i, spec.bias);
+    let (gate, fused_up) = match spec.gate_up {
+        Projections::Separate => (linear(g, x, &m(n.gate_proj), h, i, spec.bias), None),
+        Projections::Fused => {
+            let [gate, up] = fused_linear(g, x, &m(n.gate_up_proj), h, [i, i], spec.bias);
+            (gate, Some(up))
+        }
+    };
     let act = match spec.activation {
         Activation::Silu => {
             let sig = g.op("Sigmoid", &[&gate], vec![]);
             g.mul(&gate, &sig)
         }
+        Activation::GeluTanh => gelu_tanh(g, &gate),
     };
-    let up = linear(g, x, &m(n.up_proj), h, i, spec.bias);
+    let up = match fused_up {
+        Some(up) => up,
+        None => linear(g, x, &m(n.up_proj), h, i, spec.bias),
+    };
     let prod = g.mul(&act, &up);
     linear(g, &prod, &m(n.down_proj), i, h, spec.bias)
 }
 
 /// The layer's norm over the last axis.
 fn norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
-    match cfg.layer.norm {
-        Norm::Rms => rms_norm(g, cfg, x, weight, dim),
-    }
+    let one_plus = match cfg.layer.norm {
+        Norm::Rms => false,
+        Norm::RmsOnePlus => true,
+    };
+    rms_norm(g, cfg, x, weight, dim, one_plus)
 }
 
-/// `x / sqrt(mean(x²) + eps) * w` over the last axis.
-fn rms_norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize) -> String {
+/// A fused projection (output rows = `parts` one after another) as one linear per part, each
+/// with its slice of the weight (folded by TPU-MLIR). Slicing the fused output instead lets
+/// TPU-MLIR's w4 MatMul split rename an output (v_cache).
+fn fused_linear<const N: usize>(
+    g: &mut Graph,
+    x: &str,
+    prefix: &str,
+    inp: usize,
+    parts: [usize; N],
+    bias: bool,
+) -> [String; N] {
+    let total: usize = parts.iter().sum();
+    let w = g.weight(&format!("{prefix}.weight"), &[inp, total], true);
+    let b = bias.then(|| g.weight(&format!("{prefix}.bias"), &[total], false));
+    let mut start = 0;
+    parts.map(|n| {
+        let (s, e) = (start as i64, (start + n) as i64);
+        start += n;
+        let w_part = g.slice(&w, 1, s, e);
+        let y = g.op("MatMul", &[x, &w_part], vec![]);
+        match &b {
+            Some(b) => {
+                let b_part = g.slice(b, 0, s, e);
+                g.add(&y, &b_part)
+            }
+            None => y,
+        }
+    })
+}
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last axis (`* (1 + w)` with `one_plus`).
+fn rms_norm(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    x: &str,
+    weight: &str,
+    dim: usize,
+    one_plus: bool,
+) -> String {
     let sq = g.mul(x, x);
     let ms = g.op(
         "ReduceMean",
@@ -252,8 +316,26 @@ fn rms_norm(g: &mut Graph, cfg: &ModelConfig, x: &str, weight: &str, dim: usize)
     let var = g.add(&ms, &eps);
     let rms = g.op("Sqrt", &[&var], vec![]);
     let normed = g.op("Div", &[x, &rms], vec![]);
-    let w = g.weight(weight, &[dim], false);
+    let mut w = g.weight(weight, &[dim], false);
+    if one_plus {
+        let one = g.scalar("one", 1.0);
+        w = g.add(&w, &one);
+    }
     g.mul(&normed, &w)
+}
+
+/// `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))` from primitives (opset 17 has no Gelu).
+fn gelu_tanh(g: &mut Graph, x: &str) -> String {
+    let x2 = g.mul(x, x);
+    let x3 = g.mul(&x2, x);
+    let cubic = g.scale(&x3, 0.044715);
+    let inner = g.add(x, &cubic);
+    let inner = g.scale(&inner, (2.0 / std::f64::consts::PI).sqrt());
+    let t = g.op("Tanh", &[&inner], vec![]);
+    let one = g.scalar("one", 1.0);
+    let t = g.add(&t, &one);
+    let half_x = g.scale(x, 0.5);
+    g.mul(&half_x, &t)
 }
 
 /// `x Wᵀ (+ b)` with W stored transposed as `[in, out]`.
@@ -299,6 +381,12 @@ fn attention(
     let repeat = |g: &mut Graph, t: &str| -> String {
         if groups == 1 {
             return t.to_string();
+        }
+        if kvh == 1 {
+            // One kv head (MQA): tile the heads axis itself. TPU-MLIR 1.30.2's tpuc-opt
+            // crashes (segfault in --processor-tpu-optimize) on the 5-D tile of a 1-head axis.
+            let reps = g.const_i64("reps", &[1, 1, groups, 1]);
+            return g.op("Tile", &[t, &reps], vec![]);
         }
         let t = g.reshape(t, &[1, -1, kvh, 1, d]);
         let reps = g.const_i64("reps", &[1, 1, 1, groups, 1]);

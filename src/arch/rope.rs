@@ -4,9 +4,9 @@
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
-/// (cos, sin) tables, row-major `[seq, 1, head_dim]`.
+/// (cos, sin) tables, row-major `[seq, 1, rotary_dim]` (rotary_dim = head_dim unless partial).
 pub fn tables(cfg: &ModelConfig, seq: usize) -> (Vec<f32>, Vec<f32>) {
-    let d = cfg.head_dim;
+    let d = cfg.layer.attention.rotary.dim(cfg.head_dim);
     let freqs: Vec<f64> = (0..d / 2)
         .map(|i| scaled(cfg, cfg.rope_theta.powf(-(2.0 * i as f64) / d as f64)))
         .collect();

@@ -7,6 +7,8 @@
 pub enum Norm {
     /// `x / sqrt(mean(x²) + eps) * w`.
     Rms,
+    /// `x / sqrt(mean(x²) + eps) * (1 + w)`, weights stored zero-centred (Gemma).
+    RmsOnePlus,
 }
 
 /// How a group of projections (q/k/v, or gate/up) is stored.
@@ -14,6 +16,9 @@ pub enum Norm {
 pub enum Projections {
     /// One tensor per projection.
     Separate,
+    /// One tensor whose output rows are the projections one after another (phi3's `qkv_proj`:
+    /// q | k | v; `gate_up_proj`: gate | up).
+    Fused,
 }
 
 /// Which part of each head rotary position embedding turns.
@@ -21,6 +26,9 @@ pub enum Projections {
 pub enum RotaryDims {
     /// All of head_dim.
     Full,
+    /// The first `rotary_dim` elements of each head (phi3's `partial_rotary_factor`); the rest
+    /// pass through unrotated.
+    Partial { rotary_dim: usize },
 }
 
 /// Which elements rotary pairs up.
@@ -37,6 +45,14 @@ pub struct Rotary {
 }
 
 impl Rotary {
+    /// How many elements of a `head_dim`-wide head are rotated.
+    pub fn dim(&self, head_dim: usize) -> usize {
+        match self.dims {
+            RotaryDims::Full => head_dim,
+            RotaryDims::Partial { rotary_dim } => rotary_dim,
+        }
+    }
+
     /// llama's: full head_dim, rotate-half.
     pub const FULL_HALF_SPLIT: Rotary = Rotary {
         dims: RotaryDims::Full,
@@ -62,6 +78,9 @@ pub struct Attention {
 pub enum Activation {
     /// `x * sigmoid(x)`.
     Silu,
+    /// GELU's tanh approximation, `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))`
+    /// (transformers' `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// `down(act(gate(x)) * up(x))`. Dense: a mixture of experts would be another kind here.
@@ -74,7 +93,7 @@ pub struct Mlp {
 }
 
 /// Multipliers on the embedding output, on each residual branch and on the lm_head input
-/// (MiniCPM's µP scalings; all 1 elsewhere).
+/// (MiniCPM's µP scalings; Gemma's embedding × sqrt(hidden); all 1 elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Scales {
     pub embedding: f64,

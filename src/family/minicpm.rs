@@ -9,13 +9,17 @@ use crate::model::config::ConfigKeys;
 pub static FAMILY: Family = Family {
     model_type: "minicpm",
     summary: "`scale_emb`, `scale_depth`, `dim_model_base` scalings; tied embeddings by default",
+    verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 dynamic; contract w4f16",
     tie_word_embeddings: true,
+    head_dim: None,
+    rms_norm_eps: 1e-6,
     weights: &names::LLAMA,
     gguf: None,
     layer,
 };
 
 fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
+    llama::silu_only(keys)?;
     let bias = keys.opt_bool("attention_bias")?.unwrap_or(false);
     let mut spec = LayerSpec::llama(bias, bias, llama::mlp_bias(keys)?);
     let scale_depth = keys.opt_f64("scale_depth")?.unwrap_or(1.0);

@@ -3,11 +3,13 @@
 //! This is the only place that matches on `model_type`: adding a family means adding a file
 //! here and a line to [`REGISTRY`].
 
+mod gemma;
 mod layer;
 mod llama;
 mod minicpm;
 mod mistral;
 pub mod names;
+mod phi3;
 mod qwen2;
 mod qwen3;
 
@@ -27,12 +29,15 @@ pub static REGISTRY: &[&Family] = &[
     &qwen3::FAMILY,
     &minicpm::FAMILY,
     &mistral::FAMILY,
+    &gemma::FAMILY,
+    &phi3::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
 #[derive(Debug, Clone, Copy)]
 pub struct Dims {
     pub hidden_size: usize,
+    pub head_dim: usize,
     pub num_hidden_layers: usize,
 }
 
@@ -55,8 +60,14 @@ pub struct Family {
     pub model_type: &'static str,
     /// How it differs from llama, for the README table.
     pub summary: &'static str,
+    /// What the tests check for it, for the README table.
+    pub verified: &'static str,
     /// `tie_word_embeddings` when config.json does not say.
     pub tie_word_embeddings: bool,
+    /// `head_dim` when config.json does not say (`None`: hidden_size / num_attention_heads).
+    pub head_dim: Option<usize>,
+    /// `rms_norm_eps` when config.json does not say.
+    pub rms_norm_eps: f64,
     pub weights: &'static WeightNames,
     pub gguf: Option<Gguf>,
     /// Reads the family's own config keys (with transformers' defaults) into its layer.
@@ -121,11 +132,15 @@ pub fn supported_gguf_archs() -> String {
 /// The README's family table (a unit test keeps README.md equal to it).
 pub fn readme_table() -> String {
     let mut t = String::from(
-        "| model_type | what differs from llama | GGUF `general.architecture` |\n|---|---|---|\n",
+        "| model_type | what differs from llama | verified by the tests | GGUF `general.architecture` |\n\
+         |---|---|---|---|\n",
     );
     for f in REGISTRY {
         let gguf = f.gguf.map_or("—", |g| g.arch);
-        t.push_str(&format!("| {} | {} | {gguf} |\n", f.model_type, f.summary));
+        t.push_str(&format!(
+            "| {} | {} | {} | {gguf} |\n",
+            f.model_type, f.summary, f.verified
+        ));
     }
     t
 }
@@ -150,7 +165,10 @@ mod tests {
         assert!(lookup("gpt2").is_none());
         assert_eq!(by_gguf_arch("llama").map(|(f, _)| f.name()), Some("llama"));
         assert!(by_gguf_arch("mistral").is_none());
-        assert_eq!(supported(), "llama, qwen2, qwen3, minicpm, mistral");
+        assert_eq!(
+            supported(),
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3"
+        );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }
 }

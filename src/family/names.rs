@@ -11,12 +11,16 @@ pub struct WeightNames {
     pub q_proj: &'static str,
     pub k_proj: &'static str,
     pub v_proj: &'static str,
+    /// q, k and v in one tensor (when the family fuses them).
+    pub qkv_proj: &'static str,
     pub o_proj: &'static str,
     pub q_norm: &'static str,
     pub k_norm: &'static str,
     pub post_attention_norm: &'static str,
     pub gate_proj: &'static str,
     pub up_proj: &'static str,
+    /// gate and up in one tensor (when the family fuses them).
+    pub gate_up_proj: &'static str,
     pub down_proj: &'static str,
 }
 
@@ -37,7 +41,8 @@ impl WeightNames {
     }
 }
 
-/// transformers' `LlamaForCausalLM` names, shared by every family that copies its modules.
+/// transformers' `LlamaForCausalLM` names, shared by every family that copies its modules
+/// (the fused names are phi3's).
 pub const LLAMA: WeightNames = WeightNames {
     embed_tokens: "model.embed_tokens.weight",
     final_norm: "model.norm.weight",
@@ -47,11 +52,13 @@ pub const LLAMA: WeightNames = WeightNames {
     q_proj: "self_attn.q_proj",
     k_proj: "self_attn.k_proj",
     v_proj: "self_attn.v_proj",
+    qkv_proj: "self_attn.qkv_proj",
     o_proj: "self_attn.o_proj",
     q_norm: "self_attn.q_norm",
     k_norm: "self_attn.k_norm",
     post_attention_norm: "post_attention_layernorm",
     gate_proj: "mlp.gate_proj",
     up_proj: "mlp.up_proj",
+    gate_up_proj: "mlp.gate_up_proj",
     down_proj: "mlp.down_proj",
 };

@@ -94,15 +94,7 @@ impl ModelConfig {
                 format!("supported model types: {}", crate::family::supported()),
             )
         })?;
-        if let Some(act) = r.opt_str("hidden_act")? {
-            if act != "silu" {
-                return Err(r.bad(
-                    "hidden_act",
-                    format!("\"{act}\" is not supported"),
-                    "only SiLU-gated MLPs (hidden_act = \"silu\") are supported",
-                ));
-            }
-        }
+        // The MLP activation (`hidden_act`) is the family's to read.
         let hidden_size = bounded(&r, "hidden_size", r.req_usize("hidden_size")?)?;
         let num_attention_heads = bounded(
             &r,
@@ -112,7 +104,7 @@ impl ModelConfig {
         let num_key_value_heads = r
             .opt_usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        let head_dim = match r.opt_usize("head_dim")? {
+        let head_dim = match r.opt_usize("head_dim")?.or(family.head_dim) {
             Some(d) => d,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
             None => {
@@ -148,6 +140,7 @@ impl ModelConfig {
             bounded(&r, "num_hidden_layers", r.req_usize("num_hidden_layers")?)?;
         let dims = Dims {
             hidden_size,
+            head_dim,
             num_hidden_layers,
         };
         let layer = (family.layer)(&r, &dims)?;
@@ -170,7 +163,7 @@ impl ModelConfig {
             rms_norm_eps: in_range(
                 &r,
                 "rms_norm_eps",
-                r.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+                r.opt_f64("rms_norm_eps")?.unwrap_or(family.rms_norm_eps),
                 0.0..1.0,
             )?,
             tie_word_embeddings: r

@@ -2,6 +2,7 @@
 //! the family's weight names, filtered by its layer description.
 
 use super::config::ModelConfig;
+use crate::family::Projections;
 
 /// Name and shape of every tensor the config implies, in a stable order.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -24,8 +25,13 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             }
         };
         out.push((n.weight(l, n.input_norm), vec![h]));
-        for (module, rows) in [(n.q_proj, q), (n.k_proj, kv), (n.v_proj, kv)] {
-            linear(&mut out, module, rows, h, attn.qkv_bias);
+        match attn.qkv {
+            Projections::Separate => {
+                for (module, rows) in [(n.q_proj, q), (n.k_proj, kv), (n.v_proj, kv)] {
+                    linear(&mut out, module, rows, h, attn.qkv_bias);
+                }
+            }
+            Projections::Fused => linear(&mut out, n.qkv_proj, q + 2 * kv, h, attn.qkv_bias),
         }
         linear(&mut out, n.o_proj, h, q, attn.o_bias);
         if attn.qk_norm {
@@ -33,9 +39,15 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             out.push((n.weight(l, n.k_norm), vec![d]));
         }
         out.push((n.weight(l, n.post_attention_norm), vec![h]));
-        for (module, rows, cols) in [(n.gate_proj, i, h), (n.up_proj, i, h), (n.down_proj, h, i)] {
-            linear(&mut out, module, rows, cols, mlp.bias);
+        match mlp.gate_up {
+            Projections::Separate => {
+                for (module, rows) in [(n.gate_proj, i), (n.up_proj, i)] {
+                    linear(&mut out, module, rows, h, mlp.bias);
+                }
+            }
+            Projections::Fused => linear(&mut out, n.gate_up_proj, 2 * i, h, mlp.bias),
         }
+        linear(&mut out, n.down_proj, h, i, mlp.bias);
     }
     out.push((n.final_norm.to_string(), vec![h]));
     if !cfg.tie_word_embeddings {

@@ -1,6 +1,6 @@
 //! The golden model: a candle forward pass of the family's layer description, written from
 //! the model math (RMSNorm, rotate-half RoPE, grouped-query attention with its optional
-//! sliding window, SwiGLU) straight from the checkpoint. It shares only the description and
+//! sliding window, SwiGLU or GELU-tanh gating) straight from the checkpoint. It shares only the description and
 //! the weight names with graph building, so a graph bug shows up as a mismatch.
 //!
 //! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
@@ -38,6 +38,29 @@ impl Linear {
         Ok(Linear { wt, bias })
     }
 
+    /// A fused projection's parts: consecutive output rows of these sizes.
+    fn split<const N: usize>(&self, sizes: [usize; N]) -> Result<[Linear; N]> {
+        let rows = self.wt.dim(1)?;
+        anyhow::ensure!(
+            sizes.iter().sum::<usize>() == rows,
+            "fused projection has {rows} rows, not {sizes:?}"
+        );
+        let mut parts = Vec::with_capacity(N);
+        let mut start = 0;
+        for n in sizes {
+            let bias = match &self.bias {
+                Some(b) => Some(b.narrow(0, start, n)?.contiguous()?),
+                None => None,
+            };
+            let wt = self.wt.narrow(1, start, n)?.contiguous()?;
+            parts.push(Linear { wt, bias });
+            start += n;
+        }
+        parts
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("fused projection: {N} parts"))
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.wt)?;
         Ok(match &self.bias {
@@ -67,13 +90,30 @@ impl Layer {
         let (n, attn, mlp) = (c.weights(), &c.layer.attention, &c.layer.mlp);
         let linear = |module: &str, bias: bool| Linear::load(model, &n.module(i, module), bias);
         let norm = |module: &str| model.tensor(&n.weight(i, module));
-        let Projections::Separate = attn.qkv;
-        let Projections::Separate = mlp.gate_up;
+        let [q, k, v] = match attn.qkv {
+            Projections::Separate => [
+                linear(n.q_proj, attn.qkv_bias)?,
+                linear(n.k_proj, attn.qkv_bias)?,
+                linear(n.v_proj, attn.qkv_bias)?,
+            ],
+            Projections::Fused => {
+                let fused = linear(n.qkv_proj, attn.qkv_bias)?;
+                fused.split([c.q_dim(), c.kv_dim(), c.kv_dim()])?
+            }
+        };
+        let (gate, up) = match mlp.gate_up {
+            Projections::Separate => (linear(n.gate_proj, mlp.bias)?, linear(n.up_proj, mlp.bias)?),
+            Projections::Fused => {
+                let [gate, up] = linear(n.gate_up_proj, mlp.bias)?
+                    .split([c.intermediate_size, c.intermediate_size])?;
+                (gate, up)
+            }
+        };
         Ok(Layer {
             input_norm: norm(n.input_norm)?,
-            q: linear(n.q_proj, attn.qkv_bias)?,
-            k: linear(n.k_proj, attn.qkv_bias)?,
-            v: linear(n.v_proj, attn.qkv_bias)?,
+            q,
+            k,
+            v,
             o: linear(n.o_proj, attn.o_bias)?,
             q_norm: if attn.qk_norm {
                 Some(norm(n.q_norm)?)
@@ -86,8 +126,8 @@ impl Layer {
                 None
             },
             post_norm: norm(n.post_attention_norm)?,
-            gate: linear(n.gate_proj, mlp.bias)?,
-            up: linear(n.up_proj, mlp.bias)?,
+            gate,
+            up,
             down: linear(n.down_proj, mlp.bias)?,
         })
     }
@@ -275,6 +315,10 @@ fn layer_forward(
         (RotaryDims::Full, RotaryPairs::HalfSplit) => {
             (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
         }
+        (RotaryDims::Partial { rotary_dim }, RotaryPairs::HalfSplit) => (
+            rope::apply_partial(&q, cos, sin, rotary_dim)?,
+            rope::apply_partial(&k, cos, sin, rotary_dim)?,
+        ),
     };
     let (keys, values) = match cache.take() {
         Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 0)?, Tensor::cat(&[&pv, &v], 0)?),
@@ -288,15 +332,17 @@ fn layer_forward(
     let gate = l.gate.forward(&h2)?;
     let act = match c.layer.mlp.activation {
         Activation::Silu => silu(&gate)?,
+        Activation::GeluTanh => gelu_tanh(&gate)?,
     };
     let act = act.mul(&l.up.forward(&h2)?)?;
     Ok((&x + scale(&l.down.forward(&act)?, res)?)?)
 }
 
-/// The layer's norm over the last dimension.
-fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// The family's norm over the last dimension (every layer norm and the final norm).
+pub fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     match c.layer.norm {
         Norm::Rms => rms_norm(x, w, c.rms_norm_eps),
+        Norm::RmsOnePlus => rms_norm(x, &(w + 1.0)?, c.rms_norm_eps),
     }
 }
 
@@ -358,6 +404,13 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 fn silu(x: &Tensor) -> Result<Tensor> {
     // x * sigmoid(x) = x / (1 + e^-x)
     Ok((x / (x.neg()?.exp()? + 1.0)?)?)
+}
+
+/// GELU, tanh approximation: `x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))`.
+fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let cube = x.mul(x)?.mul(x)?;
+    let inner = ((x + (cube * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+    Ok(((x * 0.5)? * (inner.tanh()? + 1.0)?)?)
 }
 
 fn scale(x: &Tensor, s: f64) -> Result<Tensor> {

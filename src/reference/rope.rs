@@ -4,12 +4,17 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 
+use crate::family::RotaryDims;
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
 /// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling`. f32 like torch.
 pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
-    let d = c.head_dim;
+    // Partial rotary (phi3): the frequencies of a head as wide as the rotated part.
+    let d = match c.layer.attention.rotary.dims {
+        RotaryDims::Full => c.head_dim,
+        RotaryDims::Partial { rotary_dim } => rotary_dim,
+    };
     let base: Vec<f32> = (0..d / 2)
         .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / d as f32))
         .collect();
@@ -75,4 +80,12 @@ pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Rotary on the first `rotary_dim` elements of each head only; the rest pass through.
+pub fn apply_partial(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let turned = apply(&x.narrow(D::Minus1, 0, rotary_dim)?, cos, sin)?;
+    let rest = x.narrow(D::Minus1, rotary_dim, d - rotary_dim)?;
+    Ok(Tensor::cat(&[&turned, &rest], D::Minus1)?)
 }

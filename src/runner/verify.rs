@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::pipeline::Pipeline;
 use crate::model::Model;
-use crate::reference::{argmax, rms_norm, Reference, StepOutput};
+use crate::reference::{argmax, norm, Reference, StepOutput};
 
 /// Pass/fail limits; defaults depend on the quantization (see [`Thresholds::for_quantize`]).
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -111,7 +111,7 @@ fn compare(
         let mut want = reference.layer_outputs[layer].clone();
         // The final norm is folded into the last block.
         if layer == last {
-            want = rms_norm(&want, final_norm, model.config.rms_norm_eps)?;
+            want = norm(&model.config, &want, final_norm)?;
         }
         let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
         let tail = want.len() - rows * model.config.hidden_size;

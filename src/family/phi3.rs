@@ -1,0 +1,126 @@
+//! phi3 (transformers' `Phi3ForCausalLM`: Phi-3/3.5-mini, Phi-4-mini): llama's block with q/k/v
+//! fused into `qkv_proj` (rows q | k | v) and gate/up into `gate_up_proj` (rows gate | up),
+//! rotary on the first `head_dim · partial_rotary_factor` elements of each head only, an
+//! optional `sliding_window` (default none), `rms_norm_eps` default 1e-5, no biases.
+//! longrope (`rope_scaling` type longrope / su / yarn: the 128k models) is refused by the
+//! generic rope reader, naming the key.
+
+use super::{llama, names, Dims, Family, LayerSpec, Projections, RotaryDims};
+use crate::error::InputError;
+use crate::model::config::ConfigKeys;
+
+pub static FAMILY: Family = Family {
+    model_type: "phi3",
+    summary: "fused `qkv_proj` (q, k, v rows) and `gate_up_proj` (gate, up), partial rotary \
+              (`partial_rotary_factor`), optional `sliding_window`, `rms_norm_eps` default 1e-5; \
+              longrope refused",
+    verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 \
+               (static, dynamic); contract w4bf16",
+    tie_word_embeddings: false,
+    head_dim: None,
+    rms_norm_eps: 1e-5,
+    weights: &names::LLAMA,
+    gguf: None,
+    layer,
+};
+
+fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
+    llama::silu_only(keys)?;
+    let mut spec = LayerSpec::llama(false, false, false);
+    spec.attention.qkv = Projections::Fused;
+    spec.mlp.gate_up = Projections::Fused;
+    spec.attention.rotary.dims = rotary_dims(keys, dims.head_dim)?;
+    spec.sliding_window = keys.nullable_usize("sliding_window", None)?;
+    Ok(spec)
+}
+
+/// transformers keeps `partial_rotary_factor` in `rope_parameters` (5.x) or at the top level
+/// (older configs); the rotated width is `int(head_dim · factor)`.
+fn rotary_dims(keys: &ConfigKeys, head_dim: usize) -> Result<RotaryDims, InputError> {
+    const KEY: &str = "partial_rotary_factor";
+    let nested = keys
+        .present("rope_parameters")
+        .and_then(|p| p.get(KEY))
+        .filter(|v| !v.is_null());
+    let factor = match nested {
+        Some(v) => v.as_f64().ok_or_else(|| {
+            keys.bad(
+                "rope_parameters",
+                format!("\"{KEY}\" must be a number, got {v}"),
+                "fix its value",
+            )
+        })?,
+        None => keys.opt_f64(KEY)?.unwrap_or(1.0),
+    };
+    let rotary_dim = (head_dim as f64 * factor) as usize;
+    if !(factor > 0.0 && factor <= 1.0) || rotary_dim % 2 != 0 || rotary_dim == 0 {
+        return Err(keys.bad(
+            KEY,
+            format!("{factor} gives a rotary width of {rotary_dim} of head_dim {head_dim}"),
+            "use a factor in (0, 1] that rotates an even number of elements",
+        ));
+    }
+    Ok(if rotary_dim == head_dim {
+        RotaryDims::Full
+    } else {
+        RotaryDims::Partial { rotary_dim }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::family::{Projections, RotaryDims};
+    use crate::model::ModelConfig;
+    use serde_json::{json, Value};
+
+    fn parse(extra: Value) -> Result<ModelConfig, crate::error::InputError> {
+        let mut v = json!({"model_type": "phi3", "hidden_size": 128, "num_attention_heads": 4,
+                           "num_hidden_layers": 2, "intermediate_size": 256, "vocab_size": 256});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ModelConfig::from_json(&v, std::path::Path::new("config.json"))
+    }
+
+    #[test]
+    fn fused_projections_and_defaults() {
+        let c = parse(json!({})).unwrap();
+        assert_eq!(c.layer.attention.qkv, Projections::Fused);
+        assert_eq!(c.layer.mlp.gate_up, Projections::Fused);
+        assert_eq!(c.layer.attention.rotary.dims, RotaryDims::Full);
+        assert_eq!((c.rms_norm_eps, c.tie_word_embeddings), (1e-5, false));
+        assert_eq!(c.layer.sliding_window, None);
+    }
+
+    #[test]
+    fn partial_rotary_in_either_place() {
+        let top = parse(json!({"partial_rotary_factor": 0.75})).unwrap();
+        let nested = parse(json!({"rope_parameters": {"rope_type": "default",
+                                  "rope_theta": 10000.0, "partial_rotary_factor": 0.75}}))
+        .unwrap();
+        for c in [top, nested] {
+            assert_eq!(
+                c.layer.attention.rotary.dims,
+                RotaryDims::Partial { rotary_dim: 24 }
+            );
+        }
+        let e = parse(json!({"partial_rotary_factor": 1.5}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+    }
+
+    #[test]
+    fn longrope_is_refused_naming_the_key() {
+        let e = parse(
+            json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0],
+                                              "long_factor": [1.0]}}),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("rope_scaling") && text.contains("longrope"),
+            "{text}"
+        );
+    }
+}

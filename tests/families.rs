@@ -1,0 +1,149 @@
+//! Families added on the registry, quantized: a w4bf16 bmodel converts on the real TPU-MLIR and
+//! its nets, I/O names, shapes and dtypes (`model_tool --info`) are the runtime contract's.
+//! (A small local version of tests/convert.rs's check: static nets, no `--do_sample`.)
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+const SEQ: usize = 64;
+
+/// name → (inputs, outputs), each `name [dims] dtype`, as `model_tool --info` prints them.
+type Nets = BTreeMap<String, (Vec<String>, Vec<String>)>;
+
+fn parse_info(text: &str) -> Nets {
+    let mut nets = Nets::new();
+    let (mut current, mut stage) = (String::new(), 0);
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("stage ") {
+            stage = rest.split(',').next().unwrap().parse().unwrap();
+        } else if line.starts_with("net ") {
+            current = line
+                .split('[')
+                .nth(1)
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap()
+                .into();
+            assert!(nets.insert(current.clone(), Default::default()).is_none());
+        } else if stage == 0 {
+            let (is_input, rest) =
+                match (line.strip_prefix("input: "), line.strip_prefix("output: ")) {
+                    (Some(r), _) => (true, r),
+                    (_, Some(r)) => (false, r),
+                    _ => continue,
+                };
+            let (name, rest) = rest.split_once(", [").unwrap();
+            let (dims, rest) = rest.split_once("], ").unwrap();
+            let dtype = rest.split(',').next().unwrap();
+            let io = format!("{name} [{dims}] {dtype}");
+            let net = nets.get_mut(&current).unwrap();
+            if is_input { &mut net.0 } else { &mut net.1 }.push(io);
+        }
+    }
+    nets
+}
+
+/// The static contract for `config` at S = MAX_INPUT_LENGTH = 64 in bf16 activations.
+fn contract(config: &Value) -> Nets {
+    let u = |k: &str| config[k].as_u64().unwrap() as usize;
+    let (h, kvh) = (u("hidden_size"), u("num_key_value_heads"));
+    let d = config["head_dim"]
+        .as_u64()
+        .map_or(h / u("num_attention_heads"), |d| d as usize);
+    let io = |v: &[(&str, Vec<usize>, &str)]| -> Vec<String> {
+        v.iter()
+            .map(|(n, d, t)| {
+                let d: Vec<String> = d.iter().map(usize::to_string).collect();
+                format!("{n} [{}] {t}", d.join(", "))
+            })
+            .collect()
+    };
+    let (b, s) = ("bfloat16", SEQ);
+    let mut nets = Nets::new();
+    nets.insert(
+        "embedding".into(),
+        (
+            io(&[("input_ids", vec![1, s], "int32")]),
+            io(&[("embedding", vec![1, s, h], b)]),
+        ),
+    );
+    nets.insert(
+        "embedding_cache".into(),
+        (
+            io(&[("input_ids", vec![1, 1], "int32")]),
+            io(&[("embedding_cache", vec![1, 1, h], b)]),
+        ),
+    );
+    nets.insert(
+        "lm_head".into(),
+        (
+            io(&[("hidden_states", vec![1, h], b)]),
+            io(&[("token_id", vec![1, 1], "int32")]),
+        ),
+    );
+    for i in 0..u("num_hidden_layers") {
+        let outputs = |l: usize| {
+            io(&[
+                ("output_states", vec![1, l, h], b),
+                ("k_cache", vec![1, l, kvh, d], b),
+                ("v_cache", vec![1, l, kvh, d], b),
+            ])
+        };
+        let block_in = io(&[
+            ("input_states", vec![1, s, h], b),
+            ("position_ids", vec![1, s], "int32"),
+            ("attention_mask", vec![1, 1, s, s], b),
+        ]);
+        nets.insert(format!("block_{i}"), (block_in, outputs(s)));
+        let cache_in = io(&[
+            ("input_states", vec![1, 1, h], b),
+            ("position_ids", vec![1, 1], "int32"),
+            ("attention_mask", vec![1, 1, 1, s + 1], b),
+            ("history_k", vec![1, s, kvh, d], b),
+            ("history_v", vec![1, s, kvh, d], b),
+        ]);
+        nets.insert(format!("block_cache_{i}"), (cache_in, outputs(1)));
+    }
+    nets
+}
+
+fn w4bf16_converts_to_contract(fixture: &str) {
+    common::toolchain();
+    let model = common::fixtures().join(fixture);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let m = common::convert_seq64(&model, &out, &dir.path().join("cache"), &["-q", "w4bf16"]);
+    let bmodel = m["bmodel"].as_str().unwrap();
+    assert!(
+        bmodel.ends_with(&format!(
+            "{fixture}_w4bf16_seq{SEQ}_bm1684x_1dev_static.bmodel"
+        )),
+        "{bmodel}"
+    );
+    let nets = parse_info(&std::fs::read_to_string(out.join("model.log")).unwrap());
+    let want = contract(&config);
+    assert_eq!(
+        nets.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{fixture}: net names"
+    );
+    for (name, io) in &want {
+        assert_eq!(&nets[name], io, "{fixture} {name}: inputs, outputs");
+    }
+}
+
+#[test]
+fn gemma_w4bf16_contract() {
+    w4bf16_converts_to_contract("gemma");
+}
+
+#[test]
+fn phi3_w4bf16_contract() {
+    w4bf16_converts_to_contract("phi3");
+}
