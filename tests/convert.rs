@@ -620,6 +620,29 @@ fn failing_piece_stops_the_run() {
         .count();
     assert_eq!(bmodels, 0);
     assert!(!out.join("manifest.json").exists());
+    // The failed run's work folder keeps the piece logs only (no ONNX, no work files), and
+    // nothing staged is left in the output folder.
+    let top: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        top.iter()
+            .all(|p| !p.to_string_lossy().contains(".staged.")),
+        "{top:?}"
+    );
+    let work: Vec<std::path::PathBuf> = top
+        .iter()
+        .filter(|p| p.is_dir())
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .collect();
+    assert!(!work.is_empty(), "the piece logs stay: {top:?}");
+    assert!(
+        work.iter()
+            .all(|p| p.is_file() && p.extension().is_some_and(|x| x == "log")),
+        "only logs stay in the work folder: {work:?}"
+    );
 }
 
 /// A real tool runner that first cuts `piece`'s ONNX file in half, so the real

@@ -53,13 +53,14 @@ impl Manifest {
     pub fn new(
         opts: &ConvertOptions,
         model: &Model,
-        bmodel: &Path,
+        (bmodel, hashed_from): (&Path, &Path),
         bmodel_bytes: u64,
         pieces: Vec<PieceRecord>,
         config_files: Vec<String>,
         timings: Timings,
     ) -> Result<Manifest> {
-        let (sha, masked) = super::combine::sha256_both(bmodel)?;
+        // The bytes are hashed where they are staged; `bmodel` is where they will be.
+        let (sha, masked) = super::combine::sha256_both(hashed_from)?;
         Ok(Manifest {
             tool: format!("llm-convert {}", env!("CARGO_PKG_VERSION")),
             tpu_mlir_version: crate::toolchain::TPU_MLIR_VERSION.into(),

@@ -15,6 +15,7 @@ mod output_names;
 mod plan;
 mod prepare;
 mod progress;
+mod publish;
 mod records;
 mod scheduler;
 pub mod worker;
@@ -99,43 +100,60 @@ pub fn convert_with(
         wrap,
         quiet,
     };
-    let done = run.compile(&plan, &model, &piece_opts, &onnx_dir)?;
-    let records = records::collect(&done.jobs, done.fresh, &cache)?;
-
-    if opts.only_mlir {
-        if !quiet {
-            eprintln!("Top MLIR of every piece is in {}", folder.display());
+    let finished = (|| -> Result<Option<(Manifest, PathBuf)>> {
+        let done = run.compile(&plan, &model, &piece_opts, &onnx_dir)?;
+        let records = records::collect(&done.jobs, done.fresh, &cache)?;
+        if opts.only_mlir {
+            if !quiet {
+                eprintln!("Top MLIR of every piece is in {}", folder.display());
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
-
-    let t_combine = Instant::now();
-    let combined_bytes = combine_pieces(layout, &records, &bmodel_path)?;
-    let info = combine::info(layout, &bmodel_path)?;
-    crate::util::write_atomic(&opts.out_dir.join("model.log"), info.as_bytes())?;
-    let config_files = config_dir::write(&model, &opts.out_dir.join("config"))?;
-    let combine_s = t_combine.elapsed().as_secs_f64();
+        let t_combine = Instant::now();
+        let mut staging = publish::Staging::new(&opts.out_dir);
+        let bmodel_name = format!("{}.bmodel", opts.folder_name());
+        let staged_bmodel = staging.file(&bmodel_name);
+        let combined_bytes = combine_pieces(layout, &records, &staged_bmodel)?;
+        let info = combine::info(layout, &staged_bmodel)?;
+        std::fs::write(staging.file("model.log"), info.as_bytes())
+            .with_context(|| format!("writing model.log in {}", opts.out_dir.display()))?;
+        let config_files = config_dir::write(&model, &staging.dir("config")?)?;
+        let combine_s = t_combine.elapsed().as_secs_f64();
+        let manifest = Manifest::new(
+            &opts,
+            &model,
+            (&bmodel_path, &staged_bmodel),
+            combined_bytes,
+            records,
+            config_files,
+            manifest::Timings {
+                export_s: done.export_s,
+                compile_s: done.compile_s,
+                combine_s,
+                total_s: t_start.elapsed().as_secs_f64(),
+                workers: done.workers,
+            },
+        )?;
+        let manifest_path = opts.out_dir.join("manifest.json");
+        std::fs::write(
+            staging.file("manifest.json"),
+            serde_json::to_vec_pretty(&manifest)?,
+        )
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+        staging.publish()?;
+        Ok(Some((manifest, manifest_path)))
+    })();
     if !opts.debug {
-        let _ = std::fs::remove_dir_all(&onnx_dir);
+        match &finished {
+            Ok(_) => {
+                let _ = std::fs::remove_dir_all(&onnx_dir);
+            }
+            Err(_) => publish::clean_failed_work(&folder),
+        }
     }
-
-    let manifest = Manifest::new(
-        &opts,
-        &model,
-        &bmodel_path,
-        combined_bytes,
-        records,
-        config_files,
-        manifest::Timings {
-            export_s: done.export_s,
-            compile_s: done.compile_s,
-            combine_s,
-            total_s: t_start.elapsed().as_secs_f64(),
-            workers: done.workers,
-        },
-    )?;
-    let manifest_path = opts.out_dir.join("manifest.json");
-    crate::util::write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)?;
+    let Some((manifest, manifest_path)) = finished? else {
+        return Ok(None);
+    };
     Ok(Some(Outcome {
         manifest,
         manifest_path,
