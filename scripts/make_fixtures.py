@@ -33,8 +33,8 @@ import sys
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Phi3Config,
-                          Qwen2Config, Qwen3Config)
+from transformers import (AutoModelForCausalLM, GemmaConfig, Glm4Config, LlamaConfig, MistralConfig,
+                          Phi3Config, Qwen2Config, Qwen3Config)
 
 STEPS = 16
 PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
@@ -52,7 +52,7 @@ def dims(**kw):
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 500000.0}
 
-# Phi3Config's default special ids (32000) are outside the tiny vocabulary.
+# Phi3Config's and Glm4Config's default special ids are outside the tiny vocabulary.
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 # name -> (config class, config kwargs, dtype to store, minicpm scales or None)
@@ -85,6 +85,12 @@ FAMILIES = {
     "phi3": (Phi3Config, dims(partial_rotary_factor=0.75, tie_word_embeddings=False, **PHI3_IDS),
              torch.float32, None),
     "phi3_bf16": (Phi3Config, dims(partial_rotary_factor=0.5, tie_word_embeddings=True, **PHI3_IDS),
+                  torch.bfloat16, None),
+    # glm4: q/k/v biases and rotary on half of head_dim (the class defaults), interleaved
+    # pairs, fused gate_up_proj, norms on the branch outputs. head_dim 48 (real models: 128).
+    "glm4": (Glm4Config, dims(head_dim=48, tie_word_embeddings=False, **PHI3_IDS),
+             torch.float32, None),
+    "glm4_bf16": (Glm4Config, dims(head_dim=64, tie_word_embeddings=True, **PHI3_IDS),
                   torch.bfloat16, None),
 }
 

@@ -147,3 +147,8 @@ fn gemma_w4bf16_contract() {
 fn phi3_w4bf16_contract() {
     w4bf16_converts_to_contract("phi3");
 }
+
+#[test]
+fn glm4_w4bf16_contract() {
+    w4bf16_converts_to_contract("glm4");
+}

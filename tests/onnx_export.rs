@@ -384,3 +384,28 @@ fn phi3_history_kv() {
     let used = check_with("phi3", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "phi3: decode stages used");
 }
+
+/// glm4 (interleaved half rotary as a 5-D pair view, fused gate_up_proj, branch output
+/// norms): static, f32 and bf16.
+#[test]
+fn glm4_static() {
+    check("glm4", 32, 16);
+    check("glm4_bf16", 32, 16);
+}
+
+#[test]
+fn glm4_dynamic() {
+    check_variant("glm4", 32, 16, true);
+}
+
+/// glm4 `--use_history_kv --chunk_length 4`.
+#[test]
+fn glm4_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("glm4", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "glm4: decode stages used");
+}

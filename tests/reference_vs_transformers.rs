@@ -246,3 +246,30 @@ fn phi3_fused_projections_partial_rotary() {
 fn phi3_bf16_tied() {
     check_phi3("phi3_bf16", 16);
 }
+
+/// glm4: the reference (fused gate|up, q/k/v biases, branch output norms) equals
+/// transformers, and the interleaved half rotary matters: half-split pairs, or rotating all
+/// of head_dim, pick other tokens.
+fn check_glm4(name: &str, rotary_dim: usize) {
+    use llm_convert::family::{RotaryDims, RotaryPairs};
+    check_family(name);
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    let rotary = model.config.layer.attention.rotary;
+    assert_eq!(rotary.dims, RotaryDims::Partial { rotary_dim });
+    assert_eq!(rotary.pairs, RotaryPairs::Interleaved);
+    let want = expected(name).tokens;
+    let half_split = tokens_with(name, |l| l.attention.rotary.pairs = RotaryPairs::HalfSplit);
+    assert_ne!(half_split, want, "{name}: interleaved pairs do not matter");
+    let full = tokens_with(name, |l| l.attention.rotary.dims = RotaryDims::Full);
+    assert_ne!(full, want, "{name}: partial rotary does not matter");
+}
+
+#[test]
+fn glm4_interleaved_half_rotary_branch_norms() {
+    check_glm4("glm4", 24);
+}
+
+#[test]
+fn glm4_bf16_tied() {
+    check_glm4("glm4_bf16", 32);
+}

@@ -440,3 +440,15 @@ fn phi3_bf16_static() {
 fn phi3_bf16_dynamic() {
     bf16_matches_reference("phi3", &["--dynamic"]);
 }
+
+/// glm4 at bf16, static: interleaved half rotary, fused gate_up_proj, branch output norms.
+#[test]
+fn glm4_bf16_static() {
+    bf16_matches_reference("glm4", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn glm4_bf16_dynamic() {
+    bf16_matches_reference("glm4", &["--dynamic"]);
+}

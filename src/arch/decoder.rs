@@ -161,27 +161,29 @@ fn layer_body(
         k = norm(g, cfg, &k, &n.weight(layer, n.k_norm), d);
     }
     let rotary = spec.attention.rotary;
-    let (q, k) = match rotary.pairs {
-        RotaryPairs::HalfSplit => {
-            let rd = rotary.dim(d);
-            let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
-            let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
-            let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
-            let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
-            let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
-            let turn = |g: &mut Graph, x: &str| match rotary.dims {
-                RotaryDims::Full => apply_rope(g, x, &cos, &sin, d),
-                RotaryDims::Partial { rotary_dim } => {
-                    let (rd, d) = (rotary_dim as i64, d as i64);
-                    let x_rot = g.slice(x, 3, 0, rd);
-                    let x_pass = g.slice(x, 3, rd, d);
-                    let turned = apply_rope(g, &x_rot, &cos, &sin, rotary_dim);
-                    g.concat(&[&turned, &x_pass], 3)
-                }
-            };
-            (turn(g, &q), turn(g, &k))
+    let rd = rotary.dim(d);
+    let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
+    let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
+    let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
+    let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
+    let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
+    let turn = |g: &mut Graph, x: &str, heads: usize| {
+        let rope = |g: &mut Graph, x: &str| match rotary.pairs {
+            RotaryPairs::HalfSplit => apply_rope(g, x, &cos, &sin, rd),
+            RotaryPairs::Interleaved => apply_rope_interleaved(g, x, &cos, &sin, heads, rd),
+        };
+        match rotary.dims {
+            RotaryDims::Full => rope(g, x),
+            RotaryDims::Partial { rotary_dim } => {
+                let (rd, d) = (rotary_dim as i64, d as i64);
+                let x_rot = g.slice(x, 3, 0, rd);
+                let x_pass = g.slice(x, 3, rd, d);
+                let turned = rope(g, &x_rot);
+                g.concat(&[&turned, &x_pass], 3)
+            }
         }
     };
+    let (q, k) = (turn(g, &q, nh), turn(g, &k, kvh));
     // (keys, additive mask) parts of the score matrix, and the values in the same order.
     let (parts, v_all): (Vec<(String, Option<String>)>, String) = match &attn {
         Attn::Prefill { mask } => (vec![(k.clone(), Some(mask.to_string()))], v.clone()),
@@ -205,11 +207,17 @@ fn layer_body(
     };
     let attn_out = attention(g, cfg, &q, &parts, &v_all);
     let o_bias = spec.attention.o_bias;
-    let o_proj = linear(g, &attn_out, &m(n.o_proj), nh * d, h, o_bias);
+    let mut o_proj = linear(g, &attn_out, &m(n.o_proj), nh * d, h, o_bias);
+    if spec.branch_output_norms {
+        o_proj = norm(g, cfg, &o_proj, &n.weight(layer, n.attn_output_norm), h);
+    }
     let o_proj = g.scale(&o_proj, cfg.residual_scale());
     let x = g.add(x, &o_proj);
     let ln2 = norm(g, cfg, &x, &n.weight(layer, n.post_attention_norm), h);
-    let down = mlp(g, cfg, layer, &ln2);
+    let mut down = mlp(g, cfg, layer, &ln2);
+    if spec.branch_output_norms {
+        down = norm(g, cfg, &down, &n.weight(layer, n.mlp_output_norm), h);
+    }
     let down = g.scale(&down, cfg.residual_scale());
     let mut out = g.add(&x, &down);
     // Single device: the final norm is folded into the last block.
@@ -357,6 +365,29 @@ fn apply_rope(g: &mut Graph, x: &str, cos: &str, sin: &str, d: usize) -> String 
     let x2 = g.slice(x, 3, half, d as i64);
     let neg = g.op("Neg", &[&x2], vec![]);
     let rot = g.concat(&[&neg, &x1], 3);
+    let a = g.mul(x, cos);
+    let b = g.mul(&rot, sin);
+    g.add(&a, &b)
+}
+
+/// `x * cos + rotate_pairs(x) * sin` with pairs (2i, 2i+1): x `[1, len, heads, D]` viewed as
+/// `[1, len, heads, D/2, 2]`, rotate_pairs(x) = (-x[2i+1], x[2i]); cos/sin repeat each
+/// frequency twice.
+fn apply_rope_interleaved(
+    g: &mut Graph,
+    x: &str,
+    cos: &str,
+    sin: &str,
+    heads: usize,
+    d: usize,
+) -> String {
+    let (heads, d) = (heads as i64, d as i64);
+    let pairs = g.reshape(x, &[1, -1, heads, d / 2, 2]);
+    let even = g.slice(&pairs, 4, 0, 1);
+    let odd = g.slice(&pairs, 4, 1, 2);
+    let neg = g.op("Neg", &[&odd], vec![]);
+    let rot = g.concat(&[&neg, &even], 4);
+    let rot = g.reshape(&rot, &[1, -1, heads, d]);
     let a = g.mul(x, cos);
     let b = g.mul(&rot, sin);
     g.add(&a, &b)

@@ -1,6 +1,8 @@
-//! Rotary tables as weights: cos/sin `[seq_length, 1, head_dim]` (halves duplicated), gathered
-//! by position_ids in the graph. Written from the formulas independently of `reference`.
+//! Rotary tables as weights: cos/sin `[seq_length, 1, head_dim]` (halves duplicated, or each
+//! frequency twice in a row for interleaved pairs), gathered by position_ids in the graph.
+//! Written from the formulas independently of `reference`.
 
+use crate::family::RotaryPairs;
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
@@ -12,14 +14,17 @@ pub fn tables(cfg: &ModelConfig, seq: usize) -> (Vec<f32>, Vec<f32>) {
         .collect();
     let mut cos = Vec::with_capacity(seq * d);
     let mut sin = Vec::with_capacity(seq * d);
+    // Element j of a row turns at frequency `order[j]`.
+    let order: Vec<usize> = match cfg.layer.attention.rotary.pairs {
+        RotaryPairs::HalfSplit => (0..d).map(|j| j % (d / 2)).collect(),
+        RotaryPairs::Interleaved => (0..d).map(|j| j / 2).collect(),
+    };
     for pos in 0..seq {
-        for _ in 0..2 {
-            for f in &freqs {
-                // f32 product, like the checkpoint's framework computes position * inv_freq.
-                let angle = (pos as f32 * *f as f32) as f64;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
+        for &i in &order {
+            // f32 product, like the checkpoint's framework computes position * inv_freq.
+            let angle = (pos as f32 * freqs[i] as f32) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
         }
     }
     (cos, sin)

@@ -36,6 +36,9 @@ pub enum RotaryDims {
 pub enum RotaryPairs {
     /// Element i with element i + d/2 (transformers' `rotate_half`).
     HalfSplit,
+    /// Element 2i with element 2i + 1, pair i turning at frequency i (glm4/glm's
+    /// interleaved `rotate_half`).
+    Interleaved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -113,6 +116,9 @@ impl Scales {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LayerSpec {
     pub norm: Norm,
+    /// A norm also on each branch's output before the residual add (glm4's
+    /// `post_self_attn_layernorm`, `post_mlp_layernorm`): `x += norm(attn(norm(x)))`.
+    pub branch_output_norms: bool,
     pub attention: Attention,
     pub mlp: Mlp,
     pub scales: Scales,
@@ -126,6 +132,7 @@ impl LayerSpec {
     pub fn llama(qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> LayerSpec {
         LayerSpec {
             norm: Norm::Rms,
+            branch_output_norms: false,
             attention: Attention {
                 qkv: Projections::Separate,
                 qkv_bias,

@@ -4,6 +4,7 @@
 //! here and a line to [`REGISTRY`].
 
 mod gemma;
+mod glm4;
 mod layer;
 mod llama;
 mod minicpm;
@@ -31,6 +32,7 @@ pub static REGISTRY: &[&Family] = &[
     &mistral::FAMILY,
     &gemma::FAMILY,
     &phi3::FAMILY,
+    &glm4::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -167,7 +169,7 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }

@@ -17,6 +17,9 @@ pub struct WeightNames {
     pub q_norm: &'static str,
     pub k_norm: &'static str,
     pub post_attention_norm: &'static str,
+    /// Norms on the attention and MLP outputs (glm4).
+    pub attn_output_norm: &'static str,
+    pub mlp_output_norm: &'static str,
     pub gate_proj: &'static str,
     pub up_proj: &'static str,
     /// gate and up in one tensor (when the family fuses them).
@@ -42,7 +45,7 @@ impl WeightNames {
 }
 
 /// transformers' `LlamaForCausalLM` names, shared by every family that copies its modules
-/// (the fused names are phi3's).
+/// (the fused names are phi3's, the branch output norms glm4's).
 pub const LLAMA: WeightNames = WeightNames {
     embed_tokens: "model.embed_tokens.weight",
     final_norm: "model.norm.weight",
@@ -57,6 +60,8 @@ pub const LLAMA: WeightNames = WeightNames {
     q_norm: "self_attn.q_norm",
     k_norm: "self_attn.k_norm",
     post_attention_norm: "post_attention_layernorm",
+    attn_output_norm: "post_self_attn_layernorm",
+    mlp_output_norm: "post_mlp_layernorm",
     gate_proj: "mlp.gate_proj",
     up_proj: "mlp.up_proj",
     gate_up_proj: "mlp.gate_up_proj",

@@ -29,14 +29,19 @@ fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
     let mut spec = LayerSpec::llama(false, false, false);
     spec.attention.qkv = Projections::Fused;
     spec.mlp.gate_up = Projections::Fused;
-    spec.attention.rotary.dims = rotary_dims(keys, dims.head_dim)?;
+    spec.attention.rotary.dims = rotary_dims(keys, dims.head_dim, 1.0)?;
     spec.sliding_window = keys.nullable_usize("sliding_window", None)?;
     Ok(spec)
 }
 
 /// transformers keeps `partial_rotary_factor` in `rope_parameters` (5.x) or at the top level
-/// (older configs); the rotated width is `int(head_dim · factor)`.
-fn rotary_dims(keys: &ConfigKeys, head_dim: usize) -> Result<RotaryDims, InputError> {
+/// (older configs); the rotated width is `int(head_dim · factor)`. `default` is the class's
+/// factor when neither place has one.
+pub(super) fn rotary_dims(
+    keys: &ConfigKeys,
+    head_dim: usize,
+    default: f64,
+) -> Result<RotaryDims, InputError> {
     const KEY: &str = "partial_rotary_factor";
     let nested = keys
         .present("rope_parameters")
@@ -50,7 +55,7 @@ fn rotary_dims(keys: &ConfigKeys, head_dim: usize) -> Result<RotaryDims, InputEr
                 "fix its value",
             )
         })?,
-        None => keys.opt_f64(KEY)?.unwrap_or(1.0),
+        None => keys.opt_f64(KEY)?.unwrap_or(default),
     };
     let rotary_dim = (head_dim as f64 * factor) as usize;
     if !(factor > 0.0 && factor <= 1.0) || rotary_dim % 2 != 0 || rotary_dim == 0 {

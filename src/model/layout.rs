@@ -38,6 +38,10 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             out.push((n.weight(l, n.q_norm), vec![d]));
             out.push((n.weight(l, n.k_norm), vec![d]));
         }
+        if cfg.layer.branch_output_norms {
+            out.push((n.weight(l, n.attn_output_norm), vec![h]));
+            out.push((n.weight(l, n.mlp_output_norm), vec![h]));
+        }
         out.push((n.weight(l, n.post_attention_norm), vec![h]));
         match mlp.gate_up {
             Projections::Separate => {

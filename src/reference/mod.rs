@@ -79,6 +79,9 @@ struct Layer {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_norm: Tensor,
+    /// glm4's norms on the attention and MLP outputs.
+    attn_output_norm: Option<Tensor>,
+    mlp_output_norm: Option<Tensor>,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -90,6 +93,7 @@ impl Layer {
         let (n, attn, mlp) = (c.weights(), &c.layer.attention, &c.layer.mlp);
         let linear = |module: &str, bias: bool| Linear::load(model, &n.module(i, module), bias);
         let norm = |module: &str| model.tensor(&n.weight(i, module));
+        let branch_norms = c.layer.branch_output_norms;
         let [q, k, v] = match attn.qkv {
             Projections::Separate => [
                 linear(n.q_proj, attn.qkv_bias)?,
@@ -126,6 +130,8 @@ impl Layer {
                 None
             },
             post_norm: norm(n.post_attention_norm)?,
+            attn_output_norm: branch_norms.then(|| norm(n.attn_output_norm)).transpose()?,
+            mlp_output_norm: branch_norms.then(|| norm(n.mlp_output_norm)).transpose()?,
             gate,
             up,
             down: linear(n.down_proj, mlp.bias)?,
@@ -311,13 +317,15 @@ fn layer_forward(
         k = norm(c, &k, kn)?;
     }
     let rotary = c.layer.attention.rotary;
-    let (q, k) = match (rotary.dims, rotary.pairs) {
-        (RotaryDims::Full, RotaryPairs::HalfSplit) => {
-            (rope::apply(&q, cos, sin)?, rope::apply(&k, cos, sin)?)
-        }
-        (RotaryDims::Partial { rotary_dim }, RotaryPairs::HalfSplit) => (
-            rope::apply_partial(&q, cos, sin, rotary_dim)?,
-            rope::apply_partial(&k, cos, sin, rotary_dim)?,
+    let turn = match rotary.pairs {
+        RotaryPairs::HalfSplit => rope::apply,
+        RotaryPairs::Interleaved => rope::apply_interleaved,
+    };
+    let (q, k) = match rotary.dims {
+        RotaryDims::Full => (turn(&q, cos, sin)?, turn(&k, cos, sin)?),
+        RotaryDims::Partial { rotary_dim } => (
+            rope::apply_partial(&q, cos, sin, rotary_dim, turn)?,
+            rope::apply_partial(&k, cos, sin, rotary_dim, turn)?,
         ),
     };
     let (keys, values) = match cache.take() {
@@ -327,7 +335,11 @@ fn layer_forward(
     *cache = Some((keys.clone(), values.clone()));
     let attn = attention(&q, &keys, &values, start, c.layer.sliding_window)?; // [t, nh*d]
     let res = c.residual_scale();
-    let x = (x + scale(&l.o.forward(&attn)?, res)?)?;
+    let mut attn_out = l.o.forward(&attn)?;
+    if let Some(w) = &l.attn_output_norm {
+        attn_out = norm(c, &attn_out, w)?;
+    }
+    let x = (x + scale(&attn_out, res)?)?;
     let h2 = norm(c, &x, &l.post_norm)?;
     let gate = l.gate.forward(&h2)?;
     let act = match c.layer.mlp.activation {
@@ -335,7 +347,11 @@ fn layer_forward(
         Activation::GeluTanh => gelu_tanh(&gate)?,
     };
     let act = act.mul(&l.up.forward(&h2)?)?;
-    Ok((&x + scale(&l.down.forward(&act)?, res)?)?)
+    let mut down = l.down.forward(&act)?;
+    if let Some(w) = &l.mlp_output_norm {
+        down = norm(c, &down, w)?;
+    }
+    Ok((&x + scale(&down, res)?)?)
 }
 
 /// The family's norm over the last dimension (every layer norm and the final norm).

@@ -1,4 +1,4 @@
-//! Rotary position embedding as transformers computes it (rotate-half layout), including
+//! Rotary position embedding as transformers computes it (rotate-half or interleaved pairs), including
 //! linear and llama3 frequency scaling.
 
 use anyhow::Result;
@@ -82,10 +82,33 @@ pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
+/// `x * cos + rotate_pairs(x) * sin` with pairs (2i, 2i+1) turning at frequency i (glm4's
+/// interleaved layout): `out[2i] = x[2i]·cos_i − x[2i+1]·sin_i`,
+/// `out[2i+1] = x[2i+1]·cos_i + x[2i]·sin_i`. `cos`, `sin`: the `[len, 1, d]` tables above
+/// (frequency i at column i).
+pub fn apply_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (t, h, d) = x.dims3()?;
+    let pairs = x.reshape((t, h, d / 2, 2))?;
+    let x0 = pairs.narrow(3, 0, 1)?;
+    let x1 = pairs.narrow(3, 1, 1)?;
+    let c = cos.narrow(D::Minus1, 0, d / 2)?.reshape((t, 1, d / 2, 1))?;
+    let s = sin.narrow(D::Minus1, 0, d / 2)?.reshape((t, 1, d / 2, 1))?;
+    let out0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+    let out1 = (x1.broadcast_mul(&c)? + x0.broadcast_mul(&s)?)?;
+    Ok(Tensor::cat(&[&out0, &out1], 3)?.reshape((t, h, d))?)
+}
+
 /// Rotary on the first `rotary_dim` elements of each head only; the rest pass through.
-pub fn apply_partial(x: &Tensor, cos: &Tensor, sin: &Tensor, rotary_dim: usize) -> Result<Tensor> {
+/// `turn` is [`apply`] or [`apply_interleaved`].
+pub fn apply_partial(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rotary_dim: usize,
+    turn: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
-    let turned = apply(&x.narrow(D::Minus1, 0, rotary_dim)?, cos, sin)?;
+    let turned = turn(&x.narrow(D::Minus1, 0, rotary_dim)?, cos, sin)?;
     let rest = x.narrow(D::Minus1, rotary_dim, d - rotary_dim)?;
     Ok(Tensor::cat(&[&turned, &rest], D::Minus1)?)
 }
