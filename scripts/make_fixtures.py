@@ -33,7 +33,7 @@ import sys
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, GemmaConfig, Glm4Config, LlamaConfig, MistralConfig,
+from transformers import (AutoModelForCausalLM, GemmaConfig, Glm4Config, GlmConfig, LlamaConfig, MistralConfig,
                           Phi3Config, Qwen2Config, Qwen3Config)
 
 STEPS = 16
@@ -92,6 +92,11 @@ FAMILIES = {
              torch.float32, None),
     "glm4_bf16": (Glm4Config, dims(head_dim=64, tie_word_embeddings=True, **PHI3_IDS),
                   torch.bfloat16, None),
+    # glm: glm4's layer without the branch output norms; rotary on 32 of head_dim 64 (then 24 of
+    # 48, with larger weights so that the pairing shows in the tied bf16 model's tokens).
+    "glm": (GlmConfig, dims(head_dim=64, tie_word_embeddings=False, **PHI3_IDS), torch.float32, None),
+    "glm_bf16": (GlmConfig, dims(head_dim=48, tie_word_embeddings=True, initializer_range=0.15,
+                                 **PHI3_IDS), torch.bfloat16, None),
 }
 
 

@@ -152,3 +152,8 @@ fn phi3_w4bf16_contract() {
 fn glm4_w4bf16_contract() {
     w4bf16_converts_to_contract("glm4");
 }
+
+#[test]
+fn glm_w4bf16_contract() {
+    w4bf16_converts_to_contract("glm");
+}

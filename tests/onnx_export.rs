@@ -409,3 +409,27 @@ fn glm4_history_kv() {
     let used = check_with("glm4", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "glm4: decode stages used");
 }
+
+/// glm (glm4 without the branch output norms): static, f32 and bf16.
+#[test]
+fn glm_static() {
+    check("glm", 32, 16);
+    check("glm_bf16", 32, 16);
+}
+
+#[test]
+fn glm_dynamic() {
+    check_variant("glm", 32, 16, true);
+}
+
+/// glm `--use_history_kv --chunk_length 4`.
+#[test]
+fn glm_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("glm", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "glm: decode stages used");
+}

@@ -273,3 +273,16 @@ fn glm4_interleaved_half_rotary_branch_norms() {
 fn glm4_bf16_tied() {
     check_glm4("glm4_bf16", 32);
 }
+
+/// glm: glm4's checks on glm4's layer without the branch output norms.
+#[test]
+fn glm_interleaved_half_rotary() {
+    check_glm4("glm", 32);
+    let model = Model::open(&common::fixtures().join("glm")).unwrap();
+    assert!(!model.config.layer.branch_output_norms);
+}
+
+#[test]
+fn glm_bf16_tied() {
+    check_glm4("glm_bf16", 24);
+}

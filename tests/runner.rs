@@ -452,3 +452,15 @@ fn glm4_bf16_static() {
 fn glm4_bf16_dynamic() {
     bf16_matches_reference("glm4", &["--dynamic"]);
 }
+
+/// glm at bf16, static: glm4's layer without the branch output norms.
+#[test]
+fn glm_bf16_static() {
+    bf16_matches_reference("glm", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn glm_bf16_dynamic() {
+    bf16_matches_reference("glm", &["--dynamic"]);
+}

@@ -31,7 +31,7 @@ fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
     Ok(spec)
 }
 
-/// The layer glm4 and glm share (glm has no branch output norms).
+/// The layer glm4 and glm share (glm has no branch output norms; it is glm's `layer`).
 pub(super) fn glm_layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
     llama::silu_only(keys)?;
     let qkv_bias = keys.opt_bool("attention_bias")?.unwrap_or(true);

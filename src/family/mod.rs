@@ -4,6 +4,7 @@
 //! here and a line to [`REGISTRY`].
 
 mod gemma;
+mod glm;
 mod glm4;
 mod layer;
 mod llama;
@@ -33,6 +34,7 @@ pub static REGISTRY: &[&Family] = &[
     &gemma::FAMILY,
     &phi3::FAMILY,
     &glm4::FAMILY,
+    &glm::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -169,7 +171,7 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }
