@@ -42,6 +42,31 @@ fn clean_build(fixture: &str) -> Value {
         .clone()
 }
 
+/// `llm-convert -m MODEL -s 64 --json -o OUT --cache-dir CACHE FLAGS` in the background, its
+/// output captured (to read it after) or dropped (a run that is killed).
+fn spawn_convert(model: &Path, out: &Path, cache: &Path, capture: bool) -> std::process::Child {
+    let output = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["-m", model.to_str().unwrap(), "-s", "64", "--json"])
+        .args([
+            "-o",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .args(FLAGS)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn damaged_entries_are_compiled_again() {
     common::toolchain();
@@ -101,19 +126,7 @@ fn runs_sharing_one_cache_at_once_all_succeed() {
         .iter()
         .map(|(fixture, out)| {
             let model = common::fixtures().join(fixture);
-            Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-                .args(["-m", model.to_str().unwrap(), "-s", "64", "--json"])
-                .args([
-                    "-o",
-                    out.to_str().unwrap(),
-                    "--cache-dir",
-                    cache.to_str().unwrap(),
-                ])
-                .args(FLAGS)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            spawn_convert(&model, out, &cache, true)
         })
         .collect();
     for ((fixture, _), child) in runs.iter().zip(children) {
@@ -244,19 +257,7 @@ fn killed_at_any_point_a_rerun_gives_the_same_bmodel() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (out, cache) = (dir.path().join("o"), dir.path().join("c"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-            .args(["-m", model.to_str().unwrap(), "-s", "64"])
-            .args([
-                "-o",
-                out.to_str().unwrap(),
-                "--cache-dir",
-                cache.to_str().unwrap(),
-            ])
-            .args(FLAGS)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_convert(&model, &out, &cache, false);
         let t0 = Instant::now();
         loop {
             let reached = match point {

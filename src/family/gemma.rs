@@ -88,12 +88,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn parse(extra: Value) -> Result<ModelConfig, crate::error::InputError> {
-        let mut v = json!({"model_type": "gemma", "hidden_size": 64, "num_attention_heads": 4,
-                           "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 256});
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        ModelConfig::from_json(&v, std::path::Path::new("config.json"))
+        crate::model::config::test_config("gemma", 64, extra)
     }
 
     #[test]

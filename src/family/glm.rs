@@ -25,14 +25,11 @@ pub static FAMILY: Family = Family {
 #[cfg(test)]
 mod tests {
     use crate::family::{Projections, RotaryDims, RotaryPairs};
-    use crate::model::ModelConfig;
     use serde_json::json;
 
     #[test]
     fn glm4_without_branch_norms() {
-        let v = json!({"model_type": "glm", "hidden_size": 128, "num_attention_heads": 4,
-                       "num_hidden_layers": 2, "intermediate_size": 256, "vocab_size": 256});
-        let c = ModelConfig::from_json(&v, std::path::Path::new("config.json")).unwrap();
+        let c = crate::model::config::test_config("glm", 128, json!({})).unwrap();
         assert_eq!((c.head_dim, c.rms_norm_eps), (128, 1.5625e-7));
         assert!(!c.layer.branch_output_norms && c.layer.attention.qkv_bias);
         assert_eq!(c.layer.mlp.gate_up, Projections::Fused);

@@ -336,6 +336,23 @@ fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError
     Ok((theta, scaling))
 }
 
+/// A small config of `model_type` (hidden `hidden`, MLP twice that, 4 heads, 2 layers) with
+/// `extra` keys on top, for the families' unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(
+    model_type: &str,
+    hidden: usize,
+    extra: Value,
+) -> Result<ModelConfig, InputError> {
+    let mut v = serde_json::json!({"model_type": model_type, "hidden_size": hidden,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 2 * hidden,
+        "vocab_size": 256});
+    if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        v.extend(extra.clone());
+    }
+    ModelConfig::from_json(&v, Path::new("config.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
