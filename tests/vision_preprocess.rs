@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use llm_convert::error::InputError;
 use llm_convert::exit::ExitStatus;
-use llm_convert::vision::qwen::smart_resize;
+use llm_convert::vision::qwen::{qwen_vl_utils_smart_resize, smart_resize};
 use llm_convert::vision::qwen_vit::{self, VitShape};
 use llm_convert::vision::{
     decode, load_rgb, mrope_position_ids, Grid, InternVlParams, QwenVisionParams, RgbImage,
@@ -200,6 +200,70 @@ fn smart_resize_equals_transformers() {
             (v[0], v[1])
         });
         assert_eq!(ours, theirs, "smart_resize({h}, {w}, 28, {lo}, {hi})");
+        // qwen_vl_utils' variant (LLM-TPU's first resize), where it gives a usable size.
+        let qvu = e["qwen_vl_utils"]
+            .as_array()
+            .map(|_| usizes(&e["qwen_vl_utils"]));
+        if let Some(v) = qvu.filter(|v| v.iter().all(|&s| s > 0)) {
+            let ours = qwen_vl_utils_smart_resize(h as usize, w as usize, 28, lo, hi);
+            assert_eq!(
+                ours,
+                Ok((v[0], v[1])),
+                "qwen_vl_utils smart_resize({h}, {w})"
+            );
+        }
+    }
+}
+
+#[test]
+fn llm_tpu_two_step_resize_matches_its_pipeline() {
+    for e in section("llm_tpu") {
+        let path = image_of(e);
+        let capacity = e["capacity"].as_u64().expect("capacity") as usize;
+        let params = QwenVisionParams::defaults(true);
+        let params = params
+            .clone()
+            .with_pixel_bounds(64 * 28 * 28, params.capacity_pixels(capacity));
+        let g = usizes(&e["grid"]);
+        let same_input = params
+            .preprocess_llm_tpu(&pil_rgb(&path))
+            .expect("preprocess");
+        assert_eq!(
+            same_input.grid,
+            Grid {
+                t: g[0],
+                h: g[1],
+                w: g[2]
+            }
+        );
+        let pixels = f32s(e, "pixels");
+        assert!(
+            same_input.rows == pixels,
+            "{} capacity {capacity}: qwen_vl_utils + processor pixels differ",
+            name(&path)
+        );
+        let ours = params
+            .preprocess_llm_tpu(&load_rgb(&path).expect("decode"))
+            .expect("preprocess");
+        let (max, mean) = diff(&ours.rows, &pixels);
+        // The single (transformers) resize against LLM-TPU's two.
+        let single = params.preprocess(&pil_rgb(&path)).expect("preprocess");
+        let vs_single = if single.grid == same_input.grid {
+            let (m, a) = diff(&single.rows, &pixels);
+            format!("max {m:.4} mean {a:.5}")
+        } else {
+            format!("grid {:?} instead", single.grid)
+        };
+        println!(
+            "llm-tpu {} capacity {capacity} grid {g:?}: ours max {max:.4} mean {mean:.5}; \
+             transformers' single resize: {vs_single}",
+            name(&path)
+        );
+        if is_jpeg(&path) {
+            assert!(max < 0.1 && mean < 0.005, "{max} {mean}");
+        } else {
+            assert_eq!(max, 0.0);
+        }
     }
 }
 

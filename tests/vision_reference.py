@@ -10,6 +10,7 @@ bounds), and grids, window/reverse indices, masks and M-RoPE ids exactly.
 
 import itertools
 import json
+import math
 import os
 import sys
 import types
@@ -74,6 +75,38 @@ for path in IMAGES:
             entry[name] = save(f"{stem}.qwen{k}.{name}.f32", out["pixel_values"], np.float32)
         summary["qwen"].append(entry)
 
+# LLM-TPU's path: qwen_vl_utils' fetch_image resize (its smart_resize variant, bounds 4 and
+# 16384 merged tokens; Image.resize's default filter), then the processor with LLM-TPU's
+# min 64*28*28 and a vit capacity as max.
+def qwen_vl_utils_smart_resize(height, width, factor, min_pixels, max_pixels):
+    # qwen_vl_utils 0.0.14: sides rounded to >= factor; scaled-down sides not clamped.
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+summary["llm_tpu"] = []
+for path in IMAGES:
+    stem = os.path.basename(path)
+    image = Image.open(path).convert("RGB")
+    for k, capacity in enumerate([3072, 64]):
+        h, w = qwen_vl_utils_smart_resize(image.height, image.width, 28, 4 * 28 * 28, 16384 * 28 * 28)
+        first = image.resize((w, h))
+        proc = Qwen2VLImageProcessorPil(min_pixels=64 * 28 * 28, max_pixels=capacity * 14 * 14)
+        out = proc(images=[first], return_tensors="np")
+        summary["llm_tpu"].append({
+            "image": path, "capacity": capacity, "first": [h, w],
+            "grid": [int(v) for v in out["image_grid_thw"][0]],
+            "pixels": save(f"{stem}.llmtpu{k}.f32", out["pixel_values"], np.float32)})
+
 # smart_resize on many sizes (the grid must be exactly equal).
 sizes = [(h, w) for h in [1, 13, 27, 28, 41, 42, 43, 70, 99, 351, 500, 1023, 4000]
          for w in [1, 14, 42, 56, 70, 300, 641, 1999, 3000]]
@@ -84,7 +117,9 @@ for h, w in sizes:
             r = list(smart_resize(h, w, 28, lo, hi))
         except ValueError:
             r = None
-        summary["smart_resize"].append({"h": h, "w": w, "min": lo, "max": hi, "out": r})
+        summary["smart_resize"].append({"h": h, "w": w, "min": lo, "max": hi, "out": r,
+                                        "qwen_vl_utils": list(qwen_vl_utils_smart_resize(h, w, 28, lo, hi))
+                                        if r is not None else None})
 
 # --- vit host inputs: transformers' get_window_index / rot_pos_emb + LLM-TPU's masks ---------
 def vision_self(window_size, merge=2, patch=14):

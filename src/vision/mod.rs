@@ -10,6 +10,7 @@
 //!     .with_pixel_bounds(min, max)                        // optional (LLM-TPU: 64·28·28, capacity_pixels(P))
 //!   params.grid_for(h, w, path) -> Grid                   // grid only (token count before decoding pixels)
 //!   params.preprocess(&img) -> QwenPixels                 // smart_resize + bicubic + normalise + flatten [N, 1176]
+//!   params.preprocess_llm_tpu(&img) -> QwenPixels         // or LLM-TPU's two resizes (qwen_vl_utils first)
 //!   params.check_capacity(grid, P, path)                  // N ≤ P or InputError
 //!   qwen_vit::qwen_vit_inputs(&params, &pixels, P, VitShape::{Static,Dynamic}, path)
 //!       -> QwenVitInputs                                  // input_states, position_ids, masks, reverse_index

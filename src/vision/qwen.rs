@@ -291,6 +291,31 @@ impl QwenVisionParams {
         })
     }
 
+    /// LLM-TPU's path (`pipeline.py` → qwen_vl_utils `fetch_image`, then the processor):
+    /// qwen_vl_utils first resizes to its own smart_resize with bounds 4·f² … 16384·f²
+    /// (f = patch·merge), then [`Self::preprocess`] resizes that again with `self`'s bounds.
+    /// The second resize is a no-op when the first size already fits; otherwise (small images
+    /// under LLM-TPU's min 64·28·28, large ones over the vit capacity) the pixels, and
+    /// sometimes the grid, differ from transformers' single resize.
+    pub fn preprocess_llm_tpu(&self, img: &RgbImage) -> Result<QwenPixels, InputError> {
+        let f = self.factor() as u64;
+        let (h, w) = qwen_vl_utils_smart_resize(
+            img.height,
+            img.width,
+            self.factor(),
+            QWEN_VL_UTILS_TOKENS.0 * f * f,
+            QWEN_VL_UTILS_TOKENS.1 * f * f,
+        )
+        .map_err(|problem| {
+            InputError::invalid(
+                &img.source,
+                problem,
+                "crop the image to a less extreme shape (at most 200:1)",
+            )
+        })?;
+        self.preprocess(&resize_bicubic(img, w, h))
+    }
+
     /// CHW f32 planes: `f32(v · rescale_factor)` (numpy rescales in f64), then
     /// `(x − mean) / std` in f32, as transformers' PIL backend does.
     fn normalize(&self, img: &RgbImage) -> Vec<f32> {
@@ -329,6 +354,48 @@ impl QwenVisionParams {
              reconvert with a larger --max_pixels",
         ))
     }
+}
+
+/// qwen_vl_utils' image bounds in merged tokens (`IMAGE_MIN_TOKEN_NUM`, `IMAGE_MAX_TOKEN_NUM`).
+pub const QWEN_VL_UTILS_TOKENS: (u64, u64) = (4, 16384);
+
+/// qwen_vl_utils' (0.0.14) `smart_resize`, which differs from transformers' in two clamps:
+/// the rounded sides are at least `factor`, and the scaled-down sides are not.
+pub fn qwen_vl_utils_smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(usize, usize), String> {
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if height == 0 || width == 0 {
+        return Err(format!("the image is zero-sized ({width}×{height})"));
+    }
+    let ratio = h.max(w) / h.min(w);
+    if ratio > 200.0 {
+        return Err(format!(
+            "absolute aspect ratio must be smaller than 200, got {ratio}"
+        ));
+    }
+    let mut h_bar = f.max((h / f).round_ties_even() * f);
+    let mut w_bar = f.max((w / f).round_ties_even() * f);
+    let area = (height as u64 * width as u64) as f64;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = (area / max_pixels as f64).sqrt();
+        h_bar = (h / beta / f).floor() * f;
+        w_bar = (w / beta / f).floor() * f;
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / area).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    if h_bar < 1.0 || w_bar < 1.0 {
+        return Err(format!(
+            "the image ({width}×{height}) is too thin to resize within {max_pixels} pixels"
+        ));
+    }
+    Ok((h_bar as usize, w_bar as usize))
 }
 
 /// transformers' `smart_resize`: (height, width) rounded to multiples of `factor` (Python's
