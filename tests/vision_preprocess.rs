@@ -15,7 +15,7 @@ use llm_convert::exit::ExitStatus;
 use llm_convert::vision::qwen::{qwen_vl_utils_smart_resize, smart_resize};
 use llm_convert::vision::qwen_vit::{self, VitShape};
 use llm_convert::vision::{
-    decode, load_rgb, mrope_position_ids, Grid, InternVlParams, QwenVisionParams, RgbImage,
+    load_rgb, mrope_position_ids, Grid, InternVlParams, QwenVisionParams, RgbImage,
 };
 use serde_json::Value;
 
@@ -177,12 +177,34 @@ fn bicubic_resize_is_bit_exact_with_pillow() {
             entry["width"].as_u64().expect("w") as usize,
             entry["height"].as_u64().expect("h") as usize,
         );
-        let ours = llm_convert::vision::resize::resize_bicubic(&pil_rgb(&path), w, h);
+        let src = pil_rgb(&path);
+        let pil = raw(entry, "rgb");
+        let ours = llm_convert::vision::resize::resize_bicubic(&src, w, h);
         assert!(
-            ours.data == raw(entry, "rgb"),
+            ours.data == pil,
             "{} resized to {w}×{h} differs from Pillow's BICUBIC",
             name(&path)
         );
+        // The quirks matter: the image crate's CatmullRom (the same a = −0.5 cubic, without
+        // Pillow's widened support, weight quantisation and u8 intermediate) is visibly off.
+        let buf = image::RgbImage::from_raw(src.width as u32, src.height as u32, src.data)
+            .expect("rgb buffer");
+        let cr = image::imageops::resize(
+            &buf,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::CatmullRom,
+        );
+        let a: Vec<f32> = cr.as_raw().iter().map(|&v| f32::from(v)).collect();
+        let b: Vec<f32> = pil.iter().map(|&v| f32::from(v)).collect();
+        let (max, mean) = diff(&a, &b);
+        println!(
+            "resize {} {}×{} → {w}×{h}: image's CatmullRom vs Pillow max {max} levels, mean {mean:.3}",
+            name(&path),
+            src.width,
+            src.height
+        );
+        assert!(max >= 1.0, "CatmullRom happened to match Pillow");
     }
 }
 
@@ -526,43 +548,6 @@ fn write(dir: &Path, file: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// The test PNG with its IHDR width/height replaced (CRC fixed up).
-fn png_with_size(w: u32, h: u32) -> Vec<u8> {
-    let mut png = std::fs::read(data("astronaut_crop.png")).expect("png");
-    png[16..20].copy_from_slice(&w.to_be_bytes());
-    png[20..24].copy_from_slice(&h.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
-}
-
-/// The test JPEG with its SOF0 height/width replaced.
-fn jpeg_with_size(w: u16, h: u16) -> Vec<u8> {
-    let mut jpg = std::fs::read(data("grace_hopper_300.jpg")).expect("jpg");
-    let sof = jpg
-        .windows(2)
-        .position(|m| m == [0xFF, 0xC0])
-        .expect("baseline SOF0");
-    jpg[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
-    jpg[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
-    jpg
-}
-
 #[test]
 fn bad_images_are_input_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -580,15 +565,7 @@ fn bad_images_are_input_errors() {
         let p = write(d, &format!("cut-{img}"), &full[..full.len() / 3]);
         input_error(load_rgb(&p), &format!("cut-{img}"), "truncated");
     }
-    let p = write(d, "zero.png", &png_with_size(0, 138));
-    input_error(load_rgb(&p), "zero.png", "zero-sized");
-    let p = write(d, "huge.png", &png_with_size(40_000, 30_000));
-    input_error(load_rgb(&p), "huge.png", "more than the 89478485 allowed");
-    let p = write(d, "huge.jpg", &jpeg_with_size(60_000, 60_000));
-    input_error(load_rgb(&p), "huge.jpg", "more than the 89478485 allowed");
-    // The header is checked before decoding: the huge PNG's pixels were never allocated,
-    // and a plain valid file still decodes.
-    assert!(decode::decode_rgb(&png_with_size(176, 138), &p).is_ok());
+    // Zero-sized and huge headers: unit tests in src/vision/decode.rs.
 
     // Needs more patches than the compiled vit holds.
     let photo = data("grace_hopper_300.jpg");

@@ -246,6 +246,67 @@ mod tests {
         assert!(!jpeg_has_end(&[0xFF, 0xD8, 0xFF]));
     }
 
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// The test photo PNG with its IHDR width/height replaced (CRC fixed up).
+    fn png_with_size(w: u32, h: u32) -> Vec<u8> {
+        let mut png = include_bytes!("../../tests/data/astronaut_crop.png").to_vec();
+        png[16..20].copy_from_slice(&w.to_be_bytes());
+        png[20..24].copy_from_slice(&h.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
+    }
+
+    /// The test photo JPEG with its SOF0 height/width replaced.
+    fn jpeg_with_size(w: u16, h: u16) -> Vec<u8> {
+        let mut jpg = include_bytes!("../../tests/data/grace_hopper_300.jpg").to_vec();
+        let sof = jpg
+            .windows(2)
+            .position(|m| m == [0xFF, 0xC0])
+            .expect("baseline SOF0");
+        jpg[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        jpg[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+        jpg
+    }
+
+    #[test]
+    fn zero_sized_and_huge_headers_are_refused_before_decoding() {
+        assert!(decode_rgb(&png_with_size(176, 138), Path::new("ok.png")).is_ok());
+        let m = message(decode_rgb(&png_with_size(0, 138), Path::new("zero.png")));
+        assert!(m.contains("zero.png") && m.contains("zero-sized"), "{m}");
+        // 1.2 G pixels: refused from the header, never allocated.
+        let m = message(decode_rgb(
+            &png_with_size(40_000, 30_000),
+            Path::new("huge.png"),
+        ));
+        assert!(
+            m.contains("huge.png") && m.contains("more than the 89478485 allowed"),
+            "{m}"
+        );
+        let m = message(decode_rgb(
+            &jpeg_with_size(60_000, 60_000),
+            Path::new("huge.jpg"),
+        ));
+        assert!(
+            m.contains("huge.jpg") && m.contains("more than the 89478485 allowed"),
+            "{m}"
+        );
+    }
+
     #[test]
     fn refuses_zero_sized_and_absurd_dimensions_from_the_header() {
         let m = check_dimensions(Path::new("z.png"), 0, 10)

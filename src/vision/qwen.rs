@@ -487,6 +487,34 @@ mod tests {
     }
 
     #[test]
+    fn params_come_from_the_configs() {
+        use serde_json::json;
+        let dir = Path::new("m");
+        let cfg = json!({"model_type": "qwen2_5_vl", "vision_config": {
+            "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "window_size": 128, "in_channels": 3}});
+        let pre = json!({"min_pixels": 1024, "max_pixels": 65536, "patch_size": 16,
+                         "size": {"shortest_edge": 1, "longest_edge": 2},
+                         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]});
+        let p = QwenVisionParams::from_json(&cfg, Some(&pre), dir).expect("params");
+        assert_eq!(
+            (p.patch_size, p.window_size, p.patch_dim()),
+            (16, Some(128), 1536)
+        );
+        // Explicit min/max_pixels override `size`, as in transformers.
+        assert_eq!(
+            (p.min_pixels, p.max_pixels, p.mean, p.std),
+            (1024, 65536, [0.5; 3], [0.25; 3])
+        );
+        let p = QwenVisionParams::from_json(&json!({"model_type": "qwen2_vl"}), None, dir)
+            .expect("qwen2_vl defaults");
+        assert_eq!(p, QwenVisionParams::defaults(false));
+        let clash = json!({"merge_size": 3});
+        assert!(QwenVisionParams::from_json(&cfg, Some(&clash), dir).is_err());
+        assert!(QwenVisionParams::from_json(&json!({"model_type": "llama"}), None, dir).is_err());
+    }
+
+    #[test]
     fn capacity_check_names_the_file() {
         let p = QwenVisionParams::defaults(true);
         let g = Grid { t: 1, h: 64, w: 64 };
