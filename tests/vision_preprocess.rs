@@ -41,7 +41,15 @@ fn reference() -> &'static (PathBuf, Value) {
             h.update(std::fs::read(data(img)).expect("reading a test image"));
         }
         let key = llm_convert::util::hex(&h.finalize())[..16].to_string();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vision-ref-{key}"));
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = root.join(format!("vision-ref-{key}"));
+        // References of older script versions are ~100 MB each: drop them.
+        for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let n = old.file_name().to_string_lossy().into_owned();
+            if n.starts_with("vision-ref-") && old.path() != dir {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
         if !dir.join("summary.json").exists() {
             let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
