@@ -7,7 +7,8 @@
 //! simulator's libbmlib dlopens `libcmodel.so` by name through its RUNPATH (`$ORIGIN`), so the
 //! folder libbmlib is loaded from decides the cmodel. We never edit the shared toolchain folder
 //! (other processes may be running from it); for a chip whose cmodel is not the folder's own
-//! `libcmodel.so`, we load from `<toolchain>/simulator/<chip>/lib`: links to every file of
+//! `libcmodel.so`, we load from `<toolchain>/simulator/<cmodel>/lib` (`simulator/bm1688/lib`
+//! for BM1688 and CV186X): links to every file of
 //! `$TPUC_ROOT/lib`, except `libcmodel.so`, which links to that chip's cmodel. glibc takes
 //! `$ORIGIN` from the path a library was opened by, without resolving links.
 
@@ -56,11 +57,11 @@ pub fn lib_dir_for(layout: &Layout, chip: &str) -> Result<PathBuf> {
     if same_contents(&lib.join("libcmodel.so"), &target)? {
         return Ok(lib);
     }
-    let shadow = layout
-        .root
-        .join("simulator")
-        .join(chip.to_ascii_lowercase())
-        .join("lib");
+    // Named after the cmodel, not the chip: BM1688 and CV186X share one folder (and process).
+    let variant = cmodel
+        .trim_start_matches("libcmodel_")
+        .trim_end_matches(".so");
+    let shadow = layout.root.join("simulator").join(variant).join("lib");
     if !is_shadow_of(&shadow, &lib, &target) {
         build_shadow(&shadow, &lib, &target)
             .with_context(|| format!("preparing the {chip} simulator in {}", shadow.display()))?;

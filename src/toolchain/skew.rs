@@ -110,17 +110,22 @@ pub fn check(
 ) -> anyhow::Result<VersionReport> {
     let version = BmodelVersion::parse(&summary.version);
     let mut checks = vec![];
-    let libs = match base.for_chip(layout, &summary.chip) {
-        Ok(libs) => Some(libs),
-        Err(e) => {
-            checks.push(skew(
-                "chip",
-                true,
-                format!("{:#}", e),
-                "convert for a chip this runtime runs (`-c bm1684x`, bm1688 or cv186x)".into(),
-            ));
-            None
-        }
+    // A chip without a simulator is a skew; a toolchain that cannot provide one is a failure.
+    let libs = if base.is_simulator() && simulator::cmodel_for(&summary.chip).is_none() {
+        checks.push(skew(
+            "chip",
+            true,
+            format!(
+                "no CPU simulator for {}: the simulator runs BM1684X, BM1688 and CV186X",
+                summary.chip
+            ),
+            "convert for one of those (`-c bm1684x`, bm1688 or cv186x), or run it on a device \
+             (`--runtime device`)"
+                .into(),
+        ));
+        None
+    } else {
+        Some(base.for_chip(layout, &summary.chip)?)
     };
     let lib_versions = match &libs {
         Some(l) => crate::bmrt::runtime_versions(l)?,
