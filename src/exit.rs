@@ -14,6 +14,9 @@ pub enum ExitStatus {
     BadInput,
     /// `verify` ran, and the bmodel is below the thresholds.
     BelowThreshold,
+    /// The bmodel and the runtime do not match (`doctor BMODEL`; a fatal skew when a command
+    /// starts): [`crate::toolchain::skew`].
+    VersionSkew,
     /// Ctrl-C (128 + SIGINT, as shells report it).
     Interrupted,
 }
@@ -25,6 +28,7 @@ impl ExitStatus {
             ExitStatus::Failure => 1,
             ExitStatus::BadInput => 2,
             ExitStatus::BelowThreshold => 3,
+            ExitStatus::VersionSkew => 4,
             ExitStatus::Interrupted => 130,
         }
     }
@@ -45,6 +49,11 @@ impl ExitStatus {
             .any(|e| e.downcast_ref::<InputError>().is_some())
         {
             ExitStatus::BadInput
+        } else if err.chain().any(|e| {
+            e.downcast_ref::<crate::toolchain::skew::SkewError>()
+                .is_some()
+        }) {
+            ExitStatus::VersionSkew
         } else {
             ExitStatus::Failure
         }

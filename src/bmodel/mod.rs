@@ -3,6 +3,7 @@
 
 mod dynamic_ir;
 mod flatbuf;
+pub mod version;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,6 +15,7 @@ use crate::error::InputError;
 
 pub use dynamic_ir::zero_timestep_padding;
 pub use flatbuf::Table;
+pub use version::BmodelVersion;
 
 /// `0xFF55AAEE`, the first word of every bmodel.
 pub const MAGIC: u32 = 0xFF55_AAEE;
@@ -41,7 +43,11 @@ impl Header {
         let h = Header {
             header_size: word(1)? as usize,
             flatbuffer_size: word(2)? as usize,
-            binary_size: word(3)? as usize,
+            // A u64 at byte 12 (the header is packed): bmodels of large models pass 4 GiB.
+            binary_size: usize::try_from(
+                flatbuf::u64_at(bytes, 12).context("shorter than a bmodel header")?,
+            )
+            .context("binary size overflows")?,
         };
         let end = h
             .header_size
@@ -76,6 +82,11 @@ impl Header {
 pub struct Summary {
     pub chip: String,
     pub nets: Vec<String>,
+    /// `Model.version`, e.g. `2.2+v1.30.2-20260831` (`model_tool --info` prints it as
+    /// "bmodel version: B.2.2+v1.30.2-..."): the format version, then the compiler that wrote it.
+    pub version: String,
+    /// The most TPU cores any net's stage was compiled for (`NetParameter.core_num`, 0 = 1).
+    pub cores: u32,
 }
 
 /// The largest FlatBuffers description we read (real ones are kilobytes to a few megabytes).
@@ -96,7 +107,7 @@ pub fn check_file(path: &Path) -> Result<Summary, InputError> {
         .metadata()
         .map_err(|e| bad(format!("cannot stat: {e}")))?
         .len();
-    let mut head = [0u8; 16];
+    let mut head = [0u8; 20];
     file.read_exact(&mut head)
         .map_err(|_| bad(format!("{file_len} bytes, shorter than a bmodel header")))?;
     let header = Header::parse_prefix(&head, file_len).map_err(|e| bad(format!("{e:#}")))?;
@@ -128,17 +139,31 @@ pub fn summarize(description: &[u8]) -> Result<Summary> {
     if nets.is_empty() {
         bail!("the description has no nets");
     }
-    Ok(Summary { chip, nets })
+    let version = root.string(fields::MODEL_VERSION)?.unwrap_or_default();
+    let mut cores = 1;
+    for net in root.tables(fields::MODEL_NET)? {
+        for stage in net.tables(fields::NET_PARAMETER)? {
+            cores = cores.max(stage.u32(fields::PARAM_CORE_NUM)?);
+        }
+    }
+    Ok(Summary {
+        chip,
+        nets,
+        version,
+        cores,
+    })
 }
 
 /// Field ids in `bmodel.fbs` (table `Model`, `Net`, `NetParameter`, `SubNet`).
 pub mod fields {
+    pub const MODEL_VERSION: usize = 1;
     pub const MODEL_CHIP: usize = 3;
     pub const MODEL_NET: usize = 4;
     pub const NET_NAME: usize = 0;
     pub const NET_PARAMETER: usize = 3;
     pub const PARAM_BINARY_IR: usize = 11;
     pub const PARAM_SUB_NET: usize = 12;
+    pub const PARAM_CORE_NUM: usize = 16;
     pub const SUBNET_INPUT_TENSOR: usize = 3;
     pub const SUBNET_OUTPUT_TENSOR: usize = 4;
     pub const SUBNET_IS_DYNAMIC: usize = 5;

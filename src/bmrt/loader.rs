@@ -1,6 +1,7 @@
 //! dlopens libbmlib then libbmrt once per process and keeps them loaded for good: every
 //! `Runtime`, `DeviceMem` and `NetInfo` holds plain function pointers into them.
 
+use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -16,6 +17,19 @@ struct Loaded {
     /// Held only to keep libbmlib (and its global symbols) loaded.
     _bmlib: Library,
     api: BmrtApi,
+    versions: LibVersions,
+}
+
+/// What the loaded libbmrt/libbmlib say about themselves (None: the symbol is absent, as in
+/// builds older or newer than TPU-MLIR 1.30.2's).
+#[derive(Debug, Clone, Default)]
+pub struct LibVersions {
+    /// libbmrt's `BMODEL_VERSION`: the bmodel format it reads (`2.2`).
+    pub bmodel_format: Option<String>,
+    /// libbmrt's `_bmrt_version()`: `libbmrt_version:1.0.0, branch:master,commit:ee6becb0 ,...`.
+    pub bmrt: Option<String>,
+    /// libbmlib's `libbmlib_version()`: `libbmlib_version:1.0.0, branch:master, commit:...`.
+    pub bmlib: Option<String>,
 }
 
 static LOADED: OnceLock<Loaded> = OnceLock::new();
@@ -38,12 +52,19 @@ pub(crate) fn api(libs: &RuntimeLibs) -> Result<&'static BmrtApi> {
     if loaded.dir != dir {
         bail!(
             "this process already loaded the runtime libraries from {}; it cannot also load {} \
-             (one runtime per process)",
+             (one runtime per process: libbmlib and the simulator's cmodel load once, so one \
+             process runs bmodels of one chip; run a bmodel of another chip in its own process)",
             loaded.dir.display(),
             dir.display()
         );
     }
     Ok(&loaded.api)
+}
+
+/// The version strings of the libraries `libs` names (loading them as [`api`] does).
+pub(crate) fn versions(libs: &RuntimeLibs) -> Result<LibVersions> {
+    api(libs)?;
+    Ok(LOADED.get().map(|l| l.versions.clone()).unwrap_or_default())
 }
 
 fn canonical(dir: &Path) -> PathBuf {
@@ -72,6 +93,7 @@ fn open(dir: &Path) -> Result<Loaded> {
     // SAFETY: as above.
     let bmrt = unsafe { Library::open(Some(&bmrt_path), RTLD_NOW | RTLD_LOCAL) }
         .with_context(|| format!("dlopen {}", bmrt_path.display()))?;
+    let versions = read_versions(&bmlib, &bmrt);
     // SAFETY: every symbol is looked up by the name and C signature our header declares
     // (checked against TPU-MLIR 1.30.2's libraries); bm_* symbols resolve through libbmrt's
     // dependency on libbmlib. Fails cleanly if any is missing (dynamic_link_require_all).
@@ -85,5 +107,43 @@ fn open(dir: &Path) -> Result<Loaded> {
         dir: dir.to_path_buf(),
         _bmlib: bmlib,
         api,
+        versions,
     })
+}
+
+fn read_versions(bmlib: &Library, bmrt: &Library) -> LibVersions {
+    /// A `const char *f(void)` returning a static string.
+    fn call(lib: &Library, name: &[u8]) -> Option<String> {
+        // SAFETY: in the libraries we load these are `const char *(void)` returning a static
+        // NUL-terminated string (checked against TPU-MLIR 1.30.2's); absent means None.
+        unsafe {
+            let f = lib
+                .get::<unsafe extern "C" fn() -> *const c_char>(name)
+                .ok()?;
+            text(f())
+        }
+    }
+    /// # Safety
+    /// `p` is null or a NUL-terminated string that lives as long as the library.
+    unsafe fn text(p: *const c_char) -> Option<String> {
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().trim().to_string())
+    }
+    // SAFETY: `BMODEL_VERSION` is a `const char *` variable: the symbol is its address.
+    let bmodel_format = unsafe {
+        bmrt.get::<*const *const c_char>(b"BMODEL_VERSION")
+            .ok()
+            .and_then(|sym| {
+                let at: *const *const c_char = *sym;
+                if at.is_null() {
+                    None
+                } else {
+                    text(*at)
+                }
+            })
+    };
+    LibVersions {
+        bmodel_format,
+        bmrt: call(bmrt, b"_Z13_bmrt_versionv"),
+        bmlib: call(bmlib, b"libbmlib_version"),
+    }
 }

@@ -136,6 +136,7 @@ impl Runtime {
 
     /// Host → device, the whole of `dst`: `src` must be exactly `dst.size()` bytes.
     pub fn s2d<T: Pod>(&self, dst: &DeviceMem, src: &[T]) -> Result<()> {
+        self.wait_before_host_copy()?;
         let bytes: &[u8] = bytemuck::cast_slice(src);
         ensure!(
             bytes.len() == dst.size(),
@@ -153,6 +154,7 @@ impl Runtime {
 
     /// Host → device, a prefix of `dst` of `src`'s length.
     pub fn s2d_partial<T: Pod>(&self, dst: &DeviceMem, src: &[T]) -> Result<()> {
+        self.wait_before_host_copy()?;
         let bytes: &[u8] = bytemuck::cast_slice(src);
         ensure!(
             bytes.len() <= dst.size(),
@@ -177,6 +179,7 @@ impl Runtime {
 
     /// Device → host, the whole of `src`: `dst` must be exactly `src.size()` bytes.
     pub fn d2s<T: Pod>(&self, dst: &mut [T], src: &DeviceMem) -> Result<()> {
+        self.wait_before_host_copy()?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
         ensure!(
             bytes.len() == src.size(),
@@ -194,6 +197,7 @@ impl Runtime {
 
     /// Device → host, the first `dst.len()` elements' worth of bytes of `src`.
     pub fn d2s_partial<T: Pod>(&self, dst: &mut [T], src: &DeviceMem) -> Result<()> {
+        self.wait_before_host_copy()?;
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
         ensure!(
             bytes.len() <= src.size(),
@@ -242,6 +246,11 @@ impl Runtime {
         if len == 0 {
             return Ok(());
         }
+        if self.d2d_through_host {
+            let mut staged = vec![0u8; len];
+            self.d2s_partial(&mut staged, &src.sub(src_offset, len)?)?;
+            return self.s2d_partial(&dst.sub(dst_offset, len)?, &staged);
+        }
         // SAFETY: live handle; both ranges lie inside their descriptors (checked above).
         let status = unsafe {
             self.api.bm_memcpy_d2d_byte(
@@ -256,6 +265,15 @@ impl Runtime {
         check(status).with_context(|| {
             format!("bm_memcpy_d2d_byte {len} bytes {src:?}+{src_offset} -> {dst:?}+{dst_offset}")
         })
+    }
+
+    /// On runtimes set to [`Runtime::copy_d2d_through_host`], host copies do not queue behind
+    /// launches as they do on the others: wait for the launches first.
+    fn wait_before_host_copy(&self) -> Result<()> {
+        if self.d2d_through_host {
+            self.sync()?;
+        }
+        Ok(())
     }
 
     /// Fills `mem` with zeros (e.g. a fresh KV cache).

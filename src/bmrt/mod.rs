@@ -17,6 +17,13 @@ mod runtime;
 
 pub use dtype::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, DType};
 pub use launch::Tensor;
+pub use loader::LibVersions;
 pub use mem::{DeviceBuffer, DeviceMem};
 pub use net::{NetInfo, Stage, ADDR_MODE_BASIC, ADDR_MODE_IO_ALONE};
 pub use runtime::{DevStat, Runtime};
+
+/// The version strings of the runtime libraries `libs` names, loading them for this process
+/// (the one runtime it may use: see [`Runtime::open`]).
+pub fn runtime_versions(libs: &crate::toolchain::RuntimeLibs) -> anyhow::Result<LibVersions> {
+    loader::versions(libs)
+}

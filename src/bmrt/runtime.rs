@@ -20,6 +20,8 @@ pub struct Runtime {
     describe: String,
     device_id: i32,
     bmodels: Vec<PathBuf>,
+    /// Device-to-device copies go through host memory (see [`Runtime::copy_d2d_through_host`]).
+    pub(super) d2d_through_host: bool,
 }
 
 /// Device statistics from `bm_get_stat` (the simulator reports zeros).
@@ -61,6 +63,7 @@ impl Runtime {
             describe,
             device_id,
             bmodels: vec![],
+            d2d_through_host: false,
         })
     }
 
@@ -84,6 +87,14 @@ impl Runtime {
         }
         self.bmodels.push(path.to_path_buf());
         Ok(())
+    }
+
+    /// From now on, device-to-device copies are a device-to-host plus a host-to-device copy,
+    /// and every host copy first waits for queued launches: for simulators whose firmware
+    /// cannot copy device to device and whose host copies do not wait
+    /// (`toolchain::simulator::needs_host_d2d`).
+    pub fn copy_d2d_through_host(&mut self) {
+        self.d2d_through_host = true;
     }
 
     /// The bmodels loaded so far.

@@ -24,10 +24,15 @@ impl LoadedBmodel {
             return Err(InputError::missing(bmodel, "the bmodel to run").into());
         }
         // Before libbmrt: it is not built for damaged files, and may be missing altogether.
-        crate::bmodel::check_file(bmodel)?;
+        let summary = crate::bmodel::check_file(bmodel)?;
+        // The chip's simulator, and the versions `doctor BMODEL` checks: skews warn, or stop.
+        let libs = crate::toolchain::skew::check(layout, &runtime.libs(layout), bmodel, &summary)?
+            .enforce()?;
         let out = crate::util::stdout_to_stderr()?;
-        let libs = runtime.libs(layout);
         let mut rt = Runtime::open(&libs, 0)?;
+        if libs.is_simulator() && crate::toolchain::simulator::needs_host_d2d(&summary.chip) {
+            rt.copy_d2d_through_host();
+        }
         let t0 = Instant::now();
         rt.load_bmodel(bmodel)?;
         Ok(LoadedBmodel {

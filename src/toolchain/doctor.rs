@@ -1,4 +1,5 @@
 //! `llm-convert doctor`: is the toolchain usable, and if not, what to run to fix it.
+//! `llm-convert doctor BMODEL`: does that bmodel match the runtime ([`super::skew`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +15,15 @@ const FIX_INSTALL: &str = "run `llm-convert toolchain install` (or scripts/setup
 
 /// `doctor`'s flags.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Exit status: 0 all checks pass (with BMODEL: the bmodel matches the \
+    runtime), 1 a toolchain check failed or the runtime cannot be loaded, 2 BMODEL is not a \
+    readable bmodel, 4 BMODEL and the runtime are skewed (version, chip or net set)."
+)]
 pub struct DoctorArgs {
+    /// A bmodel to check against the runtime instead: its compiler version, format, chip and
+    /// net set against libbmrt/libbmlib (and on a device, the driver).
+    pub bmodel: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -24,6 +33,14 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     /// Runs every check and prints the report; fails (exit 1) unless all pass.
     pub fn run(&self, layout: &Layout) -> anyhow::Result<ExitStatus> {
+        if let Some(bmodel) = &self.bmodel {
+            return super::doctor_bmodel::run(
+                layout,
+                &self.runtime.libs(layout),
+                bmodel,
+                self.json,
+            );
+        }
         let report = run(layout, &self.runtime.libs(layout));
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -2,10 +2,13 @@
 //! with the right environment. Decides nothing about what to compile.
 
 pub mod doctor;
+mod doctor_bmodel;
 pub mod env;
 pub mod install;
 pub mod layout;
 pub mod runtime;
+pub mod simulator;
+pub mod skew;
 
 pub use layout::{Layout, TPU_MLIR_VERSION};
 pub use runtime::{RuntimeArg, RuntimeLibs};

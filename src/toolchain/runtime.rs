@@ -44,6 +44,18 @@ impl RuntimeLibs {
         }
     }
 
+    /// The libraries that run a bmodel of `chip` (as its header names it): on the simulator,
+    /// the folder whose `libcmodel.so` is that chip's cmodel ([`super::simulator`]); a device
+    /// runtime as chosen (libbmrt itself refuses a bmodel for another chip).
+    pub fn for_chip(&self, layout: &Layout, chip: &str) -> Result<RuntimeLibs> {
+        match self {
+            RuntimeLibs::Simulator(_) => Ok(RuntimeLibs::Simulator(super::simulator::lib_dir_for(
+                layout, chip,
+            )?)),
+            RuntimeLibs::Device(d) => Ok(RuntimeLibs::Device(d.clone())),
+        }
+    }
+
     pub fn dir(&self) -> &PathBuf {
         match self {
             RuntimeLibs::Simulator(d) | RuntimeLibs::Device(d) => d,
