@@ -8,7 +8,7 @@ For each fixture it writes OUT_DIR/<name>/ with
   config.json + model.safetensors   as save_pretrained writes them (the internvl_chat ones are
                                     rewritten into OpenGVLab's layout, see below)
   photo.png                         the real photo (scikit-image's chelsea) the processor read
-  inputs.safetensors                pixel_values as the processor made them (f32), image_grid_thw
+  expected/inputs.safetensors       pixel_values as the processor made them (f32), image_grid_thw
                                     (Qwen, i64), image_embeds (f32 [tokens, H], what the vision
                                     tower + projector computed), and vision_block_{i} (each vision
                                     block's output, Qwen: in window order, InternVL: with CLS,
@@ -253,7 +253,9 @@ def make(out_dir, name, kind, build, dtype):
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     tensors, result = expected(kind, reloaded, reloaded.config)
     shutil.copyfile(PHOTO, os.path.join(d, "photo.png"))
-    save_file(tensors, os.path.join(d, "inputs.safetensors"))
+    os.makedirs(os.path.join(d, "expected"))
+    # In a sub-folder: the model folder's *.safetensors are the checkpoint.
+    save_file(tensors, os.path.join(d, "expected", "inputs.safetensors"))
     json.dump(result, open(os.path.join(d, "expected.json"), "w"))
 
 
@@ -328,13 +330,15 @@ def make_internvl_chat(out_dir, name, source):
         "ps_version": "v2", "select_layer": -1, "template": "internvl2_5", "use_thumbnail": True,
         "use_backbone_lora": 0, "use_llm_lora": 0, "torch_dtype": native.get("dtype", "float32"),
         "llm_config": llm, "vision_config": vision,
-        # Not OpenGVLab fields: where the tiny ids are (the real model's come from its tokenizer).
-        "img_context_token_id": native["image_token_id"],
+        # Not an OpenGVLab field (the real model's <IMG_CONTEXT> id comes from its tokenizer;
+        # these tiny models have none): the id, under the native layout's key.
+        "image_token_id": native["image_token_id"],
     }
     assert not native.get("vision_feature_layer", -1) != -1
     json.dump(config, open(os.path.join(d, "config.json"), "w"), indent=2)
-    for f in ("expected.json", "inputs.safetensors", "photo.png"):
+    for f in ("expected.json", "photo.png"):
         shutil.copyfile(os.path.join(src, f), os.path.join(d, f))
+    shutil.copytree(os.path.join(src, "expected"), os.path.join(d, "expected"))
 
 
 def main():

@@ -238,5 +238,4 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
         .sum()
 }
 
-mod vlm;
-pub use vlm::vlm_fixtures;
+pub mod vlm;
