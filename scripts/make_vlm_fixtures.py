@@ -92,7 +92,6 @@ def qwen2(vision, text):
 
 def intern(vision, text, **kw):
     return lambda: InternVLConfig(vision_config=vision, text_config=text, downsample_ratio=0.5,
-                                  tie_word_embeddings=text["tie_word_embeddings"],
                                   image_token_id=INTERN_IDS["image_token_id"],
                                   image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2 // 4,
                                   **kw)
@@ -130,10 +129,24 @@ FIXTURES = {
                                     initializer_range=0.1),
                                text_dims(rope_parameters=mrope([4, 6, 6]))), torch.float32, None),
     # transformers' native layout; 112x112 tiles (8x8 patches, 16 tokens a tile), head_dim 32.
-    "internvl": ("intern", intern(intern_vision(), text_dims(model_type="qwen2")), torch.float32, None),
+    "internvl": ("intern", intern(intern_vision(), text_dims(model_type="qwen2"), tie_word_embeddings=False),
+                 torch.float32, None),
     # OpenGVLab's layout of the same model.
     "internvl_chat": ("intern", None, torch.float32, "internvl"),
+    # InternViT-300M's geometry (what TPU-MLIR's InternVL3Converter hardcodes) at depth 2, one
+    # 448x448 tile: the internvl_chat layout for llm_convert.py; its native source (a name
+    # starting with "_") is only a step and is removed. Tied lm_head by InternVLConfig's
+    # default top-level tie_word_embeddings (true), which transformers obeys over the text
+    # config's false (and drops lm_head from the file); llm_config says true.
+    "_internvl_300m_bf16": ("intern", intern(
+        intern_vision(hidden_size=1024, num_hidden_layers=2, num_attention_heads=16,
+                      intermediate_size=4096, image_size=448, initializer_range=0.02),
+        text_dims(model_type="qwen2")), torch.bfloat16, None),
+    "internvl_chat_300m_bf16": ("intern", None, torch.bfloat16, "_internvl_300m_bf16"),
 }
+
+# InternVL tiles per image (the processor's max_patches), 4 unless named here.
+INTERN_MAX_TILES = {"_internvl_300m_bf16": 1}
 
 
 def seed(name):
@@ -158,7 +171,7 @@ def photo():
     return Image.open(PHOTO).convert("RGB")
 
 
-def qwen_inputs(cfg):
+def qwen_inputs(cfg, _name):
     proc = Qwen2VLImageProcessorPil(**QWEN_PIXELS, patch_size=cfg.vision_config.patch_size,
                                     merge_size=cfg.vision_config.spatial_merge_size,
                                     temporal_patch_size=cfg.vision_config.temporal_patch_size)
@@ -171,9 +184,10 @@ def qwen_inputs(cfg):
     return pixel_values, grid, prompt, info
 
 
-def intern_inputs(cfg):
+def intern_inputs(cfg, name):
     size = cfg.vision_config.image_size[0]
-    settings = dict(crop_to_patches=True, min_patches=1, max_patches=4, **IMAGENET)
+    settings = dict(crop_to_patches=True, min_patches=1, max_patches=INTERN_MAX_TILES.get(name, 4),
+                    **IMAGENET)
     proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, **settings)
     pixel_values = proc(images=[photo()], return_tensors="pt")["pixel_values"]
     n_tokens = pixel_values.shape[0] * cfg.image_seq_length
@@ -197,8 +211,8 @@ def greedy(model, prefill_kwargs):
 
 
 @torch.no_grad()
-def expected(kind, model, cfg):
-    pixel_values, grid, prompt, info = (qwen_inputs if kind != "intern" else intern_inputs)(cfg)
+def expected(name, kind, model, cfg):
+    pixel_values, grid, prompt, info = (qwen_inputs if kind != "intern" else intern_inputs)(cfg, name)
     ids = torch.tensor([prompt])
     tensors = {"pixel_values": pixel_values.float().contiguous()}
     if kind == "intern":
@@ -251,7 +265,7 @@ def make(out_dir, name, kind, build, dtype):
     if kind == "qwen25" and dtype == torch.bfloat16:
         add_in_chans(d)
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
-    tensors, result = expected(kind, reloaded, reloaded.config)
+    tensors, result = expected(name, kind, reloaded, reloaded.config)
     shutil.copyfile(PHOTO, os.path.join(d, "photo.png"))
     os.makedirs(os.path.join(d, "expected"))
     # In a sub-folder: the model folder's *.safetensors are the checkpoint.
@@ -320,7 +334,8 @@ def make_internvl_chat(out_dir, name, source):
         "initializer_factor": 1.0, "drop_path_rate": 0.0, "dropout": 0.0, "attention_dropout": 0.0,
         "use_flash_attn": False, "torch_dtype": native.get("dtype", "float32"),
     }
-    llm = dict(t, architectures=["Qwen2ForCausalLM"])
+    # OpenGVLab's Qwen2ForCausalLM ties by its own config.
+    llm = dict(t, architectures=["Qwen2ForCausalLM"], tie_word_embeddings=native["tie_word_embeddings"])
     config = {
         "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
         "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
@@ -352,6 +367,9 @@ def main():
         else:
             make(out_dir, name, kind, build, dtype)
         print("fixture", name, flush=True)
+    for name in names:
+        if name.startswith("_"):
+            shutil.rmtree(os.path.join(out_dir, name))
 
 
 if __name__ == "__main__":

@@ -119,7 +119,14 @@ fn matches_transformers(name: &str) {
     }
 
     let mut reference = Reference::new(&f.model).unwrap();
-    let step = vision::prefill_with_images(&mut reference, &ids, image_token, &input).unwrap();
+    let step = vision::prefill_spliced(
+        &mut reference,
+        &ids,
+        image_token,
+        &trace.embeddings,
+        &input.grid_thw,
+    )
+    .unwrap();
     let want_logits: Vec<f32> =
         serde_json::from_value(f.expected["prefill_logits"].clone()).unwrap();
     let logit_diff = step
@@ -135,9 +142,7 @@ fn matches_transformers(name: &str) {
     );
 
     let want_tokens = f.ids("tokens");
-    let tokens =
-        vision::generate_with_images(&mut reference, &ids, image_token, &input, want_tokens.len())
-            .unwrap();
+    let tokens = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
     assert_eq!(tokens, want_tokens, "{name}: greedy tokens with the image");
     // The same prompt with the placeholders left as token embeddings (1D positions) answers
     // differently: the image reaches the tokens.
@@ -173,6 +178,12 @@ fn internvl_native_matches_transformers() {
 #[test]
 fn internvl_chat_layout_matches_transformers() {
     matches_transformers("internvl_chat");
+}
+
+/// InternViT-300M's geometry (hidden 1024, 16 heads, one 448x448 tile), tied lm_head.
+#[test]
+fn internvl_chat_300m_geometry_matches_transformers() {
+    matches_transformers("internvl_chat_300m_bf16");
 }
 
 /// The fixture exercises window attention: with every block attending the whole image the

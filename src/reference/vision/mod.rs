@@ -148,14 +148,25 @@ pub fn prefill_with_images(
     image_token_id: u32,
     input: &VisionInput,
 ) -> Result<StepOutput> {
-    let model = reference.model;
-    let image = image_embeddings(model, input)?;
-    let embeds = splice(&reference.embed(ids)?, ids, image_token_id, &image)?;
-    let positions = match &vlm(model)?.vision {
+    let image = image_embeddings(reference.model, input)?;
+    prefill_spliced(reference, ids, image_token_id, &image, &input.grid_thw)
+}
+
+/// [`prefill_with_images`] with the image embeddings already computed (`grid_thw` as in
+/// [`VisionInput`]: the Qwen images' grids, empty for InternVL).
+pub fn prefill_spliced(
+    reference: &mut Reference,
+    ids: &[u32],
+    image_token_id: u32,
+    image: &Tensor,
+    grid_thw: &[Grid],
+) -> Result<StepOutput> {
+    let embeds = splice(&reference.embed(ids)?, ids, image_token_id, image)?;
+    let positions = match &vlm(reference.model)?.vision {
         VisionTower::Qwen(q) => Some(mrope_positions(
             ids,
             image_token_id,
-            &input.grid_thw,
+            grid_thw,
             q.spatial_merge_size,
         )?),
         VisionTower::Intern(_) => None,
@@ -171,7 +182,13 @@ pub fn generate_with_images(
     input: &VisionInput,
     steps: usize,
 ) -> Result<Vec<u32>> {
-    let mut step = prefill_with_images(reference, ids, image_token_id, input)?;
+    let first = prefill_with_images(reference, ids, image_token_id, input)?;
+    greedy_from(reference, first, steps)
+}
+
+/// `steps` greedy tokens after a prefill that returned `first`.
+pub fn greedy_from(reference: &mut Reference, first: StepOutput, steps: usize) -> Result<Vec<u32>> {
+    let mut step = first;
     let mut out = Vec::with_capacity(steps);
     for i in 0..steps {
         let next = argmax(&step.logits);
