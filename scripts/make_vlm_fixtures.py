@@ -12,7 +12,9 @@ For each fixture it writes OUT_DIR/<name>/ with
                                     (Qwen, i64), image_embeds (f32 [tokens, H], what the vision
                                     tower + projector computed), and vision_block_{i} (each vision
                                     block's output, Qwen: in window order, InternVL: with CLS,
-                                    batch of tiles)
+                                    batch of tiles); internvl also resized.pixel_values /
+                                    resized.image_embeds: one tile larger than the config's
+                                    (position embedding interpolated)
   expected.json                     processor      the image processor class and its settings
                                     prompt         prompt ids, image placeholders expanded
                                     image_token_id the placeholder id (and the other special ids)
@@ -20,6 +22,9 @@ For each fixture it writes OUT_DIR/<name>/ with
                                                    prompt (transformers' get_rope_index)
                                     prefill_logits logits of the last prompt position
                                     tokens         16 greedy tokens (KV-cached decoding)
+                                    two_images     (qwen25vl) prompt, position_ids, prefill_logits
+                                                   and tokens of a prompt with two images
+                                                   (two_images.* tensors in inputs.safetensors)
                                     tokens_text_only  16 greedy tokens for the same prompt with
                                                    the image placeholders left as plain token
                                                    embeddings (1D positions): shows the image
@@ -55,7 +60,10 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 STEPS = 16
 VOCAB = 1024
-PHOTO = os.path.join(os.path.dirname(__import__("skimage").__file__), "data", "chelsea.png")
+SKIMAGE_DATA = os.path.join(os.path.dirname(__import__("skimage").__file__), "data")
+PHOTO = os.path.join(SKIMAGE_DATA, "chelsea.png")
+# The second image of the two-image prompt.
+PHOTO2 = os.path.join(SKIMAGE_DATA, "astronaut.png")
 
 # Small special ids inside the tiny vocabulary (see the module docstring).
 QWEN_IDS = dict(vision_start_token_id=1000, vision_end_token_id=1001, image_token_id=1002,
@@ -166,22 +174,60 @@ def randomise(model):
                 p.copy_(0.1 * torch.randn_like(p))
 
 
-def photo():
+def photo(path=PHOTO):
     from PIL import Image
-    return Image.open(PHOTO).convert("RGB")
+    return Image.open(path).convert("RGB")
 
 
-def qwen_inputs(cfg, _name):
+def qwen_inputs(cfg, _name, photos=(PHOTO,)):
+    """The processor's rows for `photos`, and a prompt with each image between
+    <|vision_start|> and <|vision_end|> (a text token between two images)."""
     proc = Qwen2VLImageProcessorPil(**QWEN_PIXELS, patch_size=cfg.vision_config.patch_size,
                                     merge_size=cfg.vision_config.spatial_merge_size,
                                     temporal_patch_size=cfg.vision_config.temporal_patch_size)
-    out = proc(images=[photo()], return_tensors="pt")
+    out = proc(images=[photo(p) for p in photos], return_tensors="pt")
     pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
-    n_tokens = int(grid.prod()) // cfg.vision_config.spatial_merge_size ** 2
-    prompt = (BEFORE + [QWEN_IDS["vision_start_token_id"]] + [QWEN_IDS["image_token_id"]] * n_tokens
-              + [QWEN_IDS["vision_end_token_id"]] + AFTER)
+    prompt = list(BEFORE)
+    for i, g in enumerate(grid):
+        n_tokens = int(g.prod()) // cfg.vision_config.spatial_merge_size ** 2
+        prompt += ([5] if i else []) + [QWEN_IDS["vision_start_token_id"]]
+        prompt += [QWEN_IDS["image_token_id"]] * n_tokens + [QWEN_IDS["vision_end_token_id"]]
+    prompt += AFTER
     info = {"class": type(proc).__name__, **QWEN_PIXELS}
     return pixel_values, grid, prompt, info
+
+
+@torch.no_grad()
+def qwen_two_images(model, cfg, name):
+    """A prompt with two images (photo, then PHOTO2): embeddings, positions, tokens."""
+    pixel_values, grid, prompt, _ = qwen_inputs(cfg, name, (PHOTO, PHOTO2))
+    ids = torch.tensor([prompt])
+    embeds = model.model.visual(pixel_values, grid_thw=grid, return_dict=True).pooler_output
+    mm = (ids == cfg.image_token_id).int()
+    positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)
+    model.model.rope_deltas = None
+    logits, tokens = greedy(model, dict(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
+                                        mm_token_type_ids=mm))
+    model.model.rope_deltas = None
+    tensors = {"two_images.pixel_values": pixel_values.float().contiguous(),
+               "two_images.image_grid_thw": grid.contiguous(),
+               "two_images.image_embeds": embeds.contiguous()}
+    return tensors, {"prompt": prompt, "position_ids": positions[:, 0].tolist(),
+                     "prefill_logits": logits, "tokens": tokens}
+
+
+@torch.no_grad()
+def intern_resized_tile(model, cfg):
+    """One tile 1.25x the config's size (10x10 patches for 112/14): transformers interpolates
+    the position embedding (bicubic)."""
+    size = cfg.vision_config.image_size[0] * 5 // 4
+    proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, crop_to_patches=False, **IMAGENET)
+    pixel_values = proc(images=[photo()], return_tensors="pt")["pixel_values"]
+    embeds = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
+                                            vision_feature_select_strategy="default",
+                                            return_dict=True).pooler_output
+    return {"resized.pixel_values": pixel_values.float().contiguous(),
+            "resized.image_embeds": embeds.reshape(-1, cfg.text_config.hidden_size).contiguous()}
 
 
 def intern_inputs(cfg, name):
@@ -247,6 +293,11 @@ def expected(name, kind, model, cfg):
         result.update(INTERN_IDS, tiles=int(pixel_values.shape[0]))
     else:
         result.update(QWEN_IDS, image_grid_thw=grid[0].tolist())
+    if name == "qwen25vl":
+        more, result["two_images"] = qwen_two_images(model, cfg, name)
+        tensors.update(more)
+    if name == "internvl":
+        tensors.update(intern_resized_tile(model, cfg))
     return tensors, result
 
 

@@ -229,3 +229,57 @@ fn qwen25vl_positions_change_the_logits() {
         "M-RoPE positions change nothing ({diff})"
     );
 }
+
+/// Two images in one prompt: both grids through the tower (full attention per image), the
+/// embeddings spliced in order, positions continuing after each image.
+#[test]
+fn qwen25vl_two_images_match_transformers() {
+    let f = fixture("qwen25vl");
+    let two = &f.expected["two_images"];
+    let grid_thw = f.tensors["two_images.image_grid_thw"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| [r[0] as usize, r[1] as usize, r[2] as usize])
+        .collect::<Vec<_>>();
+    assert!(
+        grid_thw.len() == 2 && grid_thw[0] != grid_thw[1],
+        "{grid_thw:?}"
+    );
+    let input = VisionInput {
+        pixel_values: f.tensors["two_images.pixel_values"].clone(),
+        grid_thw,
+    };
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let diff = max_diff(&image, &f.tensors["two_images.image_embeds"]);
+    eprintln!("qwen25vl two images: embeddings max |diff| {diff:.2e}");
+    assert!(diff <= TOLERANCE, "two images: embeddings differ by {diff}");
+    let ids: Vec<u32> = serde_json::from_value(two["prompt"].clone()).unwrap();
+    let token = f.image_token_id();
+    let positions = vision::mrope_positions(&ids, token, &input.grid_thw, 2).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(two["position_ids"].clone()).unwrap();
+    assert_eq!(positions.to_vec(), want, "two images: M-RoPE positions");
+    let mut reference = Reference::new(&f.model).unwrap();
+    let step =
+        vision::prefill_spliced(&mut reference, &ids, token, &image, &input.grid_thw).unwrap();
+    let want_tokens: Vec<u32> = serde_json::from_value(two["tokens"].clone()).unwrap();
+    let tokens = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
+    assert_eq!(tokens, want_tokens, "two images: greedy tokens");
+}
+
+/// A tile larger than the config's: the position embedding is resampled as torch's bicubic.
+#[test]
+fn internvl_resized_tile_interpolates_the_position_embedding() {
+    let f = fixture("internvl");
+    let input = VisionInput {
+        pixel_values: f.tensors["resized.pixel_values"].clone(),
+        grid_thw: vec![],
+    };
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let diff = max_diff(&image, &f.tensors["resized.image_embeds"]);
+    eprintln!("internvl resized tile: embeddings max |diff| {diff:.2e}");
+    assert!(
+        diff <= TOLERANCE,
+        "resized tile: embeddings differ by {diff}"
+    );
+}

@@ -6,6 +6,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 
 use super::super::{rms_norm, Linear};
+use super::bicubic;
 use super::nn::{self, Norm};
 use super::VisionTrace;
 use crate::model::vlm::{InternLayout, InternVision};
@@ -147,6 +148,17 @@ impl Layer {
     }
 }
 
+/// The position embedding `[1, 1 + g·g, hidden]` for tiles of `g × g` patches: as stored for
+/// the config's grid, else its patch part resampled bicubically (the class position as is).
+fn position_embedding(stored: Tensor, grid: usize, g: usize, hid: usize) -> Result<Tensor> {
+    let stored = stored.reshape((grid * grid + 1, hid))?;
+    if g == grid {
+        return Ok(stored.unsqueeze(0)?);
+    }
+    let patches = bicubic::resize_square(&stored.narrow(0, 1, grid * grid)?, grid, g)?;
+    Ok(Tensor::cat(&[&stored.narrow(0, 0, 1)?, &patches], 0)?.unsqueeze(0)?)
+}
+
 /// A linear layer on `[tiles, tokens, in]`.
 fn tokens(l: &Linear, x: &Tensor) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
@@ -160,14 +172,17 @@ pub fn forward(model: &Model, iv: &InternVision, pixel_values: &Tensor) -> Resul
     let (b, c, h, w) = pixel_values
         .dims4()
         .context("InternVL pixel values must be [tiles, channels, height, width]")?;
-    let (s, p) = (iv.image_size, iv.patch_size);
+    let p = iv.patch_size;
     ensure!(
-        c == iv.num_channels && h == s && w == s,
-        "tiles are {c}x{h}x{w}, the vision tower takes {}x{s}x{s}",
-        iv.num_channels
+        c == iv.num_channels && h == w && h % (2 * p) == 0,
+        "tiles are {c}x{h}x{w}; the vision tower takes {} channels, square tiles of a multiple \
+         of {} pixels",
+        iv.num_channels,
+        2 * p
     );
     let n = names(iv);
-    let g = iv.grid();
+    // Patches per side of these tiles (the config's grid unless the tiles are resized).
+    let g = h / p;
     let hid = iv.hidden_size;
     // Conv2d with stride = kernel: each patch's (C, P, P) values against the kernel rows.
     let patches = pixel_values
@@ -188,8 +203,7 @@ pub fn forward(model: &Model, iv: &InternVision, pixel_values: &Tensor) -> Resul
         .tensor(n.cls)?
         .reshape((1, 1, hid))?
         .repeat((b, 1, 1))?;
-    // The config's tile size: the position embedding applies as is (no interpolation).
-    let pos = model.tensor(n.position)?.reshape((1, g * g + 1, hid))?;
+    let pos = position_embedding(model.tensor(n.position)?, iv.grid(), g, hid)?;
     let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)?;
 
     let mut blocks = vec![];

@@ -7,6 +7,7 @@
 //! Inputs are what the model's image processor makes (`pixel_values`), not images: the host
 //! preprocessing lives in `crate::vision`.
 
+mod bicubic;
 mod intern;
 mod nn;
 mod qwen;
