@@ -141,6 +141,11 @@ FIXTURES = {
                  torch.float32, None),
     # OpenGVLab's layout of the same model.
     "internvl_chat": ("intern", None, torch.float32, "internvl"),
+    # InternViT-6B's options: RMSNorm blocks and q/k RMSNorm over all heads, no q/k/v bias.
+    "internvl_qknorm": ("intern", intern(intern_vision(use_qk_norm=True, norm_type="rms_norm",
+                                                       attention_bias=False),
+                                         text_dims(model_type="qwen2"), tie_word_embeddings=False),
+                        torch.float32, None),
     # InternViT-300M's geometry (what TPU-MLIR's InternVL3Converter hardcodes) at depth 2, one
     # 448x448 tile: the internvl_chat layout for llm_convert.py; its native source (a name
     # starting with "_") is only a step and is removed. Tied lm_head by InternVLConfig's

@@ -283,3 +283,9 @@ fn internvl_resized_tile_interpolates_the_position_embedding() {
         "resized tile: embeddings differ by {diff}"
     );
 }
+
+/// InternViT-6B's options: RMSNorm blocks, q/k norm, no q/k/v bias.
+#[test]
+fn internvl_qk_norm_rms_blocks_match_transformers() {
+    matches_transformers("internvl_qknorm");
+}
