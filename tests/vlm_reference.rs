@@ -256,7 +256,11 @@ fn qwen25vl_two_images_match_transformers() {
     assert!(diff <= TOLERANCE, "two images: embeddings differ by {diff}");
     let ids: Vec<u32> = serde_json::from_value(two["prompt"].clone()).unwrap();
     let token = f.image_token_id();
-    let positions = vision::mrope_positions(&ids, token, &input.grid_thw, 2).unwrap();
+    let VisionTower::Qwen(q) = &vision::vlm(&f.model).unwrap().vision else {
+        panic!("qwen25vl has a Qwen tower")
+    };
+    let positions =
+        vision::mrope_positions(&ids, token, &input.grid_thw, q.spatial_merge_size).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value(two["position_ids"].clone()).unwrap();
     assert_eq!(positions.to_vec(), want, "two images: M-RoPE positions");
     let mut reference = Reference::new(&f.model).unwrap();

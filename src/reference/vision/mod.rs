@@ -11,7 +11,9 @@ mod bicubic;
 mod intern;
 mod nn;
 mod qwen;
-mod qwen_index;
+/// The Qwen tower's window / position index arithmetic, independent of the host
+/// preprocessing's (for cross-checks).
+pub mod qwen_index;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
