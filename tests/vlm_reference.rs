@@ -11,6 +11,7 @@ use llm_convert::model::vlm::VisionTower;
 use llm_convert::model::Model;
 use llm_convert::reference::vision::{self, VisionInput};
 use llm_convert::reference::Reference;
+use llm_convert::vision::{load_rgb, InternVlParams, QwenVisionParams};
 use serde_json::Value;
 
 /// Image embeddings and prefill logits: at most this far from transformers' (f32 both).
@@ -292,4 +293,76 @@ fn internvl_resized_tile_interpolates_the_position_embedding() {
 #[test]
 fn internvl_qk_norm_rms_blocks_match_transformers() {
     matches_transformers("internvl_qknorm");
+}
+
+/// Our host preprocessing (src/vision) of the fixture's photo, with the processor settings
+/// transformers used, then the reference: the same grid, pixels within the resize's rounding,
+/// and the same greedy tokens as transformers from its own pixels.
+fn our_preprocessing_gives_transformers_tokens(name: &str) {
+    let f = fixture(name);
+    let dir = common::vlm::vlm_fixtures().join(name);
+    let photo = load_rgb(&dir.join("photo.png")).unwrap();
+    let proc = &f.expected["processor"];
+    let ours = match &vision::vlm(&f.model).unwrap().vision {
+        VisionTower::Qwen(_) => {
+            let bound = |k: &str| proc[k].as_u64().unwrap();
+            let params = QwenVisionParams::load(&dir)
+                .unwrap()
+                .with_pixel_bounds(bound("min_pixels"), bound("max_pixels"));
+            let px = params.preprocess(&photo).unwrap();
+            let rows = px.rows.len() / px.dim;
+            VisionInput {
+                pixel_values: Tensor::from_vec(px.rows, (rows, px.dim), &Device::Cpu).unwrap(),
+                grid_thw: vec![[px.grid.t, px.grid.h, px.grid.w]],
+            }
+        }
+        VisionTower::Intern(_) => {
+            let mut params = InternVlParams::load(&dir).unwrap();
+            params.min_tiles = proc["min_patches"].as_u64().unwrap() as usize;
+            params.max_tiles = proc["max_patches"].as_u64().unwrap() as usize;
+            let px = params.preprocess(&photo);
+            let s = px.image_size;
+            VisionInput {
+                pixel_values: Tensor::from_vec(px.data, (px.tiles, 3, s, s), &Device::Cpu).unwrap(),
+                grid_thw: vec![],
+            }
+        }
+    };
+    let theirs = f.input();
+    assert_eq!(ours.grid_thw, theirs.grid_thw, "{name}: grids");
+    let pixel_diff = max_diff(&ours.pixel_values, &theirs.pixel_values);
+    let image = vision::image_embeddings(&f.model, &ours).unwrap();
+    let embed_diff = max_diff(&image, &f.tensors["image_embeds"]);
+    eprintln!(
+        "{name}: our preprocessing: pixels max |diff| {pixel_diff:.2e}, image embeddings max \
+         |diff| {embed_diff:.2e}"
+    );
+    let ids = f.ids("prompt");
+    let mut reference = Reference::new(&f.model).unwrap();
+    let step = vision::prefill_spliced(
+        &mut reference,
+        &ids,
+        f.image_token_id(),
+        &image,
+        &ours.grid_thw,
+    )
+    .unwrap();
+    let want = f.ids("tokens");
+    let tokens = vision::greedy_from(&mut reference, step, want.len()).unwrap();
+    assert_eq!(tokens, want, "{name}: greedy tokens from our preprocessing");
+}
+
+#[test]
+fn qwen25vl_our_preprocessing_gives_transformers_tokens() {
+    our_preprocessing_gives_transformers_tokens("qwen25vl");
+}
+
+#[test]
+fn qwen2vl_our_preprocessing_gives_transformers_tokens() {
+    our_preprocessing_gives_transformers_tokens("qwen2vl");
+}
+
+#[test]
+fn internvl_chat_our_preprocessing_gives_transformers_tokens() {
+    our_preprocessing_gives_transformers_tokens("internvl_chat");
 }
