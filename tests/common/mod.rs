@@ -237,3 +237,5 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
         })
         .sum()
 }
+
+pub mod vlm;
