@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod layout;
+pub mod layout_moe;
 pub mod path;
 pub mod safetensors;
 pub mod tokenizer;
