@@ -1,7 +1,6 @@
 //! A sparse layer's MLP (qwen2_moe, qwen3_moe) as graph ops, with exact top-k routing at
 //! dense cost: the router's softmax weights of the experts outside each token's top k are
-//! zeroed (an expert is kept when its weight is at least the k-th largest, from TopK's
-//! values), optionally renormalised by the top-k sum, and every expert runs on every token,
+//! zeroed (an expert is kept when its weight is at least the k-th largest), optionally renormalised by the top-k sum, and every expert runs on every token,
 //! scaled by its weight column. The routing runs in f32 (quantize table) so bf16 rounding
 //! does not pick other experts; the experts are plain MatMuls, so weight-only quantization
 //! (w4/w8) applies to them as to the dense MLP.
@@ -40,14 +39,29 @@ pub fn moe_mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str, moe: &Mo
 
 /// `[1, L, E]`: each token's softmax router weight on its top-k experts, 0 elsewhere
 /// (divided by the top-k sum with `norm_topk_prob`). Kept in f32.
+///
+/// The k-th largest weight comes from k-1 rounds of "drop the row maximum" (ReduceMax, Less,
+/// Where) rather than TopK: with an ONNX TopK here, TPU-MLIR 1.30.2's block_cache net gave
+/// garbage (1e29) on the simulator while block_i was right; its ONNX front end cannot ask for
+/// `use_hau=False`, which llm_convert.py passes to TopK at sequence length 1. Exact ties at the k-th weight keep
+/// every tied expert (transformers keeps the lower index); f32 router weights do not tie.
 fn routing_weights(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str, moe: &Moe) -> String {
-    let (h, e, k) = (cfg.hidden_size, moe.num_experts, moe.top_k as i64);
+    let (h, e) = (cfg.hidden_size, moe.num_experts);
     let first = g.nodes.len();
     let logits = linear(g, x, &moe.router(cfg.weights(), layer), h, e, false);
     let probs = g.op("Softmax", &[&logits], vec![("axis", Attr::Int(-1))]);
-    let kk = g.const_i64("k", &[k]);
-    let top = g.op_n("TopK", &[&probs, &kk], 2, vec![("axis", Attr::Int(-1))]);
-    let kth = g.slice(&top[0], 2, k - 1, k);
+    let row_max = |g: &mut Graph, t: &str| {
+        let axes = ("axes", Attr::Ints(vec![-1]));
+        g.op("ReduceMax", &[t], vec![axes, ("keepdims", Attr::Int(1))])
+    };
+    let gone = g.scalar("gone", -1.0);
+    let mut rest = probs.clone();
+    for _ in 1..moe.top_k {
+        let max = row_max(g, &rest);
+        let below = g.op("Less", &[&rest, &max], vec![]);
+        rest = g.op("Where", &[&below, &rest, &gone], vec![]);
+    }
+    let kth = row_max(g, &rest);
     let dropped = g.op("Less", &[&probs, &kth], vec![]);
     let zero = g.scalar("zero", 0.0);
     let mut weights = g.op("Where", &[&dropped, &zero, &probs], vec![]);
@@ -55,7 +69,7 @@ fn routing_weights(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str, moe:
         let axes = g.const_i64("axes", &[-1]);
         let total = g.op(
             "ReduceSum",
-            &[&top[0], &axes],
+            &[&weights, &axes],
             vec![("keepdims", Attr::Int(1))],
         );
         weights = g.op("Div", &[&weights, &total], vec![]);
