@@ -21,6 +21,8 @@ Mixture-of-experts families (qwen2_moe, qwen3_moe) also get
                          num_experts: the softmax-weighted average of all experts)
   tokens_other_norm      the greedy tokens with norm_topk_prob flipped
 so a test can assert the top-k routing and its renormalisation change the tokens.
+qwen2_moe_stacked is qwen2_moe saved with its experts stacked, as transformers holds them
+(save_pretrained(save_original_format=False)).
 
 Gemma's bf16 fixture's expectation multiplies the embedding by sqrt(hidden) rounded to bf16, as
 transformers does when it runs the checkpoint in its own dtype (the f32 run would not round).
@@ -222,6 +224,10 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
             return expected(m, PROMPT)["tokens"]
         result["tokens_dense"] = variant(num_experts_per_tok=cfg.num_experts)
         result["tokens_other_norm"] = variant(norm_topk_prob=not cfg.norm_topk_prob)
+        if name == "qwen2_moe":
+            # transformers' in-memory layout: experts stacked (gate_up_proj, down_proj).
+            reloaded.save_pretrained(d + "_stacked", save_original_format=False)
+            json.dump(result, open(os.path.join(d + "_stacked", "expected.json"), "w"))
     json.dump(result, open(os.path.join(d, "expected.json"), "w"))
 
 

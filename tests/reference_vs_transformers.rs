@@ -350,3 +350,19 @@ fn qwen3_moe_qk_norm_renormalised() {
 fn qwen3_moe_bf16_sparse_step() {
     check_moe("qwen3_moe_bf16", &[1], false);
 }
+
+/// qwen2_moe saved with its experts stacked (transformers' in-memory layout,
+/// `save_original_format=False`) reads as the per-expert checkpoint.
+#[test]
+fn qwen2_moe_stacked_experts() {
+    let dir = common::fixtures().join("qwen2_moe_stacked");
+    use llm_convert::model::WeightSource;
+    let raw = llm_convert::model::safetensors::SafetensorsWeights::open_dir(&dir).unwrap();
+    let stored = raw.names();
+    assert!(stored.contains(&"model.layers.0.mlp.experts.gate_up_proj".to_string()));
+    assert!(
+        !stored.iter().any(|n| n.contains("experts.0.")),
+        "{stored:?}"
+    );
+    check_family("qwen2_moe_stacked");
+}

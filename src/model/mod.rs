@@ -10,6 +10,7 @@ pub mod layout;
 pub mod layout_moe;
 pub mod path;
 pub mod safetensors;
+pub mod stacked_experts;
 pub mod tokenizer;
 pub mod weights;
 
@@ -87,7 +88,7 @@ impl Model {
             source: dir.to_path_buf(),
             config,
             config_json,
-            weights: FiniteWeights::new(Box::new(weights), dir),
+            weights: FiniteWeights::new(stacked_experts::per_expert(Box::new(weights)), dir),
             tokenizer,
         })
     }
