@@ -14,7 +14,7 @@ pub static FAMILY: Family = Family {
               `norm_topk_prob` (default false), sigmoid-gated shared expert \
               (`shared_expert_intermediate_size`), dense layers by `mlp_only_layers` / \
               `decoder_sparse_step`",
-    verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 \
+    verified: "reference f32/bf16 (per-expert and stacked expert tensors); ONNX chain (static, dynamic, history KV); verify bf16 \
                (static, dynamic); contract w4bf16",
     tie_word_embeddings: false,
     head_dim: None,
