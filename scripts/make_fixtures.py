@@ -16,6 +16,14 @@ Families with a sliding window (mistral) also get
   tokens_without_window  the 16 greedy tokens with the window disabled (same weights), so a
                          test can assert the window changes the tokens
 
+Mixture-of-experts families (qwen2_moe, qwen3_moe) also get
+  tokens_dense           the greedy tokens with every expert used (num_experts_per_tok =
+                         num_experts: the softmax-weighted average of all experts)
+  tokens_other_norm      the greedy tokens with norm_topk_prob flipped
+so a test can assert the top-k routing and its renormalisation change the tokens.
+qwen2_moe_stacked is qwen2_moe saved with its experts stacked, as transformers holds them
+(save_pretrained(save_original_format=False)).
+
 Gemma's bf16 fixture's expectation multiplies the embedding by sqrt(hidden) rounded to bf16, as
 transformers does when it runs the checkpoint in its own dtype (the f32 run would not round).
 
@@ -35,7 +43,7 @@ import zlib
 import torch
 import transformers
 from transformers import (AutoModelForCausalLM, GemmaConfig, Glm4Config, GlmConfig, LlamaConfig, MistralConfig,
-                          Phi3Config, Qwen2Config, Qwen3Config)
+                          Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig)
 
 STEPS = 16
 PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
@@ -97,6 +105,22 @@ FAMILIES = {
     "glm": (GlmConfig, dims(head_dim=64, tie_word_embeddings=False, **PHI3_IDS), torch.float32, None),
     "glm_bf16": (GlmConfig, dims(head_dim=48, tie_word_embeddings=True, initializer_range=0.15,
                                  **PHI3_IDS), torch.bfloat16, None),
+    # qwen2_moe: 8 experts of width 64, top 2, a shared expert of width 96; layer 1 dense
+    # (mlp_only_layers). The bf16 one renormalises the top-k weights, every layer sparse.
+    "qwen2_moe": (Qwen2MoeConfig, dims(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                                       shared_expert_intermediate_size=96, mlp_only_layers=[1],
+                                       tie_word_embeddings=False), torch.float32, None),
+    "qwen2_moe_bf16": (Qwen2MoeConfig, dims(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                            shared_expert_intermediate_size=64, norm_topk_prob=True,
+                                            tie_word_embeddings=True), torch.bfloat16, None),
+    # qwen3_moe: q/k norms, head_dim 64, no shared expert; renormalised top 2 of 8. The bf16 one
+    # has a dense layer 0 (decoder_sparse_step 2) and no renormalisation.
+    "qwen3_moe": (Qwen3MoeConfig, dims(head_dim=64, num_experts=8, num_experts_per_tok=2,
+                                       moe_intermediate_size=64, norm_topk_prob=True,
+                                       tie_word_embeddings=False), torch.float32, None),
+    "qwen3_moe_bf16": (Qwen3MoeConfig, dims(head_dim=32, num_experts=6, num_experts_per_tok=2,
+                                            moe_intermediate_size=64, decoder_sparse_step=2,
+                                            tie_word_embeddings=True), torch.bfloat16, None),
 }
 
 
@@ -193,6 +217,17 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
             d, dtype=torch.float32, attn_implementation="eager", sliding_window=None).eval()
         assert plain.config.sliding_window is None
         result["tokens_without_window"] = expected(plain, PROMPT)["tokens"]
+    if cfg.model_type.endswith("_moe"):
+        def variant(**kw):
+            m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                                     **kw).eval()
+            return expected(m, PROMPT)["tokens"]
+        result["tokens_dense"] = variant(num_experts_per_tok=cfg.num_experts)
+        result["tokens_other_norm"] = variant(norm_topk_prob=not cfg.norm_topk_prob)
+        if name == "qwen2_moe":
+            # transformers' in-memory layout: experts stacked (gate_up_proj, down_proj).
+            reloaded.save_pretrained(d + "_stacked", save_original_format=False)
+            json.dump(result, open(os.path.join(d + "_stacked", "expected.json"), "w"))
     json.dump(result, open(os.path.join(d, "expected.json"), "w"))
 
 

@@ -157,3 +157,14 @@ fn glm4_w4bf16_contract() {
 fn glm_w4bf16_contract() {
     w4bf16_converts_to_contract("glm");
 }
+
+/// qwen2_moe / qwen3_moe: the expert MatMuls quantize to w4 like the dense MLP's.
+#[test]
+fn qwen2_moe_w4bf16_contract() {
+    w4bf16_converts_to_contract("qwen2_moe");
+}
+
+#[test]
+fn qwen3_moe_w4bf16_contract() {
+    w4bf16_converts_to_contract("qwen3_moe");
+}

@@ -433,3 +433,32 @@ fn glm_history_kv() {
     let used = check_with("glm", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "glm: decode stages used");
 }
+
+/// qwen2_moe (router, top-k weights from ReduceMax rounds, every expert weighted, shared
+/// expert, a dense layer) and qwen3_moe: static, f32 and bf16.
+#[test]
+fn moe_static() {
+    for name in ["qwen2_moe", "qwen2_moe_bf16", "qwen3_moe", "qwen3_moe_bf16"] {
+        check(name, 32, 16);
+    }
+}
+
+#[test]
+fn moe_dynamic() {
+    check_variant("qwen2_moe", 32, 16, true);
+    check_variant("qwen3_moe", 32, 16, true);
+}
+
+/// qwen2_moe and qwen3_moe `--use_history_kv --chunk_length 4`.
+#[test]
+fn moe_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    for name in ["qwen2_moe", "qwen3_moe"] {
+        let used = check_with(name, &opts, &prompt);
+        assert_eq!(used, vec![16, 32], "{name}: decode stages used");
+    }
+}

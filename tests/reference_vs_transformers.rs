@@ -17,6 +17,12 @@ struct Expected {
     /// Families with a sliding window: transformers' tokens with the window disabled.
     #[serde(default)]
     tokens_without_window: Option<Vec<u32>>,
+    /// MoE families: transformers' tokens with every expert used, and with
+    /// `norm_topk_prob` flipped.
+    #[serde(default)]
+    tokens_dense: Option<Vec<u32>>,
+    #[serde(default)]
+    tokens_other_norm: Option<Vec<u32>>,
 }
 
 const TOL: f32 = 1e-4;
@@ -285,4 +291,78 @@ fn glm_interleaved_half_rotary() {
 #[test]
 fn glm_bf16_tied() {
     check_glm4("glm_bf16", 24);
+}
+
+/// qwen2_moe / qwen3_moe: the reference (top-k routing, optional renormalisation, shared
+/// expert, dense layers) equals transformers, and the routing matters: every expert used (the
+/// softmax-weighted average) or the other `norm_topk_prob` picks other tokens in transformers,
+/// and the reference follows the changed config to transformers' tokens.
+fn check_moe(name: &str, sparse: &[usize], shared: bool) {
+    check_family(name);
+    let exp = expected(name);
+    let model = Model::open(&common::fixtures().join(name)).unwrap();
+    let layers = model.config.num_hidden_layers;
+    let got: Vec<usize> = (0..layers)
+        .filter(|l| model.config.layer.moe_at(*l).is_some())
+        .collect();
+    assert_eq!(got, sparse, "{name}: sparse layers");
+    let moe = model.config.layer.moe.unwrap();
+    assert_eq!(moe.shared_expert.is_some(), shared, "{name}: shared expert");
+    let dense = exp.tokens_dense.expect("expected.json has tokens_dense");
+    assert_ne!(dense, exp.tokens, "{name}: top-k routing does not matter");
+    let other = exp
+        .tokens_other_norm
+        .expect("expected.json has tokens_other_norm");
+    assert_ne!(other, exp.tokens, "{name}: norm_topk_prob does not matter");
+    let all = tokens_with(name, |l| {
+        if let Some(m) = &mut l.moe {
+            m.top_k = m.num_experts;
+        }
+    });
+    assert_eq!(all, dense, "{name}: reference with every expert");
+    let flipped = tokens_with(name, |l| {
+        if let Some(m) = &mut l.moe {
+            m.norm_topk_prob = !m.norm_topk_prob;
+        }
+    });
+    assert_eq!(
+        flipped, other,
+        "{name}: reference with norm_topk_prob flipped"
+    );
+}
+
+#[test]
+fn qwen2_moe_shared_expert_dense_layer() {
+    check_moe("qwen2_moe", &[0], true);
+}
+
+#[test]
+fn qwen2_moe_bf16_renormalised() {
+    check_moe("qwen2_moe_bf16", &[0, 1], true);
+}
+
+#[test]
+fn qwen3_moe_qk_norm_renormalised() {
+    check_moe("qwen3_moe", &[0, 1], false);
+}
+
+#[test]
+fn qwen3_moe_bf16_sparse_step() {
+    check_moe("qwen3_moe_bf16", &[1], false);
+}
+
+/// qwen2_moe saved with its experts stacked (transformers' in-memory layout,
+/// `save_original_format=False`) reads as the per-expert checkpoint.
+#[test]
+fn qwen2_moe_stacked_experts() {
+    let dir = common::fixtures().join("qwen2_moe_stacked");
+    use llm_convert::model::WeightSource;
+    let raw = llm_convert::model::safetensors::SafetensorsWeights::open_dir(&dir).unwrap();
+    let stored = raw.names();
+    assert!(stored.contains(&"model.layers.0.mlp.experts.gate_up_proj".to_string()));
+    assert!(
+        !stored.iter().any(|n| n.contains("experts.0.")),
+        "{stored:?}"
+    );
+    check_family("qwen2_moe_stacked");
 }

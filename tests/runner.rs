@@ -464,3 +464,26 @@ fn glm_bf16_static() {
 fn glm_bf16_dynamic() {
     bf16_matches_reference("glm", &["--dynamic"]);
 }
+
+/// qwen2_moe at bf16, static: the routing in f32, every expert weighted by it, the shared
+/// expert, a dense layer.
+#[test]
+fn qwen2_moe_bf16_static() {
+    bf16_matches_reference("qwen2_moe", &[]);
+}
+
+#[test]
+fn qwen2_moe_bf16_dynamic() {
+    bf16_matches_reference("qwen2_moe", &["--dynamic"]);
+}
+
+/// qwen3_moe at bf16, static: q/k norms, renormalised top-k weights, no shared expert.
+#[test]
+fn qwen3_moe_bf16_static() {
+    bf16_matches_reference("qwen3_moe", &[]);
+}
+
+#[test]
+fn qwen3_moe_bf16_dynamic() {
+    bf16_matches_reference("qwen3_moe", &["--dynamic"]);
+}

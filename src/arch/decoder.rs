@@ -242,6 +242,9 @@ fn mlp(g: &mut Graph, cfg: &ModelConfig, layer: usize, x: &str) -> String {
         cfg.weights(),
         &cfg.layer.mlp,
     );
+    if let Some(moe) = cfg.layer.moe_at(layer) {
+        return super::moe::moe_mlp(g, cfg, layer, x, moe);
+    }
     let m = |module: &str| n.module(layer, module);
     // Node order (gate, act, up) is part of the exported bytes: keep it.
     let (gate, fused_up) = match spec.gate_up {
@@ -347,7 +350,14 @@ fn gelu_tanh(g: &mut Graph, x: &str) -> String {
 }
 
 /// `x Wᵀ (+ b)` with W stored transposed as `[in, out]`.
-fn linear(g: &mut Graph, x: &str, prefix: &str, inp: usize, out: usize, bias: bool) -> String {
+pub(super) fn linear(
+    g: &mut Graph,
+    x: &str,
+    prefix: &str,
+    inp: usize,
+    out: usize,
+    bias: bool,
+) -> String {
     let w = g.weight(&format!("{prefix}.weight"), &[inp, out], true);
     let y = g.op("MatMul", &[x, &w], vec![]);
     if bias {

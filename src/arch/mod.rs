@@ -4,6 +4,7 @@
 mod decoder;
 mod heads;
 mod mask;
+mod moe;
 mod rope;
 
 use anyhow::{bail, Result};

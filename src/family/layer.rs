@@ -86,7 +86,7 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// `down(act(gate(x)) * up(x))`. Dense: a mixture of experts would be another kind here.
+/// `down(act(gate(x)) * up(x))`. Dense: a mixture of experts is [`LayerSpec::moe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Mlp {
     pub activation: Activation,
@@ -125,6 +125,8 @@ pub struct LayerSpec {
     /// A query at position q sees the keys at positions k with `q - window < k <= q`
     /// (transformers' sliding-window overlay); `None`: every earlier key.
     pub sliding_window: Option<usize>,
+    /// A mixture of experts in place of `mlp` on its sparse layers (qwen2_moe, qwen3_moe).
+    pub moe: Option<super::Moe>,
 }
 
 impl LayerSpec {
@@ -147,6 +149,7 @@ impl LayerSpec {
             },
             scales: Scales::NONE,
             sliding_window: None,
+            moe: None,
         }
     }
 }

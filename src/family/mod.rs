@@ -10,15 +10,19 @@ mod layer;
 mod llama;
 mod minicpm;
 mod mistral;
+pub mod moe;
 pub mod names;
 mod phi3;
 mod qwen2;
+mod qwen2_moe;
 mod qwen3;
+mod qwen3_moe;
 
 pub use layer::{
     Activation, Attention, LayerSpec, Mlp, Norm, Projections, Rotary, RotaryDims, RotaryPairs,
     Scales,
 };
+pub use moe::Moe;
 pub use names::WeightNames;
 
 use crate::error::InputError;
@@ -35,6 +39,8 @@ pub static REGISTRY: &[&Family] = &[
     &phi3::FAMILY,
     &glm4::FAMILY,
     &glm::FAMILY,
+    &qwen2_moe::FAMILY,
+    &qwen3_moe::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -171,7 +177,7 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, qwen2_moe, qwen3_moe"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }

@@ -43,6 +43,10 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             out.push((n.weight(l, n.mlp_output_norm), vec![h]));
         }
         out.push((n.weight(l, n.post_attention_norm), vec![h]));
+        if let Some(moe) = cfg.layer.moe_at(l) {
+            out.extend(super::layout_moe::moe_tensors(cfg, l, moe));
+            continue;
+        }
         match mlp.gate_up {
             Projections::Separate => {
                 for (module, rows) in [(n.gate_proj, i), (n.up_proj, i)] {

@@ -7,9 +7,11 @@ pub mod gguf;
 pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod layout;
+pub mod layout_moe;
 pub mod path;
 pub mod renamed;
 pub mod safetensors;
+pub mod stacked_experts;
 pub mod tokenizer;
 pub mod vlm;
 pub mod weights;
@@ -97,7 +99,7 @@ impl Model {
             source: dir.to_path_buf(),
             config,
             config_json,
-            weights: FiniteWeights::new(weights, dir),
+            weights: FiniteWeights::new(stacked_experts::per_expert(weights), dir),
             tokenizer,
         })
     }

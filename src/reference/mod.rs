@@ -6,6 +6,8 @@
 //! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
 //! when they fit a budget, else re-read from the (mmapped) checkpoint on every forward.
 
+mod mlp;
+mod moe;
 mod mrope;
 mod rope;
 pub mod vision;
@@ -13,7 +15,7 @@ pub mod vision;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
 
-use crate::family::{Activation, Norm, Projections, RotaryDims, RotaryPairs};
+use crate::family::{Norm, Projections, RotaryDims, RotaryPairs};
 use crate::model::{layout, Model, ModelConfig};
 pub use rope::inverse_frequencies;
 
@@ -84,15 +86,13 @@ struct Layer {
     /// glm4's norms on the attention and MLP outputs.
     attn_output_norm: Option<Tensor>,
     mlp_output_norm: Option<Tensor>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: mlp::FeedForward,
 }
 
 impl Layer {
     fn load(model: &Model, i: usize) -> Result<Layer> {
         let c = &model.config;
-        let (n, attn, mlp) = (c.weights(), &c.layer.attention, &c.layer.mlp);
+        let (n, attn) = (c.weights(), &c.layer.attention);
         let linear = |module: &str, bias: bool| Linear::load(model, &n.module(i, module), bias);
         let norm = |module: &str| model.tensor(&n.weight(i, module));
         let branch_norms = c.layer.branch_output_norms;
@@ -105,14 +105,6 @@ impl Layer {
             Projections::Fused => {
                 let fused = linear(n.qkv_proj, attn.qkv_bias)?;
                 fused.split([c.q_dim(), c.kv_dim(), c.kv_dim()])?
-            }
-        };
-        let (gate, up) = match mlp.gate_up {
-            Projections::Separate => (linear(n.gate_proj, mlp.bias)?, linear(n.up_proj, mlp.bias)?),
-            Projections::Fused => {
-                let [gate, up] = linear(n.gate_up_proj, mlp.bias)?
-                    .split([c.intermediate_size, c.intermediate_size])?;
-                (gate, up)
             }
         };
         Ok(Layer {
@@ -134,9 +126,7 @@ impl Layer {
             post_norm: norm(n.post_attention_norm)?,
             attn_output_norm: branch_norms.then(|| norm(n.attn_output_norm)).transpose()?,
             mlp_output_norm: branch_norms.then(|| norm(n.mlp_output_norm)).transpose()?,
-            gate,
-            up,
-            down: linear(n.down_proj, mlp.bias)?,
+            mlp: mlp::FeedForward::load(model, i)?,
         })
     }
 }
@@ -389,13 +379,7 @@ fn layer_forward(
     }
     let x = (x + scale(&attn_out, res)?)?;
     let h2 = norm(c, &x, &l.post_norm)?;
-    let gate = l.gate.forward(&h2)?;
-    let act = match c.layer.mlp.activation {
-        Activation::Silu => silu(&gate)?,
-        Activation::GeluTanh => gelu_tanh(&gate)?,
-    };
-    let act = act.mul(&l.up.forward(&h2)?)?;
-    let mut down = l.down.forward(&act)?;
+    let mut down = l.mlp.forward(c, &h2)?;
     if let Some(w) = &l.mlp_output_norm {
         down = norm(c, &down, w)?;
     }
