@@ -46,11 +46,11 @@ pub fn key_positions(g: &mut Graph, keys: &str) -> String {
     pos
 }
 
-/// The sliding window, if it can hide a key from a piece whose queries and keys have
-/// positions in `0..span`; none otherwise, so that piece's graph is exactly the graph of a
-/// family without a window (a mistral with a long or null window exports llama's bytes).
-pub fn effective_window(cfg: &ModelConfig, span: usize) -> Option<usize> {
-    cfg.layer.sliding_window.filter(|w| *w < span)
+/// Layer `layer`'s sliding window, if it can hide a key from a piece whose queries and keys
+/// have positions in `0..span`; none otherwise, so that piece's graph is exactly the graph of
+/// a family without a window (a mistral with a long or null window exports llama's bytes).
+pub fn effective_window(cfg: &ModelConfig, layer: usize, span: usize) -> Option<usize> {
+    cfg.layer.window(layer).filter(|w| *w < span)
 }
 
 /// `mask` plus `MASK_VALUE` where a key is `window` or more positions behind the query

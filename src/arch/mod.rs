@@ -5,6 +5,7 @@ mod decoder;
 mod heads;
 mod mask;
 mod rope;
+mod softcap;
 
 use anyhow::{bail, Result};
 

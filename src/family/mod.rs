@@ -4,9 +4,12 @@
 //! here and a line to [`REGISTRY`].
 
 mod gemma;
+mod gemma2;
+mod gemma3_text;
 mod glm;
 mod glm4;
 mod layer;
+mod layer_kinds;
 mod llama;
 mod minicpm;
 mod mistral;
@@ -19,6 +22,7 @@ pub use layer::{
     Activation, Attention, LayerSpec, Mlp, Norm, Projections, Rotary, RotaryDims, RotaryPairs,
     Scales,
 };
+pub use layer_kinds::{LayerRope, LayerSet, LocalLayers, Scores};
 pub use names::WeightNames;
 
 use crate::error::InputError;
@@ -35,6 +39,8 @@ pub static REGISTRY: &[&Family] = &[
     &phi3::FAMILY,
     &glm4::FAMILY,
     &glm::FAMILY,
+    &gemma2::FAMILY,
+    &gemma3_text::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -171,7 +177,7 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, gemma2, gemma3_text"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }
