@@ -157,3 +157,13 @@ fn glm4_w4bf16_contract() {
 fn glm_w4bf16_contract() {
     w4bf16_converts_to_contract("glm");
 }
+
+#[test]
+fn gemma2_w4bf16_contract() {
+    w4bf16_converts_to_contract("gemma2");
+}
+
+#[test]
+fn gemma3_text_w4bf16_contract() {
+    w4bf16_converts_to_contract("gemma3_text");
+}
