@@ -24,9 +24,10 @@ pub static FAMILY: Family = Family {
               scores × `query_pre_attn_scalar`^-½ (default 256), tanh soft caps on scores \
               (`attn_logit_softcapping`, default 50) and logits (`final_logit_softcapping`, \
               default 30), optional `attention_bias`",
-    verified: "reference f32/bf16 (window, softcaps, score scale each change the tokens); ONNX \
-               chain (static, dynamic, do_sample, history KV); verify bf16 (static, dynamic); \
-               contract w4bf16",
+    verified: "reference f32/bf16 (window, layer types, score cap, score scale each change the \
+               tokens; the logit cap the logits); ONNX chain (static, dynamic, do_sample with \
+               capped logits, history KV); verify bf16 (static, dynamic); contract w4bf16 \
+               (attention_mask input f32, as mistral's)",
     tie_word_embeddings: true,
     head_dim: Some(256),
     rms_norm_eps: 1e-6,

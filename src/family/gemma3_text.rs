@@ -21,9 +21,10 @@ pub static FAMILY: Family = Family {
               rotary at `rope_local_base_freq` (default 10000) unscaled, global ones at \
               `rope_theta` with `rope_scaling` (or per-layer-type `rope_parameters`); soft caps \
               off by default; `gemma3` (nested vision-language config) not supported",
-    verified: "reference f32/bf16 (window, local rope base, score scale each change the tokens); \
-               ONNX chain (static, dynamic, history KV); verify bf16 (static, dynamic); \
-               contract w4bf16",
+    verified: "reference f32/bf16 (window, layer types, local rope base, global rope scaling, \
+               score scale each change the tokens); ONNX chain (static, dynamic, history KV); \
+               verify bf16 (static, dynamic); contract w4bf16 (attention_mask input f32, as \
+               mistral's)",
     tie_word_embeddings: true,
     head_dim: Some(256),
     rms_norm_eps: 1e-6,
