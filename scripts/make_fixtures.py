@@ -12,7 +12,7 @@ transformers computes on it in float32 (eager attention):
   tokens           16 greedy tokens (KV-cached decoding)
   step_logits      logits of every decode step (step i consumes tokens[i])
 
-Families with a sliding window (mistral) also get
+Families with a sliding window (mistral; gemma2 and gemma3_text: a window longer than the run) also get
   tokens_without_window  the 16 greedy tokens with the window disabled (same weights), so a
                          test can assert the window changes the tokens
 
@@ -42,8 +42,9 @@ import zlib
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, GemmaConfig, Glm4Config, GlmConfig, LlamaConfig, MistralConfig,
-                          Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig, Glm4Config, GlmConfig,
+                          LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
+                          Qwen3MoeConfig)
 
 STEPS = 16
 PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
@@ -60,6 +61,8 @@ def dims(**kw):
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+
+GEMMA3_TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
 
 # Phi3Config's and Glm4Config's default special ids are outside the tiny vocabulary.
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -121,6 +124,26 @@ FAMILIES = {
     "qwen3_moe_bf16": (Qwen3MoeConfig, dims(head_dim=32, num_experts=6, num_experts_per_tok=2,
                                             moe_intermediate_size=64, decoder_sparse_step=2,
                                             tie_word_embeddings=True), torch.bfloat16, None),
+    # gemma2: sliding layers 0 and 2 (window 4 < the 8-token prompt), global layer 1, small
+    # score and logit soft caps, query_pre_attn_scalar 16 != head_dim 64.
+    "gemma2": (Gemma2Config, dims(head_dim=64, num_hidden_layers=3, sliding_window=4,
+                                  attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                                  query_pre_attn_scalar=16, initializer_range=0.15),
+               torch.float32, None),
+    "gemma2_bf16": (Gemma2Config, dims(head_dim=48, sliding_window=5, attn_logit_softcapping=4.0,
+                                       final_logit_softcapping=5.0, query_pre_attn_scalar=24,
+                                       initializer_range=0.15), torch.bfloat16, None),
+    # gemma3_text: local layers 0, 1, 3 (window 4, rotary base 100), global layer 2 (base 10000,
+    # linear scaling x4), q/k norms, query_pre_attn_scalar 16 != head_dim 32.
+    "gemma3_text": (Gemma3TextConfig, dims(head_dim=32, num_hidden_layers=4, sliding_window=4,
+                                           layer_types=GEMMA3_TYPES, rope_local_base_freq=100.0,
+                                           rope_scaling={"rope_type": "linear", "factor": 4.0},
+                                           query_pre_attn_scalar=16, initializer_range=0.15),
+                    torch.float32, None),
+    "gemma3_text_bf16": (Gemma3TextConfig, dims(head_dim=64, num_hidden_layers=3, sliding_window=5,
+                                                layer_types=GEMMA3_TYPES[1:],
+                                                rope_local_base_freq=50.0, query_pre_attn_scalar=32,
+                                                initializer_range=0.15), torch.bfloat16, None),
 }
 
 
@@ -139,13 +162,23 @@ def add_minicpm_hooks(model, s):
 def randomise(model):
     """Non-trivial norms and biases, so every weight path is exercised. Gemma stores its norm
     weights zero-centred (it scales by 1 + w)."""
-    centre = 0.0 if model.config.model_type == "gemma" else 1.0
+    centre = 0.0 if model.config.model_type.startswith("gemma") else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(centre + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+
+
+def amplify_branch_norms(model):
+    """gemma2/gemma3 norm each branch's output to unit scale, which the scaled tied embedding
+    (the token itself) would outweigh: larger output-norm weights let the layers pick the
+    tokens, so their quirks show."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "post_attention_layernorm" in name or "post_feedforward_layernorm" in name:
+                p.copy_(3.0 + 0.5 * torch.randn_like(p))
 
 
 @torch.no_grad()
@@ -197,6 +230,8 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
     cfg = cls(**kwargs)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
     randomise(model)
+    if cfg.model_type in ("gemma2", "gemma3_text"):
+        amplify_branch_norms(model)
     model.to(dtype).save_pretrained(d, safe_serialization=True)
     if minicpm:
         path = os.path.join(d, "config.json")
@@ -209,13 +244,17 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
         **({"config": cfg} if minicpm else {})).eval()
     if minicpm:
         add_minicpm_hooks(reloaded, minicpm)
-    if cfg.model_type == "gemma":
+    if cfg.model_type.startswith("gemma"):
         use_native_embed_scale(reloaded, d, dtype)
     result = expected(reloaded, PROMPT)
     if getattr(cfg, "sliding_window", None):
+        # Gemma's sliding layers need a window: one longer than anything the test runs.
+        window = 4096 if cfg.model_type.startswith("gemma") else None
         plain = AutoModelForCausalLM.from_pretrained(
-            d, dtype=torch.float32, attn_implementation="eager", sliding_window=None).eval()
-        assert plain.config.sliding_window is None
+            d, dtype=torch.float32, attn_implementation="eager", sliding_window=window).eval()
+        assert plain.config.sliding_window == window
+        if cfg.model_type.startswith("gemma"):
+            use_native_embed_scale(plain, d, dtype)
         result["tokens_without_window"] = expected(plain, PROMPT)["tokens"]
     if cfg.model_type.endswith("_moe"):
         def variant(**kw):

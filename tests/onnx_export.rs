@@ -462,3 +462,88 @@ fn moe_history_kv() {
         assert_eq!(used, vec![16, 32], "{name}: decode stages used");
     }
 }
+/// gemma2 (local layers 0 and 2 with a 4-token window, soft-capped scores, score scale
+/// 1/sqrt(16), sandwich norms): static, f32 and bf16 checkpoints.
+#[test]
+fn gemma2_static() {
+    check("gemma2", 32, 16);
+    check("gemma2_bf16", 32, 16);
+}
+
+#[test]
+fn gemma2_dynamic() {
+    check_variant("gemma2", 32, 16, true);
+}
+
+/// gemma2 `--use_history_kv --chunk_length 4`: chunks and decode stages on local layers.
+#[test]
+fn gemma2_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("gemma2", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "gemma2: decode stages used");
+}
+
+/// gemma2 `--do_sample`: the chain's tokens are the reference's, and lm_head's `m_logits` are
+/// the soft-capped logits the reference (and transformers) return, bounded by the cap.
+#[test]
+fn gemma2_do_sample_logits_are_soft_capped() {
+    check_options("gemma2", 32, 16, false, true);
+    let model = Model::open(&common::fixtures().join("gemma2")).unwrap();
+    let cap = model.config.layer.final_logit_softcap.unwrap() as f32;
+    let opts = PieceOptions::new(32, Some(16))
+        .unwrap()
+        .with_do_sample(true);
+    let dir = tempfile::tempdir().unwrap();
+    llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
+    let want = Reference::new(&model).unwrap().prefill(&PROMPT).unwrap();
+    let hidden: Vec<String> = want.final_hidden.iter().map(f32::to_string).collect();
+    let script = "import sys, json, numpy as np, onnxruntime as ort\n\
+        s = ort.InferenceSession(sys.argv[1])\n\
+        x = np.array([json.loads(sys.argv[2])], np.float32)\n\
+        print(json.dumps(s.run(None, {'hidden_states': x})[0][0].tolist()))";
+    let lm_head = dir.path().join("lm_head.onnx");
+    let o = Command::new(common::toolchain().python())
+        .args(["-c", script, lm_head.to_str().unwrap()])
+        .arg(format!("[{}]", hidden.join(",")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let have: Vec<f32> = serde_json::from_slice(&o.stdout).unwrap();
+    let d = have
+        .iter()
+        .zip(&want.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("gemma2 lm_head m_logits: max |diff| vs reference {d:.2e}");
+    assert!(d < 1e-4, "gemma2: m_logits differ by {d}");
+    assert!(have.iter().all(|l| l.abs() < cap), "logits above the cap");
+}
+
+/// gemma3_text (q/k norms; local layers 0, 1, 3 with a 4-token window and rotary base 100,
+/// global layer 2 with linearly scaled rotary): static, f32 and bf16 checkpoints.
+#[test]
+fn gemma3_text_static() {
+    check("gemma3_text", 32, 16);
+    check("gemma3_text_bf16", 32, 16);
+}
+
+#[test]
+fn gemma3_text_dynamic() {
+    check_variant("gemma3_text", 32, 16, true);
+}
+
+/// gemma3_text `--use_history_kv --chunk_length 4`.
+#[test]
+fn gemma3_text_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("gemma3_text", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "gemma3_text: decode stages used");
+}

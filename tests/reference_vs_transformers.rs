@@ -366,3 +366,89 @@ fn qwen2_moe_stacked_experts() {
     );
     check_family("qwen2_moe_stacked");
 }
+/// Greedy tokens and prefill logits of fixture `name`'s reference after `change` to its config.
+fn run_with(
+    name: &str,
+    change: impl Fn(&mut llm_convert::model::ModelConfig),
+) -> (Vec<u32>, Vec<f32>) {
+    let exp = expected(name);
+    let mut model = Model::open(&common::fixtures().join(name)).unwrap();
+    change(&mut model.config);
+    let mut r = Reference::new(&model).unwrap();
+    let logits = r.prefill(&exp.prompt).unwrap().logits;
+    let tokens = r.generate_greedy(&exp.prompt, exp.tokens.len()).unwrap();
+    (tokens, logits)
+}
+
+/// A quirk's name and how to drop it from a config.
+type Quirk = (&'static str, fn(&mut llm_convert::model::ModelConfig));
+
+/// gemma2 and gemma3_text: the reference equals transformers (with the window, and with a
+/// window longer than the run), and each quirk matters: sliding every layer or none, the
+/// score scale of head_dim, and each family's own (`own`) pick other tokens.
+fn check_gemma_sandwich(name: &str, own: &[Quirk]) {
+    use llm_convert::family::LayerSet;
+    check_sliding_window(name);
+    let want = expected(name).tokens;
+    let mut quirks: Vec<Quirk> = vec![
+        ("the layer types", |c| c.layer.local.layers = LayerSet::All),
+        ("query_pre_attn_scalar", |c| {
+            c.layer.attention.scores.query_pre_attn_scalar = None
+        }),
+    ];
+    quirks.extend_from_slice(own);
+    for (quirk, change) in quirks {
+        let (tokens, _) = run_with(name, change);
+        assert_ne!(tokens, want, "{name}: {quirk} does not matter");
+    }
+}
+
+/// gemma2: alternating windows, soft caps on scores and logits. The logit cap keeps the
+/// argmax but changes the logits transformers returns.
+fn check_gemma2(name: &str) {
+    check_gemma_sandwich(
+        name,
+        &[("the score soft cap", |c| {
+            c.layer.attention.scores.softcap = None
+        })],
+    );
+    let exp = expected(name);
+    let (tokens, logits) = run_with(name, |c| c.layer.final_logit_softcap = None);
+    assert_eq!(
+        tokens, exp.tokens,
+        "{name}: the logit cap changed the argmax"
+    );
+    let d = max_abs_diff(&logits, &exp.prefill_logits);
+    assert!(d > 0.1, "{name}: the logit soft cap does not matter ({d})");
+}
+
+#[test]
+fn gemma2_windows_softcaps_score_scale() {
+    check_gemma2("gemma2");
+}
+
+#[test]
+fn gemma2_bf16() {
+    check_gemma2("gemma2_bf16");
+}
+
+/// gemma3_text: q/k norms, local layers with their own unscaled rotary base and a window,
+/// a global layer with the model's (linearly scaled) rotary.
+#[test]
+fn gemma3_text_local_global_layers() {
+    check_gemma_sandwich(
+        "gemma3_text",
+        &[
+            ("the local rotary base", |c| c.layer.local.rope_theta = None),
+            ("the global rope scaling", |c| c.rope_scaling = None),
+        ],
+    );
+}
+
+#[test]
+fn gemma3_text_bf16() {
+    check_gemma_sandwich(
+        "gemma3_text_bf16",
+        &[("the local rotary base", |c| c.layer.local.rope_theta = None)],
+    );
+}

@@ -487,3 +487,28 @@ fn qwen3_moe_bf16_static() {
 fn qwen3_moe_bf16_dynamic() {
     bf16_matches_reference("qwen3_moe", &["--dynamic"]);
 }
+/// gemma2 at bf16, static: alternating local (4-token window) and global layers, soft-capped
+/// scores, sandwich norms; verify passes against the reference.
+#[test]
+fn gemma2_bf16_static() {
+    bf16_matches_reference("gemma2", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn gemma2_bf16_dynamic() {
+    bf16_matches_reference("gemma2", &["--dynamic"]);
+}
+
+/// gemma3_text at bf16, static: q/k norms, local layers with their own rotary base and window,
+/// a global layer with scaled rotary.
+#[test]
+fn gemma3_text_bf16_static() {
+    bf16_matches_reference("gemma3_text", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn gemma3_text_bf16_dynamic() {
+    bf16_matches_reference("gemma3_text", &["--dynamic"]);
+}

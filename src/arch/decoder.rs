@@ -6,6 +6,7 @@
 use super::mask::{
     causal_mask, decode_key_positions, effective_window, key_positions, positions_f32, with_window,
 };
+use super::softcap::maybe_softcap;
 use super::{rope, PieceOptions};
 use crate::family::{Activation, Norm, Projections, RotaryDims, RotaryPairs};
 use crate::graph::{Attr, Elem, Graph};
@@ -18,7 +19,7 @@ use crate::model::ModelConfig;
 pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
     let l = o.max_input_length;
     let axis = o.dynamic.then_some(1);
-    let window = effective_window(cfg, l);
+    let window = effective_window(cfg, layer, l);
     let mut g = Graph::new(format!("block_{layer}"));
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
     let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], axis);
@@ -56,7 +57,7 @@ pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize
     let mut mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
     let hk = g.input("history_k", Elem::F32, &[1, kv, kvh, d]);
     let hv = g.input("history_v", Elem::F32, &[1, kv, kvh, d]);
-    if let Some(w) = effective_window(cfg, kv) {
+    if let Some(w) = effective_window(cfg, layer, kv) {
         let p = positions_f32(&mut g, &pos);
         let keys = decode_key_positions(&mut g, kv, &p);
         mask = with_window(&mut g, &mask, &p, &keys, w);
@@ -162,7 +163,7 @@ fn layer_body(
     }
     let rotary = spec.attention.rotary;
     let rd = rotary.dim(d);
-    let (cos_t, sin_t) = rope::tables(cfg, o.seq_length);
+    let (cos_t, sin_t) = rope::tables(cfg, layer, o.seq_length);
     let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
     let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
     let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
@@ -199,7 +200,7 @@ fn layer_body(
             let key_pos = key_positions(g, &k_all);
             let query_pos = positions_f32(g, pos);
             let mut mask = causal_mask(g, &query_pos, &key_pos);
-            if let Some(w) = effective_window(cfg, o.seq_length) {
+            if let Some(w) = effective_window(cfg, layer, o.seq_length) {
                 mask = with_window(g, &mask, &query_pos, &key_pos, w);
             }
             (vec![(k_all, Some(mask))], g.concat(&[hv, &v], 1))
@@ -442,7 +443,8 @@ fn attention(
         let k = repeat(g, k);
         let kt = g.transpose(&k, &[0, 2, 3, 1]); // [1, nh, D, part_len]
         let scores = g.op("MatMul", &[&qt, &kt], vec![]);
-        let scores = g.scale(&scores, 1.0 / (d as f64).sqrt());
+        let scores = g.scale(&scores, cfg.layer.attention.scores.scale(d as usize));
+        let scores = maybe_softcap(g, &scores, cfg.layer.attention.scores.softcap);
         all_scores.push(match mask {
             Some(m) => g.add(&scores, m),
             None => scores,

@@ -1,5 +1,6 @@
 //! embedding, embedding_cache, lm_head, and the `--do_sample` heads (greedy_head, sample_head).
 
+use super::softcap::maybe_softcap;
 use crate::graph::{Attr, Elem, Graph};
 use crate::model::ModelConfig;
 
@@ -40,6 +41,8 @@ pub fn lm_head(cfg: &ModelConfig, logits_out: bool) -> Graph {
     let logits = g.op("MatMul", &[&w, &xt], vec![]);
     let logits = g.reshape(&logits, &[1, v as i64]);
     if logits_out {
+        // The cap keeps the logits' order, so the token_id head goes without it.
+        let logits = maybe_softcap(&mut g, &logits, cfg.layer.final_logit_softcap);
         g.output(&logits, "m_logits", Elem::F32, &[1, v]);
     } else {
         let token = top1(&mut g, &logits);

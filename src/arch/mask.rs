@@ -46,11 +46,22 @@ pub fn key_positions(g: &mut Graph, keys: &str) -> String {
     pos
 }
 
-/// The sliding window, if it can hide a key from a piece whose queries and keys have
-/// positions in `0..span`; none otherwise, so that piece's graph is exactly the graph of a
-/// family without a window (a mistral with a long or null window exports llama's bytes).
-pub fn effective_window(cfg: &ModelConfig, span: usize) -> Option<usize> {
-    cfg.layer.sliding_window.filter(|w| *w < span)
+/// Layer `layer`'s sliding window, if some layer's window can hide a key from a piece whose
+/// queries and keys have positions in `0..span`; none otherwise, so that piece's graph is
+/// exactly the graph of a family without a window (a mistral with a long or null window
+/// exports llama's bytes).
+///
+/// When only some layers slide (gemma2, gemma3), the others get a window of `span`, which
+/// hides nothing: the runtime writes position ids and the mask into block 0's input buffers
+/// only and binds them for every block, so every block must be the same graph (the same I/O
+/// addresses). A global block without the window ops gets other addresses, and then the copy
+/// of its hidden-state input overwrites block 0's position ids before they are read.
+pub fn effective_window(cfg: &ModelConfig, layer: usize, span: usize) -> Option<usize> {
+    let hides = |i: usize| cfg.layer.window(i).filter(|w| *w < span);
+    if (0..cfg.num_hidden_layers).all(|i| hides(i).is_none()) {
+        return None;
+    }
+    Some(hides(layer).unwrap_or(span))
 }
 
 /// `mask` plus `MASK_VALUE` where a key is `window` or more positions behind the query
@@ -91,4 +102,44 @@ pub fn decode_key_positions(g: &mut Graph, kv: usize, query_pos: &str) -> String
     let keys = g.concat(&[&slots, &q], 1);
     g.keep_f32_since(first);
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::arch::{build, pieces, Piece, PieceOptions};
+    use serde_json::json;
+
+    /// gemma2 with a short window: global layers get the window ops too (with a window that
+    /// hides nothing), so every block but the last (the final norm) is the same graph as
+    /// block 0 and gets block 0's I/O addresses.
+    #[test]
+    fn local_and_global_blocks_are_the_same_graph() {
+        let c = crate::model::config::test_config(
+            "gemma2",
+            64,
+            json!({"num_hidden_layers": 3, "sliding_window": 4, "head_dim": 16}),
+        )
+        .unwrap();
+        assert_eq!((c.layer.window(0), c.layer.window(1)), (Some(4), None));
+        let ops = |p: Piece, o: &PieceOptions| -> Vec<(&str, usize)> {
+            let g = build(p, &c, o);
+            g.nodes.iter().map(|n| (n.op, n.inputs.len())).collect()
+        };
+        for dynamic in [false, true] {
+            let o = PieceOptions::new(32, Some(16))
+                .unwrap()
+                .with_dynamic(dynamic)
+                .with_history(true, 8);
+            for p in pieces(&c, &o) {
+                let same_in_layer_0 = match p {
+                    Piece::Block(1) => Piece::Block(0),
+                    Piece::BlockCache(1) => Piece::BlockCache(0),
+                    Piece::BlockCacheStage(1, k) => Piece::BlockCacheStage(0, k),
+                    Piece::BlockKv(1) => Piece::BlockKv(0),
+                    _ => continue,
+                };
+                assert_eq!(ops(p, &o), ops(same_in_layer_0, &o), "{p:?}");
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod heads;
 mod mask;
 mod moe;
 mod rope;
+mod softcap;
 
 use anyhow::{bail, Result};
 

@@ -2,16 +2,22 @@
 //! frequency twice in a row for interleaved pairs), gathered by position_ids in the graph.
 //! Written from the formulas independently of `reference`.
 
-use crate::family::RotaryPairs;
+use crate::family::{LayerRope, RotaryPairs};
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
-/// (cos, sin) tables, row-major `[seq, 1, rotary_dim]` (rotary_dim = head_dim unless partial).
-pub fn tables(cfg: &ModelConfig, seq: usize) -> (Vec<f32>, Vec<f32>) {
+/// Layer `layer`'s (cos, sin) tables, row-major `[seq, 1, rotary_dim]` (rotary_dim = head_dim
+/// unless partial).
+pub fn tables(cfg: &ModelConfig, layer: usize, seq: usize) -> (Vec<f32>, Vec<f32>) {
     let d = cfg.layer.attention.rotary.dim(cfg.head_dim);
-    let freqs: Vec<f64> = (0..d / 2)
-        .map(|i| scaled(cfg, cfg.rope_theta.powf(-(2.0 * i as f64) / d as f64)))
-        .collect();
+    let freqs: Vec<f64> = match cfg.layer.rope(layer) {
+        LayerRope::Model => (0..d / 2)
+            .map(|i| scaled(cfg, cfg.rope_theta.powf(-(2.0 * i as f64) / d as f64)))
+            .collect(),
+        LayerRope::Unscaled { theta } => (0..d / 2)
+            .map(|i| theta.powf(-(2.0 * i as f64) / d as f64))
+            .collect(),
+    };
     let mut cos = Vec::with_capacity(seq * d);
     let mut sin = Vec::with_capacity(seq * d);
     // Element j of a row turns at frequency `order[j]`.

@@ -33,11 +33,16 @@ fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
     let mut spec = LayerSpec::llama(false, false, false);
     spec.norm = Norm::RmsOnePlus;
     spec.mlp.activation = activation(keys)?;
-    spec.scales = Scales {
+    spec.scales = scaled_embedding(keys, dims)?;
+    Ok(spec)
+}
+
+/// Gemma's embedding × sqrt(hidden) (in the weight dtype), shared by gemma2 and gemma3.
+pub(super) fn scaled_embedding(keys: &ConfigKeys, dims: &Dims) -> Result<Scales, InputError> {
+    Ok(Scales {
         embedding: embedding_scale(dims.hidden_size, &weight_dtype(keys)?),
         ..Scales::NONE
-    };
-    Ok(spec)
+    })
 }
 
 /// Gemma is trained with the tanh GELU. Hub configs say so in `hidden_activation` (and often
@@ -49,6 +54,11 @@ fn activation(keys: &ConfigKeys) -> Result<Activation, InputError> {
     } else {
         "hidden_act"
     };
+    tanh_gelu(keys, key)
+}
+
+/// The activation `key` names: one of the tanh GELUs (or absent: the class default).
+pub(super) fn tanh_gelu(keys: &ConfigKeys, key: &str) -> Result<Activation, InputError> {
     match keys.opt_str(key)? {
         None => Ok(Activation::GeluTanh),
         Some(act) if TANH_GELUS.contains(&act.as_str()) => Ok(Activation::GeluTanh),

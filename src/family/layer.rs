@@ -2,6 +2,8 @@
 //! golden model) and `model::layout` (the tensors) read. Each choice is an enum or a flag, so a
 //! new kind is a new variant that `arch` and `reference` must both handle (they match on it).
 
+use super::layer_kinds::{LocalLayers, Scores};
+
 /// How every norm of the layer (and the final norm) normalises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Norm {
@@ -63,8 +65,8 @@ impl Rotary {
     };
 }
 
-/// Grouped-query self-attention, scores scaled by `1/sqrt(head_dim)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Grouped-query self-attention, scores as [`Scores`] says (`1/sqrt(head_dim)` by default).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Attention {
     pub qkv: Projections,
     /// Bias on the q/k/v projections.
@@ -74,6 +76,8 @@ pub struct Attention {
     /// RMSNorm over head_dim on q and k before rotary (Qwen3).
     pub qk_norm: bool,
     pub rotary: Rotary,
+    /// Score scale and soft cap (gemma2/gemma3; plain elsewhere).
+    pub scores: Scores,
 }
 
 /// The MLP's gate activation.
@@ -112,7 +116,8 @@ impl Scales {
     };
 }
 
-/// One pre-norm decoder layer: `x += attn(norm(x))`, `x += mlp(norm(x))`, every layer alike.
+/// One pre-norm decoder layer: `x += attn(norm(x))`, `x += mlp(norm(x))`, every layer alike
+/// except for what [`LocalLayers`] says (which layers slide their window, and their rotary).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LayerSpec {
     pub norm: Norm,
@@ -127,6 +132,10 @@ pub struct LayerSpec {
     pub sliding_window: Option<usize>,
     /// A mixture of experts in place of `mlp` on its sparse layers (qwen2_moe, qwen3_moe).
     pub moe: Option<super::Moe>,
+    /// The layers the window applies to (all unless `layer_types` says otherwise).
+    pub local: LocalLayers,
+    /// `tanh(logits / c) · c` on lm_head's logits (gemma2's `final_logit_softcapping`).
+    pub final_logit_softcap: Option<f64>,
 }
 
 impl LayerSpec {
@@ -141,6 +150,7 @@ impl LayerSpec {
                 o_bias,
                 qk_norm: false,
                 rotary: Rotary::FULL_HALF_SPLIT,
+                scores: Scores::PLAIN,
             },
             mlp: Mlp {
                 activation: Activation::Silu,
@@ -150,6 +160,8 @@ impl LayerSpec {
             scales: Scales::NONE,
             sliding_window: None,
             moe: None,
+            local: LocalLayers::ALL,
+            final_logit_softcap: None,
         }
     }
 }

@@ -4,9 +4,12 @@
 //! here and a line to [`REGISTRY`].
 
 mod gemma;
+mod gemma2;
+mod gemma3_text;
 mod glm;
 mod glm4;
 mod layer;
+mod layer_kinds;
 mod llama;
 mod minicpm;
 mod mistral;
@@ -22,6 +25,7 @@ pub use layer::{
     Activation, Attention, LayerSpec, Mlp, Norm, Projections, Rotary, RotaryDims, RotaryPairs,
     Scales,
 };
+pub use layer_kinds::{LayerRope, LayerSet, LocalLayers, Scores};
 pub use moe::Moe;
 pub use names::WeightNames;
 
@@ -41,6 +45,8 @@ pub static REGISTRY: &[&Family] = &[
     &glm::FAMILY,
     &qwen2_moe::FAMILY,
     &qwen3_moe::FAMILY,
+    &gemma2::FAMILY,
+    &gemma3_text::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -177,7 +183,7 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, qwen2_moe, qwen3_moe"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, qwen2_moe, qwen3_moe, gemma2, gemma3_text"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }

@@ -290,10 +290,21 @@ fn positive(keys: &ConfigKeys, key: &str, value: f64) -> Result<f64, InputError>
     Ok(value)
 }
 
+/// transformers 5 keys `rope_parameters` by layer type when layer types differ (gemma3:
+/// `{"full_attention": {...}, "sliding_attention": {...}}`): the full-attention layers' rotary
+/// is the model's, and the family reads the others'.
+fn full_attention_rope(params: &Value) -> &Value {
+    params
+        .get("full_attention")
+        .filter(|p| p.is_object())
+        .unwrap_or(params)
+}
+
 /// (rope_theta, rope_scaling) from either `rope_theta`+`rope_scaling` or `rope_parameters`.
 fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError> {
     let params = keys
         .present("rope_parameters")
+        .map(full_attention_rope)
         .or(keys.present("rope_scaling"));
     let theta_in_params = params
         .and_then(|p| p.get("rope_theta"))

@@ -10,14 +10,16 @@ mod mlp;
 mod moe;
 mod mrope;
 mod rope;
+mod softcap;
 pub mod vision;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
 
-use crate::family::{Norm, Projections, RotaryDims, RotaryPairs};
+use crate::family::{LayerRope, Norm, Projections, RotaryDims, RotaryPairs, Scores};
 use crate::model::{layout, Model, ModelConfig};
-pub use rope::inverse_frequencies;
+pub use rope::{inverse_frequencies, local_inverse_frequencies};
+use softcap::softcap;
 
 /// Above this many bytes of f32 layer weights, layers are streamed instead of kept.
 const KEEP_LAYERS_BUDGET: usize = 4 << 30;
@@ -150,6 +152,8 @@ pub struct Reference<'m> {
     lm_head_t: Tensor,
     layers: Option<Vec<Layer>>,
     inv_freq: Vec<f32>,
+    /// The local layers' own frequencies, when they turn at their own base (gemma3).
+    local_inv_freq: Option<Vec<f32>>,
     /// Per layer: keys and values so far, `[tokens, kv_heads, head_dim]`.
     cache: Vec<Option<(Tensor, Tensor)>>,
     keep_hidden: bool,
@@ -189,6 +193,7 @@ impl<'m> Reference<'m> {
             lm_head_t: lm_head.t()?.contiguous()?,
             layers,
             inv_freq: inverse_frequencies(c),
+            local_inv_freq: local_inverse_frequencies(c),
             cache: vec![None; c.num_hidden_layers],
             keep_hidden: false,
             position_offset: 0,
@@ -299,6 +304,13 @@ impl<'m> Reference<'m> {
     ) -> Result<StepOutput> {
         let c = self.model.config.clone();
         let start = self.cached_len();
+        // Layers with their own rotary base (gemma3's local layers) turn at the same positions.
+        let position = self.cached_len() as i64 + self.position_offset;
+        let position = usize::try_from(position).context("negative rotary position")?;
+        let local = match &self.local_inv_freq {
+            Some(f) => Some(rope::tables(f, position, x.dim(0)?)?),
+            None => None,
+        };
         let mut layer_outputs = vec![];
         for i in 0..c.num_hidden_layers {
             let streamed;
@@ -309,7 +321,11 @@ impl<'m> Reference<'m> {
                     &streamed
                 }
             };
-            x = layer_forward(&c, layer, &mut self.cache[i], &x, &cos, &sin, start)?;
+            let (cos, sin) = match (&local, c.layer.rope(i)) {
+                (Some((lc, ls)), LayerRope::Unscaled { .. }) => (lc, ls),
+                _ => (&cos, &sin),
+            };
+            x = layer_forward(&c, i, layer, &mut self.cache[i], &x, cos, sin, start)?;
             if self.keep_hidden {
                 layer_outputs.push(x.clone());
             }
@@ -318,10 +334,8 @@ impl<'m> Reference<'m> {
         let last = x.narrow(0, n - 1, 1)?;
         let normed = norm(&c, &last, &self.final_norm)?;
         let head_in = scale(&normed, c.lm_head_input_scale())?;
-        let logits = head_in
-            .matmul(&self.lm_head_t)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
+        let logits = head_in.matmul(&self.lm_head_t)?.squeeze(0)?;
+        let logits = softcap(logits, c.layer.final_logit_softcap)?.to_vec1::<f32>()?;
         Ok(StepOutput {
             logits,
             layer_outputs,
@@ -330,9 +344,11 @@ impl<'m> Reference<'m> {
     }
 }
 
-/// One decoder layer; appends this step's keys/values to `cache`.
+/// Decoder layer `index`; appends this step's keys/values to `cache`.
+#[allow(clippy::too_many_arguments)]
 fn layer_forward(
     c: &ModelConfig,
+    index: usize,
     l: &Layer,
     cache: &mut Option<(Tensor, Tensor)>,
     x: &Tensor,
@@ -371,7 +387,9 @@ fn layer_forward(
         None => (k, v),
     };
     *cache = Some((keys.clone(), values.clone()));
-    let attn = attention(&q, &keys, &values, start, c.layer.sliding_window)?; // [t, nh*d]
+    let window = c.layer.window(index);
+    let scores = &c.layer.attention.scores;
+    let attn = attention(&q, &keys, &values, start, window, scores)?; // [t, nh*d]
     let res = c.residual_scale();
     let mut attn_out = l.o.forward(&attn)?;
     if let Some(w) = &l.attn_output_norm {
@@ -403,6 +421,7 @@ fn attention(
     v: &Tensor,
     start: usize,
     window: Option<usize>,
+    scoring: &Scores,
 ) -> Result<Tensor> {
     let (t, nh, d) = q.dims3()?;
     let (s, kvh, _) = k.dims3()?;
@@ -416,7 +435,8 @@ fn attention(
     };
     let (k, v) = (expand(k)?, expand(v)?);
     let q = q.transpose(0, 1)?.contiguous()?; // [nh, t, d]
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // [nh, t, s]
+    let scores = (q.matmul(&k.t()?)? * scoring.scale(d))?; // [nh, t, s]
+    let scores = softcap(scores, scoring.softcap)?;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..s).map(move |j| {

@@ -8,16 +8,28 @@ use crate::family::RotaryDims;
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
-/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling`. f32 like torch.
-pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
+/// The frequencies of layers turning at their own base, unscaled (gemma3's local layers), if
+/// the model has any.
+pub fn local_inverse_frequencies(c: &ModelConfig) -> Option<Vec<f32>> {
+    let theta = c.layer.local.rope_theta?;
+    Some(unscaled(c, theta))
+}
+
+/// `inv_freq[i] = 1 / theta^(2i / d)` over the rotated part `d` of a head. f32 like torch.
+fn unscaled(c: &ModelConfig, theta: f64) -> Vec<f32> {
     // Partial rotary (phi3): the frequencies of a head as wide as the rotated part.
     let d = match c.layer.attention.rotary.dims {
         RotaryDims::Full => c.head_dim,
         RotaryDims::Partial { rotary_dim } => rotary_dim,
     };
-    let base: Vec<f32> = (0..d / 2)
-        .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / d as f32))
-        .collect();
+    (0..d / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect()
+}
+
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling`. f32 like torch.
+pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
+    let base = unscaled(c, c.rope_theta);
     match &c.rope_scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
