@@ -125,6 +125,26 @@ pub struct LayerSpec {
     /// A query at position q sees the keys at positions k with `q - window < k <= q`
     /// (transformers' sliding-window overlay); `None`: every earlier key.
     pub sliding_window: Option<usize>,
+    /// How the checkpoint stores tensors the layer reads in another layout.
+    pub stored: Stored,
+}
+
+/// Checkpoint layouts that differ from what `arch` and `reference` read, undone in one place
+/// when a tensor is read (`model::repack`), so both see the plain layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stored {
+    /// The fused qkv rows are grouped per kv head (internlm2's `wqkv`: for each kv head, its
+    /// query heads, then its k, then its v) instead of q | k | v.
+    pub qkv_grouped_per_kv_head: bool,
+    /// The lm_head rows are used L2-normalised (Baichuan2's NormHead).
+    pub lm_head_rows_normalised: bool,
+}
+
+impl Stored {
+    pub const PLAIN: Stored = Stored {
+        qkv_grouped_per_kv_head: false,
+        lm_head_rows_normalised: false,
+    };
 }
 
 impl LayerSpec {
@@ -147,6 +167,7 @@ impl LayerSpec {
             },
             scales: Scales::NONE,
             sliding_window: None,
+            stored: Stored::PLAIN,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod layout;
 pub mod path;
+pub mod repack;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;
@@ -75,7 +76,10 @@ impl Model {
         let config_json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&config_path).context("re-reading config.json")?,
         )?;
-        let weights = safetensors::SafetensorsWeights::open_dir(dir)?;
+        let weights = repack::view(
+            &config,
+            Box::new(safetensors::SafetensorsWeights::open_dir(dir)?),
+        );
         let tok = dir.join("tokenizer.json");
         let tokenizer = if tok.exists() {
             TokenizerSource::File(tok)
@@ -86,7 +90,7 @@ impl Model {
             source: dir.to_path_buf(),
             config,
             config_json,
-            weights: FiniteWeights::new(Box::new(weights), dir),
+            weights: FiniteWeights::new(weights, dir),
             tokenizer,
         })
     }

@@ -157,7 +157,7 @@ pub struct Reference<'m> {
     /// `[hidden, vocab]`, transposed once.
     lm_head_t: Tensor,
     layers: Option<Vec<Layer>>,
-    inv_freq: Vec<f32>,
+    rotary: rope::Rotary,
     /// Per layer: keys and values so far, `[tokens, kv_heads, head_dim]`.
     cache: Vec<Option<(Tensor, Tensor)>>,
     keep_hidden: bool,
@@ -193,7 +193,7 @@ impl<'m> Reference<'m> {
             final_norm: model.tensor(names.final_norm)?,
             lm_head_t: lm_head.t()?.contiguous()?,
             layers,
-            inv_freq: inverse_frequencies(c),
+            rotary: rope::Rotary::new(c),
             cache: vec![None; c.num_hidden_layers],
             keep_hidden: false,
         })
@@ -260,7 +260,7 @@ impl<'m> Reference<'m> {
         }
         let start = self.cached_len();
         let mut x = self.embed(ids)?;
-        let (cos, sin) = rope::tables(&self.inv_freq, start, ids.len())?;
+        let (cos, sin) = self.rotary.tables(start, ids.len())?;
         let mut layer_outputs = vec![];
         for i in 0..c.num_hidden_layers {
             let streamed;

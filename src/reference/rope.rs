@@ -8,7 +8,61 @@ use crate::family::RotaryDims;
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
-/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling`. f32 like torch.
+/// How a forward call's rotary tables are made: longrope's long factors replace the short ones
+/// for calls whose largest position reaches `original` (transformers' per-call choice), and
+/// cos/sin are multiplied by `attention_factor`.
+pub struct Rotary {
+    pub short: Vec<f32>,
+    /// (inverse frequencies with the long factors, original_max_position_embeddings).
+    pub long: Option<(Vec<f32>, usize)>,
+    pub attention_factor: f32,
+}
+
+impl Rotary {
+    pub fn new(c: &ModelConfig) -> Rotary {
+        let short = inverse_frequencies(c);
+        match &c.rope_scaling {
+            Some(RopeScaling::LongRope(l)) => Rotary {
+                long: Some((
+                    longrope(c, &l.long_factor),
+                    l.original_max_position_embeddings,
+                )),
+                attention_factor: l.attention_factor as f32,
+                short,
+            },
+            _ => Rotary {
+                short,
+                long: None,
+                attention_factor: 1.0,
+            },
+        }
+    }
+
+    /// cos and sin for positions `start..start+len`.
+    pub fn tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let inv_freq = match &self.long {
+            Some((long, original)) if start + len > *original => long,
+            _ => &self.short,
+        };
+        let (cos, sin) = tables(inv_freq, start, len)?;
+        if self.attention_factor == 1.0 {
+            return Ok((cos, sin));
+        }
+        let a = self.attention_factor as f64;
+        Ok(((cos * a)?, (sin * a)?))
+    }
+}
+
+/// `1 / (ext_i · theta^(2i/d))` over the rotated width `d`, in f32 like torch.
+fn longrope(c: &ModelConfig, ext: &[f64]) -> Vec<f32> {
+    let d = c.layer.attention.rotary.dim(c.head_dim);
+    (0..d / 2)
+        .map(|i| 1.0 / (ext[i] as f32 * (c.rope_theta as f32).powf((2 * i) as f32 / d as f32)))
+        .collect()
+}
+
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, rescaled per `rope_scaling` (longrope: the short
+/// factors). f32 like torch.
 pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
     // Partial rotary (phi3): the frequencies of a head as wide as the rotated part.
     let d = match c.layer.attention.rotary.dims {
@@ -20,6 +74,7 @@ pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
         .collect();
     match &c.rope_scaling {
         None => base,
+        Some(RopeScaling::LongRope(l)) => longrope(c, &l.short_factor),
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
         Some(RopeScaling::Llama3 {
             factor,
