@@ -332,7 +332,8 @@ fn phi3_longrope_short_and_long_factors() {
         panic!("phi3_longrope: no longrope");
     };
     assert_eq!(l.original_max_position_embeddings, 16);
-    assert!((l.attention_factor - 2f64.sqrt()).abs() < 1e-12);
+    // max_position_embeddings 64: sqrt(1 + ln(64/16) / ln(16)).
+    assert!((l.attention_factor - 1.5f64.sqrt()).abs() < 1e-12);
 }
 
 /// MiniCPM4: minicpm's scalings with longrope (its sparse_config ignored).
