@@ -18,7 +18,7 @@ pub static FAMILY: Family = Family {
               longrope (short/long factors chosen per call from the position ids, attention \
               factor)",
     verified: "reference f32/bf16, longrope f32; ONNX chain (static, dynamic, history KV; \
-               longrope static, dynamic); verify bf16 (static, dynamic; longrope static); \
+               longrope static, dynamic, history KV); verify bf16 (static, dynamic; longrope static); \
                contract w4bf16",
     tie_word_embeddings: false,
     head_dim: None,
