@@ -40,18 +40,17 @@ fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
 /// `model_max_length`) and they are 5120 wide; the 7B's (rotary) has both keys and is 4096.
 fn alibi(keys: &ConfigKeys, dims: &Dims) -> Result<(), InputError> {
     let why = if dims.hidden_size == ALIBI_HIDDEN_SIZE {
-        format!("hidden_size {ALIBI_HIDDEN_SIZE} is Baichuan2-13B's")
+        format!("hidden_size {ALIBI_HIDDEN_SIZE} (Baichuan2-13B's width)")
     } else if keys.present("max_position_embeddings").is_none() {
-        "there is no max_position_embeddings (Baichuan2-13B's config has only model_max_length)"
-            .to_string()
+        "no max_position_embeddings (Baichuan2-13B's config has only model_max_length)".to_string()
     } else {
         return Ok(());
     };
     Err(keys.bad(
         "model_type",
         format!(
-            "\"baichuan\" with {why}: that model adds ALiBi position biases to the attention \
-             scores instead of rotary embeddings, which is not supported"
+            "\"baichuan\" with {why} is Baichuan2-13B, which adds ALiBi position biases to \
+             the attention scores instead of rotary embeddings: not supported"
         ),
         "only Baichuan2-7B (rotary, hidden_size 4096, with max_position_embeddings) converts",
     ))
