@@ -63,6 +63,13 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 500000.0}
 
 GEMMA3_TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+def longrope(pairs):
+    """longrope parameters with distinct short and long factors for `pairs` rotated pairs."""
+    short = [round(1.0 + 0.05 * i, 3) for i in range(pairs)]
+    long = [round(1.0 + 1.5 * i, 3) for i in range(pairs)]
+    return {"rope_type": "longrope", "short_factor": short, "long_factor": long,
+            "rope_theta": 10000.0}
+
 
 # Phi3Config's and Glm4Config's default special ids are outside the tiny vocabulary.
 PHI3_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -144,6 +151,38 @@ FAMILIES = {
                                                 layer_types=GEMMA3_TYPES[1:],
                                                 rope_local_base_freq=50.0, query_pre_attn_scalar=32,
                                                 initializer_range=0.15), torch.bfloat16, None),
+    # internlm2 (remote code): a llama twin with q/k/v/o biases (InternLM2Config's `bias`),
+    # repacked into grouped wqkv and renamed (see REMOTE).
+    # 8 query heads in 2 groups of 4.
+    "internlm2": (LlamaConfig, dims(num_attention_heads=8, attention_bias=True,
+                                    tie_word_embeddings=False), torch.float32, None),
+    # baichuan (remote code, Baichuan2-7B): a multi-head llama twin, q/k/v packed into W_pack,
+    # expectation with NormHead (see REMOTE).
+    # (initializer_range 0.09: no f32 top-2 margin near the bf16 verify's tie threshold.)
+    "baichuan": (LlamaConfig, dims(num_key_value_heads=4, tie_word_embeddings=False,
+                                   initializer_range=0.09),
+                 torch.float32, None),
+    # longrope: the 8-token prompt + 16 steps cross original_max_position_embeddings 16, so the
+    # short factors turn the first 16 positions and the long ones the rest, and cos/sin are
+    # x sqrt(1 + ln(64/16)/ln(16)) (see REMOTE for the check that the long factors matter).
+    "phi3_longrope": (Phi3Config, dims(partial_rotary_factor=0.75, tie_word_embeddings=False,
+                                       initializer_range=0.11,
+                                       original_max_position_embeddings=16,
+                                       max_position_embeddings=64,
+                                       rope_scaling=longrope(12), **PHI3_IDS), torch.float32, None),
+    # MiniCPM4: the minicpm fixture with longrope and a sparse_config (ignored at these lengths),
+    # untied like MiniCPM4-8B (the tied minicpm fixture repeats the prompt's last token).
+    "minicpm4": (LlamaConfig, dims(tie_word_embeddings=False,
+                                   rope_scaling=dict(longrope(16), original_max_position_embeddings=16)),
+                 torch.float32, {"scale_emb": 12.0, "scale_depth": 1.4, "dim_model_base": 32,
+                                 "sparse_config": {"kernel_size": 32, "kernel_stride": 16,
+                                                   "init_blocks": 1, "block_size": 64, "topk": 64,
+                                                   "window_size": 2048, "dense_len": 8192}}),
+    # chatglm (remote code, GLM-4 style): a glm twin (q/k/v bias, interleaved rotary on half of
+    # head_dim 32) with base 10000 x rope_ratio 500, repacked (see REMOTE).
+    "chatglm": (GlmConfig, dims(head_dim=32, rope_theta=10000.0 * 500, tie_word_embeddings=False,
+                                initializer_range=0.11,
+                                **PHI3_IDS), torch.float32, None),
 }
 
 
@@ -157,6 +196,182 @@ def add_minicpm_hooks(model, s):
         layer.mlp.down_proj.register_forward_hook(lambda m, i, o: o * branch)
     width = cfg.hidden_size / s["dim_model_base"]
     model.lm_head.register_forward_pre_hook(lambda m, i: (i[0] / width,))
+
+
+def save_tensors(d, tensors):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(d, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def load_tensors(d):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(d, "model.safetensors"))
+
+
+def write_config(d, config):
+    json.dump(config, open(os.path.join(d, "config.json"), "w"), indent=2)
+
+
+@torch.no_grad()
+def tokens_with_weights(d, replace):
+    """The twin's greedy tokens with some of its weights replaced (the quirk dropped)."""
+    twin = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+    params = dict(twin.named_parameters())
+    for name, value in replace.items():
+        params[name].copy_(value)
+    return expected(twin, PROMPT)["tokens"]
+
+
+def group_qkv(q, k, v, kvh):
+    """q | k | v rows → internlm2's wqkv rows: per kv head, its q heads, its k, its v."""
+    d, rest = k.shape[0] // kvh, q.shape[1:]
+    heads = lambda t: t.reshape(kvh, -1, d, *rest)
+    return torch.cat([heads(q), heads(k), heads(v)], 1).reshape(-1, *rest)
+
+
+def to_internlm2(d, cfg, result):
+    """The llama twin's folder rewritten as an internlm2 checkpoint (names, grouped wqkv,
+    the upstream config keys). Also records the twin's tokens when wqkv is mis-read as plain
+    q | k | v rows, so a test can assert the grouping matters."""
+    t, out = load_tensors(d), {}
+    kvh, L = cfg.num_key_value_heads, "model.layers.{}."
+    names = {"input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1",
+             "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2"}
+    misread = {}
+    q_rows = cfg.num_attention_heads * cfg.head_dim
+    kv_rows = kvh * cfg.head_dim
+    for i in range(cfg.num_hidden_layers):
+        p = L.format(i)
+        for kind in ("weight", "bias"):
+            q, k, v = (t.pop(f"{p}self_attn.{m}_proj.{kind}") for m in "qkv")
+            wqkv = group_qkv(q, k, v, kvh)
+            out[f"{p}attention.wqkv.{kind}"] = wqkv
+            for m, part in zip("qkv", wqkv.split([q_rows, kv_rows, kv_rows])):
+                misread[f"{p}self_attn.{m}_proj.{kind}"] = part
+        for old, new in names.items():
+            for kind in ("weight", "bias"):
+                if f"{p}{old}.{kind}" in t:
+                    out[f"{p}{new}.{kind}"] = t.pop(f"{p}{old}.{kind}")
+    out["model.tok_embeddings.weight"] = t.pop("model.embed_tokens.weight")
+    out["model.norm.weight"] = t.pop("model.norm.weight")
+    out["output.weight"] = t.pop("lm_head.weight")
+    assert not t, f"internlm2: tensors left over: {list(t)}"
+    result["tokens_quirk_dropped"] = tokens_with_weights(d, misread)
+    save_tensors(d, out)
+    write_config(d, {
+        "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": kvh,
+        "hidden_act": "silu", "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps, "bias": True, "rope_theta": 10000.0,
+        "rope_scaling": None, "tie_word_embeddings": False, "torch_dtype": "float32",
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+
+
+def to_baichuan(d, cfg, result):
+    """The llama twin's folder rewritten as a Baichuan2-7B checkpoint (W_pack, the upstream
+    config keys). The twin's lm_head rows get random norms first, so that NormHead matters; the
+    expectation is the twin with its lm_head rows L2-normalised (what NormHead computes), and
+    the twin's own tokens are the quirk dropped."""
+    t = load_tensors(d)
+    head = t["lm_head.weight"]
+    t["lm_head.weight"] = head * (0.5 + torch.rand(head.shape[0], 1))
+    save_tensors(d, t)
+    result["tokens_quirk_dropped"] = tokens_with_weights(d, {})
+    twin = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+    with torch.no_grad():
+        twin.lm_head.weight.copy_(torch.nn.functional.normalize(twin.lm_head.weight))
+    result.update(expected(twin, PROMPT))
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}.self_attn."
+        t[p + "W_pack.weight"] = torch.cat([t.pop(f"{p}{m}_proj.weight") for m in "qkv"])
+    save_tensors(d, t)
+    write_config(d, {
+        "architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
+        "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                     "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "model_max_length": cfg.max_position_embeddings, "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": False, "torch_dtype": "float32", "z_loss_weight": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+
+
+def to_chatglm(d, cfg, result):
+    """The glm twin's folder rewritten as a ChatGLM3/GLM-4 checkpoint (transformer.* names,
+    packed query_key_value, the ChatGLMConfig keys with rope_ratio = theta / 10000, and the
+    stale base-10000 inv_freq buffer real checkpoints carry). Also records the twin's tokens
+    with base 10000 (rope_ratio ignored, as llm_convert.py does)."""
+    import copy
+    plain = copy.deepcopy(cfg)
+    plain.rope_parameters["rope_theta"] = 10000.0
+    twin = AutoModelForCausalLM.from_pretrained(d, config=plain, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+    result["tokens_quirk_dropped"] = expected(twin, PROMPT)["tokens"]
+    t, out = load_tensors(d), {}
+    for i in range(cfg.num_hidden_layers):
+        p, q = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{q}self_attention.query_key_value.{kind}"] = torch.cat(
+                [t.pop(f"{p}self_attn.{m}_proj.{kind}") for m in "qkv"])
+        for old, new in [("input_layernorm", "input_layernorm"),
+                         ("post_attention_layernorm", "post_attention_layernorm"),
+                         ("self_attn.o_proj", "self_attention.dense"),
+                         ("mlp.gate_up_proj", "mlp.dense_h_to_4h"),
+                         ("mlp.down_proj", "mlp.dense_4h_to_h")]:
+            out[f"{q}{new}.weight"] = t.pop(f"{p}{old}.weight")
+    out["transformer.embedding.word_embeddings.weight"] = t.pop("model.embed_tokens.weight")
+    out["transformer.encoder.final_layernorm.weight"] = t.pop("model.norm.weight")
+    out["transformer.output_layer.weight"] = t.pop("lm_head.weight")
+    assert not t, f"chatglm: tensors left over: {list(t)}"
+    n_elem = cfg.head_dim // 2
+    out["transformer.rotary_pos_emb.inv_freq"] = 1.0 / (
+        10000 ** (torch.arange(0, n_elem, 2, dtype=torch.float) / n_elem))
+    save_tensors(d, out)
+    write_config(d, {
+        "architectures": ["ChatGLMModel"], "model_type": "chatglm",
+        "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                     "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+        "num_layers": cfg.num_hidden_layers, "padded_vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "ffn_hidden_size": cfg.intermediate_size,
+        "kv_channels": cfg.head_dim, "num_attention_heads": cfg.num_attention_heads,
+        "multi_query_attention": True, "multi_query_group_num": cfg.num_key_value_heads,
+        "layernorm_epsilon": cfg.rms_norm_eps, "rmsnorm": True, "add_qkv_bias": True,
+        "add_bias_linear": False, "post_layer_norm": True,
+        "apply_residual_connection_post_layernorm": False, "original_rope": True,
+        "rope_ratio": cfg.rope_parameters["rope_theta"] / 10000.0,
+        "seq_length": cfg.max_position_embeddings, "tie_word_embeddings": False,
+        "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+
+
+@torch.no_grad()
+def short_factors_only(d, cfg, result):
+    """longrope's quirk: the same model turning every position with the short factors (what
+    a converter that ignores long_factor computes) picks other tokens."""
+    import copy
+    cfg = copy.deepcopy(cfg)
+    cfg.rope_parameters["long_factor"] = list(cfg.rope_parameters["short_factor"])
+    model = AutoModelForCausalLM.from_pretrained(d, config=cfg, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    if cfg.model_type == "llama":
+        add_minicpm_hooks(model, FAMILIES["minicpm4"][3])
+    result["tokens_quirk_dropped"] = expected(model, PROMPT)["tokens"]
+
+
+# Remote-code families: the fixture is a native twin with the same math, its folder rewritten
+# into the family's layout after the expectation is computed from the twin.
+REMOTE = {"internlm2": to_internlm2, "baichuan": to_baichuan,
+          "phi3_longrope": short_factors_only, "minicpm4": short_factors_only,
+          "chatglm": to_chatglm}
 
 
 def randomise(model):
@@ -247,6 +462,8 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
     if cfg.model_type.startswith("gemma"):
         use_native_embed_scale(reloaded, d, dtype)
     result = expected(reloaded, PROMPT)
+    if name in REMOTE:
+        REMOTE[name](d, cfg, result)
     if getattr(cfg, "sliding_window", None):
         # Gemma's sliding layers need a window: one longer than anything the test runs.
         window = 4096 if cfg.model_type.startswith("gemma") else None

@@ -50,7 +50,11 @@ fn parse_info(text: &str) -> Nets {
 /// The static contract for `config` at S = MAX_INPUT_LENGTH = 64 in bf16 activations.
 fn contract(config: &Value) -> Nets {
     let u = |k: &str| config[k].as_u64().unwrap() as usize;
-    let (h, kvh) = (u("hidden_size"), u("num_key_value_heads"));
+    // Multi-head families (baichuan) have no num_key_value_heads.
+    let kvh = config["num_key_value_heads"]
+        .as_u64()
+        .map_or(u("num_attention_heads"), |k| k as usize);
+    let h = u("hidden_size");
     let d = config["head_dim"]
         .as_u64()
         .map_or(h / u("num_attention_heads"), |d| d as usize);
@@ -116,6 +120,7 @@ fn w4bf16_converts_to_contract(fixture: &str) {
     let model = common::fixtures().join(fixture);
     let config: Value =
         serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let config = generic_keys(config);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let m = common::convert_seq64(&model, &out, &dir.path().join("cache"), &["-q", "w4bf16"]);
@@ -210,4 +215,34 @@ fn gemma2_w4bf16_contract() {
 #[test]
 fn gemma3_text_w4bf16_contract() {
     windowed_w4bf16_converts_to_contract("gemma3_text");
+}
+
+#[test]
+fn internlm2_w4bf16_contract() {
+    w4bf16_converts_to_contract("internlm2");
+}
+
+#[test]
+fn baichuan_w4bf16_contract() {
+    w4bf16_converts_to_contract("baichuan");
+}
+
+#[test]
+fn chatglm_w4bf16_contract() {
+    w4bf16_converts_to_contract("chatglm");
+}
+
+/// ChatGLMConfig's names for the keys the contract needs, under transformers' names (other
+/// configs pass unchanged).
+fn generic_keys(mut config: Value) -> Value {
+    for (from, to) in [
+        ("num_layers", "num_hidden_layers"),
+        ("kv_channels", "head_dim"),
+        ("multi_query_group_num", "num_key_value_heads"),
+    ] {
+        if let Some(v) = config.get(from).cloned() {
+            config[to] = v;
+        }
+    }
+    config
 }

@@ -109,7 +109,7 @@ fn check_dir(
         other => panic!("{name}: sample_head checked = {other:?}"),
     }
     let mut r = Reference::new(model).unwrap().keep_hidden(true);
-    let final_norm = model.tensor("model.norm.weight").unwrap();
+    let final_norm = model.tensor(model.config.weights().final_norm).unwrap();
     let last = model.config.num_hidden_layers - 1;
     // The last block holds the final norm.
     let compare = |what: &str, i: usize, want: &candle_core::Tensor, have: &[f32]| {
@@ -546,4 +546,104 @@ fn gemma3_text_history_kv() {
         .with_history(true, 4);
     let used = check_with("gemma3_text", &opts, &prompt);
     assert_eq!(used, vec![16, 32], "gemma3_text: decode stages used");
+}
+
+/// internlm2 (grouped wqkv regrouped on read, q/k/v/o biases): static.
+#[test]
+fn internlm2_static() {
+    check("internlm2", 32, 16);
+}
+
+#[test]
+fn internlm2_dynamic() {
+    check_variant("internlm2", 32, 16, true);
+}
+
+/// internlm2 `--use_history_kv --chunk_length 4`.
+#[test]
+fn internlm2_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("internlm2", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "internlm2: decode stages used");
+}
+
+/// baichuan (W_pack, NormHead on read): static.
+#[test]
+fn baichuan_static() {
+    check("baichuan", 32, 16);
+}
+
+#[test]
+fn baichuan_dynamic() {
+    check_variant("baichuan", 32, 16, true);
+}
+
+/// baichuan `--use_history_kv --chunk_length 4`.
+#[test]
+fn baichuan_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("baichuan", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "baichuan: decode stages used");
+}
+
+/// phi3 with longrope at S = 32 > original_max_position_embeddings 16: the graph switches to
+/// the long factors when the call's largest position id reaches 16 (static, dynamic, history
+/// KV), as transformers does per call.
+#[test]
+fn phi3_longrope_static() {
+    check("phi3_longrope", 32, 16);
+}
+
+#[test]
+fn phi3_longrope_dynamic() {
+    check_variant("phi3_longrope", 32, 16, true);
+}
+
+#[test]
+fn phi3_longrope_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("phi3_longrope", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "phi3_longrope: decode stages used");
+}
+
+/// MiniCPM4 (minicpm with longrope): static.
+#[test]
+fn minicpm4_static() {
+    check("minicpm4", 32, 16);
+}
+
+/// chatglm (packed query_key_value, fused dense_h_to_4h, interleaved half rotary): static.
+#[test]
+fn chatglm_static() {
+    check("chatglm", 32, 16);
+}
+
+#[test]
+fn chatglm_dynamic() {
+    check_variant("chatglm", 32, 16, true);
+}
+
+/// chatglm `--use_history_kv --chunk_length 4` (our contract; llm_convert.py's chatglm has
+/// no block_kv).
+#[test]
+fn chatglm_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("chatglm", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "chatglm: decode stages used");
 }

@@ -23,6 +23,10 @@ struct Expected {
     tokens_dense: Option<Vec<u32>>,
     #[serde(default)]
     tokens_other_norm: Option<Vec<u32>>,
+    /// Remote-code families: the twin's tokens with the family's quirk dropped (internlm2's
+    /// wqkv read as plain q | k | v rows, baichuan's head not normalised, …).
+    #[serde(default)]
+    tokens_quirk_dropped: Option<Vec<u32>>,
 }
 
 const TOL: f32 = 1e-4;
@@ -451,4 +455,65 @@ fn gemma3_text_bf16() {
         "gemma3_text_bf16",
         &[("the local rotary base", |c| c.layer.local.rope_theta = None)],
     );
+}
+
+/// A fixture whose expectation records the quirk dropped (a remote-code family's twin renamed
+/// and repacked, or longrope): the reference equals transformers (on the twin), and the quirk
+/// matters: transformers with it dropped picks other tokens.
+fn check_remote(name: &str) {
+    check_family(name);
+    let exp = expected(name);
+    let dropped = exp
+        .tokens_quirk_dropped
+        .expect("expected.json has tokens_quirk_dropped");
+    assert_ne!(dropped, exp.tokens, "{name}: the quirk does not matter");
+}
+
+/// internlm2: renamed tensors, wqkv grouped per kv head (with biases), regrouped on read.
+#[test]
+fn internlm2_grouped_wqkv() {
+    check_remote("internlm2");
+    let model = Model::open(&common::fixtures().join("internlm2")).unwrap();
+    assert!(model.config.layer.stored.qkv_grouped_per_kv_head);
+}
+
+/// baichuan: W_pack split in-graph, NormHead applied when the lm_head is read; the twin's
+/// un-normalised head picks other tokens.
+#[test]
+fn baichuan_packed_qkv_norm_head() {
+    check_remote("baichuan");
+    let model = Model::open(&common::fixtures().join("baichuan")).unwrap();
+    assert!(model.config.layer.stored.lm_head_rows_normalised);
+}
+
+/// phi3 with longrope: the prompt + steps cross original_max_position_embeddings (16), so
+/// the short factors turn the early calls and the long ones the later, as transformers
+/// chooses per call; cos/sin carry the attention factor. Short factors only give other tokens.
+#[test]
+fn phi3_longrope_short_and_long_factors() {
+    use llm_convert::model::config::RopeScaling;
+    check_remote("phi3_longrope");
+    let model = Model::open(&common::fixtures().join("phi3_longrope")).unwrap();
+    let Some(RopeScaling::LongRope(l)) = &model.config.rope_scaling else {
+        panic!("phi3_longrope: no longrope");
+    };
+    assert_eq!(l.original_max_position_embeddings, 16);
+    // max_position_embeddings 64: sqrt(1 + ln(64/16) / ln(16)).
+    assert!((l.attention_factor - 1.5f64.sqrt()).abs() < 1e-12);
+}
+
+/// MiniCPM4: minicpm's scalings with longrope (its sparse_config ignored).
+#[test]
+fn minicpm4_longrope() {
+    check_remote("minicpm4");
+}
+
+/// chatglm: the glm twin under transformer.* names with packed query_key_value and the
+/// ChatGLM config keys; rotary base 10000·rope_ratio (500). Ignoring rope_ratio (base 10000,
+/// what llm_convert.py computes) gives other tokens.
+#[test]
+fn chatglm_packed_qkv_rope_ratio() {
+    check_remote("chatglm");
+    let model = Model::open(&common::fixtures().join("chatglm")).unwrap();
+    assert_eq!(model.config.rope_theta, 5_000_000.0);
 }

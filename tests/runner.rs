@@ -512,3 +512,45 @@ fn gemma3_text_bf16_static() {
 fn gemma3_text_bf16_dynamic() {
     bf16_matches_reference("gemma3_text", &["--dynamic"]);
 }
+/// internlm2 at bf16, static: wqkv regrouped on read, renamed tensors.
+#[test]
+fn internlm2_bf16_static() {
+    bf16_matches_reference("internlm2", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn internlm2_bf16_dynamic() {
+    bf16_matches_reference("internlm2", &["--dynamic"]);
+}
+
+/// baichuan at bf16, static: W_pack sliced in-graph, the normalised lm_head.
+#[test]
+fn baichuan_bf16_static() {
+    bf16_matches_reference("baichuan", &[]);
+}
+
+/// The same with `--dynamic`.
+#[test]
+fn baichuan_bf16_dynamic() {
+    bf16_matches_reference("baichuan", &["--dynamic"]);
+}
+
+/// phi3 with longrope at bf16, static, S = 64: the short factors for the prompt, the long
+/// ones once a position reaches original_max_position_embeddings (16), in-graph.
+#[test]
+fn phi3_longrope_bf16_static() {
+    bf16_matches_reference("phi3_longrope", &[]);
+}
+
+/// MiniCPM4 (longrope) at bf16, `--dynamic`.
+#[test]
+fn minicpm4_bf16_dynamic() {
+    bf16_matches_reference("minicpm4", &["--dynamic"]);
+}
+
+/// chatglm at bf16, static (our runtime contract).
+#[test]
+fn chatglm_bf16_static() {
+    bf16_matches_reference("chatglm", &[]);
+}

@@ -136,6 +136,26 @@ pub struct LayerSpec {
     pub local: LocalLayers,
     /// `tanh(logits / c) · c` on lm_head's logits (gemma2's `final_logit_softcapping`).
     pub final_logit_softcap: Option<f64>,
+    /// How the checkpoint stores tensors the layer reads in another layout.
+    pub stored: Stored,
+}
+
+/// Checkpoint layouts that differ from what `arch` and `reference` read, undone in one place
+/// when a tensor is read (`model::repack`), so both see the plain layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stored {
+    /// The fused qkv rows are grouped per kv head (internlm2's `wqkv`: for each kv head, its
+    /// query heads, then its k, then its v) instead of q | k | v.
+    pub qkv_grouped_per_kv_head: bool,
+    /// The lm_head rows are used L2-normalised (Baichuan2's NormHead).
+    pub lm_head_rows_normalised: bool,
+}
+
+impl Stored {
+    pub const PLAIN: Stored = Stored {
+        qkv_grouped_per_kv_head: false,
+        lm_head_rows_normalised: false,
+    };
 }
 
 impl LayerSpec {
@@ -162,6 +182,7 @@ impl LayerSpec {
             moe: None,
             local: LocalLayers::ALL,
             final_logit_softcap: None,
+            stored: Stored::PLAIN,
         }
     }
 }

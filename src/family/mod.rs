@@ -3,11 +3,14 @@
 //! This is the only place that matches on `model_type`: adding a family means adding a file
 //! here and a line to [`REGISTRY`].
 
+mod baichuan;
+mod chatglm;
 mod gemma;
 mod gemma2;
 mod gemma3_text;
 mod glm;
 mod glm4;
+mod internlm2;
 mod layer;
 mod layer_kinds;
 mod llama;
@@ -23,7 +26,7 @@ mod qwen3_moe;
 
 pub use layer::{
     Activation, Attention, LayerSpec, Mlp, Norm, Projections, Rotary, RotaryDims, RotaryPairs,
-    Scales,
+    Scales, Stored,
 };
 pub use layer_kinds::{LayerRope, LayerSet, LocalLayers, Scores};
 pub use moe::Moe;
@@ -47,6 +50,9 @@ pub static REGISTRY: &[&Family] = &[
     &qwen3_moe::FAMILY,
     &gemma2::FAMILY,
     &gemma3_text::FAMILY,
+    &internlm2::FAMILY,
+    &baichuan::FAMILY,
+    &chatglm::FAMILY,
 ];
 
 /// The config numbers a family's layer description may depend on.
@@ -113,6 +119,15 @@ impl serde::Serialize for Family {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.model_type)
     }
+}
+
+/// config.json as the generic reader reads it: the family's own names for the generic keys
+/// renamed (remote-code configs), or `None` when the family uses transformers' names.
+pub fn canonical_config(
+    model_type: &str,
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    (model_type == chatglm::FAMILY.model_type).then(|| chatglm::canonical_config(obj))
 }
 
 /// The family of a `model_type`.
@@ -183,7 +198,8 @@ mod tests {
         assert!(by_gguf_arch("mistral").is_none());
         assert_eq!(
             supported(),
-            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, qwen2_moe, qwen3_moe, gemma2, gemma3_text"
+            "llama, qwen2, qwen3, minicpm, mistral, gemma, phi3, glm4, glm, qwen2_moe, qwen3_moe, \
+             gemma2, gemma3_text, internlm2, baichuan, chatglm"
         );
         assert_eq!(supported_gguf_archs(), "llama, qwen2, qwen3");
     }

@@ -67,3 +67,44 @@ pub const LLAMA: WeightNames = WeightNames {
     gate_up_proj: "mlp.gate_up_proj",
     down_proj: "mlp.down_proj",
 };
+
+/// InternLM2's remote-code names (`modeling_internlm2.py`): `wqkv` is grouped per kv head
+/// (undone on read, see `Stored`), `w1`/`w3`/`w2` are gate/up/down. It has no separate q/k/v,
+/// q/k norms, branch norms or fused gate_up (those entries are never read).
+pub const INTERNLM2: WeightNames = WeightNames {
+    embed_tokens: "model.tok_embeddings.weight",
+    final_norm: "model.norm.weight",
+    lm_head: "output.weight",
+    layers: "model.layers",
+    input_norm: "attention_norm",
+    qkv_proj: "attention.wqkv",
+    o_proj: "attention.wo",
+    post_attention_norm: "ffn_norm",
+    gate_proj: "feed_forward.w1",
+    up_proj: "feed_forward.w3",
+    down_proj: "feed_forward.w2",
+    ..LLAMA
+};
+
+/// Baichuan2's remote-code names (`modeling_baichuan.py`): llama's, with q/k/v packed into
+/// `W_pack` (rows q | k | v).
+pub const BAICHUAN: WeightNames = WeightNames {
+    qkv_proj: "self_attn.W_pack",
+    ..LLAMA
+};
+
+/// ChatGLM3 / GLM-4 remote-code names (`modeling_chatglm.py`): q/k/v packed in
+/// `query_key_value` (rows q | k | v), gate/up fused in `dense_h_to_4h` (gate first).
+pub const CHATGLM: WeightNames = WeightNames {
+    embed_tokens: "transformer.embedding.word_embeddings.weight",
+    final_norm: "transformer.encoder.final_layernorm.weight",
+    lm_head: "transformer.output_layer.weight",
+    layers: "transformer.encoder.layers",
+    input_norm: "input_layernorm",
+    qkv_proj: "self_attention.query_key_value",
+    o_proj: "self_attention.dense",
+    post_attention_norm: "post_attention_layernorm",
+    gate_up_proj: "mlp.dense_h_to_4h",
+    down_proj: "mlp.dense_4h_to_h",
+    ..LLAMA
+};

@@ -2,8 +2,10 @@
 //! fused into `qkv_proj` (rows q | k | v) and gate/up into `gate_up_proj` (rows gate | up),
 //! rotary on the first `head_dim · partial_rotary_factor` elements of each head only, an
 //! optional `sliding_window` (default none), `rms_norm_eps` default 1e-5, no biases.
-//! longrope (`rope_scaling` type longrope / su / yarn: the 128k models) is refused by the
-//! generic rope reader, naming the key.
+//! longrope (`rope_scaling` type longrope: the 128k models, Phi-4-mini) is read by the generic
+//! rope reader (`model::config::LongRope`: short/long factors chosen per call like
+//! transformers, attention factor from `original_max_position_embeddings`); the legacy "su" /
+//! "yarn" names transformers maps to longrope for phi3 are refused as unsupported rope types.
 
 use super::{llama, names, Dims, Family, LayerSpec, Projections, RotaryDims};
 use crate::error::InputError;
@@ -13,9 +15,11 @@ pub static FAMILY: Family = Family {
     model_type: "phi3",
     summary: "fused `qkv_proj` (q, k, v rows) and `gate_up_proj` (gate, up), partial rotary \
               (`partial_rotary_factor`), optional `sliding_window`, `rms_norm_eps` default 1e-5; \
-              longrope refused",
-    verified: "reference f32/bf16; ONNX chain (static, dynamic, history KV); verify bf16 \
-               (static, dynamic); contract w4bf16",
+              longrope (short/long factors chosen per call from the position ids, attention \
+              factor)",
+    verified: "reference f32/bf16, longrope f32; ONNX chain (static, dynamic, history KV; \
+               longrope static, dynamic, history KV); verify bf16 (static, dynamic; longrope static); \
+               contract w4bf16",
     tie_word_embeddings: false,
     head_dim: None,
     rms_norm_eps: 1e-5,
@@ -111,7 +115,15 @@ mod tests {
     }
 
     #[test]
-    fn longrope_is_refused_naming_the_key() {
+    fn longrope_parses_and_bad_factors_are_refused() {
+        use crate::model::config::RopeScaling;
+        let f: Vec<f64> = vec![1.0; 16];
+        let c = parse(
+            json!({"rope_scaling": {"type": "longrope", "short_factor": f,
+                                              "long_factor": f}}),
+        )
+        .unwrap();
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::LongRope(_))));
         let e = parse(
             json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0],
                                               "long_factor": [1.0]}}),
@@ -119,7 +131,7 @@ mod tests {
         .unwrap_err();
         let text = e.to_string();
         assert!(
-            text.contains("rope_scaling") && text.contains("longrope"),
+            text.contains("rope_scaling") && text.contains("short_factor"),
             "{text}"
         );
     }

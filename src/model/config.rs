@@ -6,6 +6,7 @@
 //! transformers config classes so a sparse config means what it means to transformers.
 
 mod keys;
+mod longrope;
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use crate::error::InputError;
 pub use crate::family::Family;
 use crate::family::{Dims, LayerSpec, WeightNames};
 pub use keys::ConfigKeys;
+pub use longrope::LongRope;
 
 /// How rotary frequencies are rescaled for long context.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -29,6 +31,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Per-frequency divisors and a cos/sin factor (phi3, MiniCPM4), see [`LongRope`].
+    #[serde(rename = "longrope")]
+    LongRope(LongRope),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -99,7 +104,9 @@ impl ModelConfig {
             cfg.vlm = Some(split.vlm);
             return Ok(cfg);
         }
-        Self::from_keys(&top)
+        // Families whose configs name the common keys their own way (chatglm).
+        let renamed = crate::family::canonical_config(&model_type, obj);
+        Self::from_keys(&ConfigKeys::new(renamed.as_ref().unwrap_or(obj), path))
     }
 
     /// A text model's config from its keys (the whole file, or a VLM's text part).
@@ -157,7 +164,12 @@ impl ModelConfig {
             ));
         }
         let vocab_size = bounded(r, "vocab_size", r.req_usize("vocab_size")?)?;
-        let rope = read_rope(r)?;
+        let max_position_embeddings = bounded(
+            r,
+            "max_position_embeddings",
+            r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        )?;
+        let rope = read_rope(r, max_position_embeddings)?;
         let num_hidden_layers = bounded(r, "num_hidden_layers", r.req_usize("num_hidden_layers")?)?;
         let dims = Dims {
             hidden_size,
@@ -165,6 +177,9 @@ impl ModelConfig {
             num_hidden_layers,
         };
         let layer = (family.layer)(r, &dims)?;
+        if let Some(RopeScaling::LongRope(l)) = &rope.1 {
+            l.check_width(r, layer.attention.rotary.dim(head_dim))?;
+        }
         let cfg = ModelConfig {
             family,
             hidden_size,
@@ -174,11 +189,7 @@ impl ModelConfig {
             num_hidden_layers,
             intermediate_size: bounded(r, "intermediate_size", r.req_usize("intermediate_size")?)?,
             vocab_size,
-            max_position_embeddings: bounded(
-                r,
-                "max_position_embeddings",
-                r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            )?,
+            max_position_embeddings,
             rope_theta: rope.0,
             rope_scaling: rope.1,
             rms_norm_eps: in_range(
@@ -301,7 +312,10 @@ fn full_attention_rope(params: &Value) -> &Value {
 }
 
 /// (rope_theta, rope_scaling) from either `rope_theta`+`rope_scaling` or `rope_parameters`.
-fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError> {
+fn read_rope(
+    keys: &ConfigKeys,
+    max_position_embeddings: usize,
+) -> Result<(f64, Option<RopeScaling>), InputError> {
     let params = keys
         .present("rope_parameters")
         .map(full_attention_rope)
@@ -358,11 +372,17 @@ fn read_rope(keys: &ConfigKeys) -> Result<(f64, Option<RopeScaling>), InputError
                 original_max_position_embeddings: num("original_max_position_embeddings")?,
             })
         }
+        "longrope" => Some(RopeScaling::LongRope(LongRope::read(
+            keys,
+            key,
+            p,
+            max_position_embeddings,
+        )?)),
         other => {
             return Err(keys.bad(
                 key,
                 format!("rope type \"{other}\" is not supported"),
-                "supported rope types: default, linear, llama3",
+                "supported rope types: default, linear, llama3, longrope",
             ))
         }
     };

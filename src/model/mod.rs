@@ -10,6 +10,7 @@ pub mod layout;
 pub mod layout_moe;
 pub mod path;
 pub mod renamed;
+pub mod repack;
 pub mod safetensors;
 pub mod stacked_experts;
 pub mod tokenizer;
@@ -82,13 +83,14 @@ impl Model {
         let stored: Box<dyn WeightSource> =
             Box::new(safetensors::SafetensorsWeights::open_dir(dir)?);
         // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
-        let weights = match &config.vlm {
+        let stored = match &config.vlm {
             Some(v) => Box::new(renamed::RenamedWeights::new(
                 stored,
                 vlm::text_renames(v.kind),
             )),
             None => stored,
         };
+        let weights = repack::view(&config, stored);
         let tok = dir.join("tokenizer.json");
         let tokenizer = if tok.exists() {
             TokenizerSource::File(tok)

@@ -151,7 +151,8 @@ pub struct Reference<'m> {
     /// `[hidden, vocab]`, transposed once.
     lm_head_t: Tensor,
     layers: Option<Vec<Layer>>,
-    inv_freq: Vec<f32>,
+    /// The model's rotary (longrope's short/long choice included).
+    rotary: rope::Rotary,
     /// The local layers' own frequencies, when they turn at their own base (gemma3).
     local_inv_freq: Option<Vec<f32>>,
     /// Per layer: keys and values so far, `[tokens, kv_heads, head_dim]`.
@@ -192,7 +193,7 @@ impl<'m> Reference<'m> {
             final_norm: model.tensor(names.final_norm)?,
             lm_head_t: lm_head.t()?.contiguous()?,
             layers,
-            inv_freq: inverse_frequencies(c),
+            rotary: rope::Rotary::new(c),
             local_inv_freq: local_inverse_frequencies(c),
             cache: vec![None; c.num_hidden_layers],
             keep_hidden: false,
@@ -238,7 +239,7 @@ impl<'m> Reference<'m> {
         self.cache.iter_mut().for_each(|c| *c = None);
         self.position_offset = 0;
         let tables = match positions {
-            None => rope::tables(&self.inv_freq, 0, len)?,
+            None => self.rotary.tables(0, len)?,
             Some(p) => {
                 let section = self
                     .config()
@@ -248,7 +249,7 @@ impl<'m> Reference<'m> {
                     .context("M-RoPE positions for a model without mrope_section")?;
                 let max = p.iter().flatten().max().copied().unwrap_or(0);
                 self.position_offset = max as i64 + 1 - len as i64;
-                mrope::tables(&self.inv_freq, p, section)?
+                mrope::tables(&self.rotary.short, p, section)?
             }
         };
         self.forward_embedded(embeds.clone(), tables)
@@ -291,7 +292,7 @@ impl<'m> Reference<'m> {
         }
         let position = self.cached_len() as i64 + self.position_offset;
         let position = usize::try_from(position).context("negative rotary position")?;
-        let tables = rope::tables(&self.inv_freq, position, ids.len())?;
+        let tables = self.rotary.tables(position, ids.len())?;
         self.forward_embedded(self.embed(ids)?, tables)
     }
 

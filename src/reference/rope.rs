@@ -8,6 +8,59 @@ use crate::family::RotaryDims;
 use crate::model::config::RopeScaling;
 use crate::model::ModelConfig;
 
+/// How a forward call's rotary tables are made: longrope's long factors replace the short ones
+/// for calls whose largest position reaches `original` (transformers' per-call choice), and
+/// cos/sin are multiplied by `attention_factor`.
+pub struct Rotary {
+    pub short: Vec<f32>,
+    /// (inverse frequencies with the long factors, original_max_position_embeddings).
+    pub long: Option<(Vec<f32>, usize)>,
+    pub attention_factor: f32,
+}
+
+impl Rotary {
+    pub fn new(c: &ModelConfig) -> Rotary {
+        let short = inverse_frequencies(c);
+        match &c.rope_scaling {
+            Some(RopeScaling::LongRope(l)) => Rotary {
+                long: Some((
+                    longrope(c, &l.long_factor),
+                    l.original_max_position_embeddings,
+                )),
+                attention_factor: l.attention_factor as f32,
+                short,
+            },
+            _ => Rotary {
+                short,
+                long: None,
+                attention_factor: 1.0,
+            },
+        }
+    }
+
+    /// cos and sin for positions `start..start+len`.
+    pub fn tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let inv_freq = match &self.long {
+            Some((long, original)) if start + len > *original => long,
+            _ => &self.short,
+        };
+        let (cos, sin) = tables(inv_freq, start, len)?;
+        if self.attention_factor == 1.0 {
+            return Ok((cos, sin));
+        }
+        let a = self.attention_factor as f64;
+        Ok(((cos * a)?, (sin * a)?))
+    }
+}
+
+/// `1 / (ext_i · theta^(2i/d))` over the rotated width `d`, in f32 like torch.
+fn longrope(c: &ModelConfig, ext: &[f64]) -> Vec<f32> {
+    let d = c.layer.attention.rotary.dim(c.head_dim);
+    (0..d / 2)
+        .map(|i| 1.0 / (ext[i] as f32 * (c.rope_theta as f32).powf((2 * i) as f32 / d as f32)))
+        .collect()
+}
+
 /// The frequencies of layers turning at their own base, unscaled (gemma3's local layers), if
 /// the model has any.
 pub fn local_inverse_frequencies(c: &ModelConfig) -> Option<Vec<f32>> {
@@ -32,6 +85,7 @@ pub fn inverse_frequencies(c: &ModelConfig) -> Vec<f32> {
     let base = unscaled(c, c.rope_theta);
     match &c.rope_scaling {
         None => base,
+        Some(RopeScaling::LongRope(l)) => longrope(c, &l.short_factor),
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f32).collect(),
         Some(RopeScaling::Llama3 {
             factor,
