@@ -306,10 +306,12 @@ impl<'m> Reference<'m> {
         let c = self.model.config.clone();
         let start = self.cached_len();
         // Layers with their own rotary base (gemma3's local layers) turn at the same positions.
-        let position = self.cached_len() as i64 + self.position_offset;
-        let position = usize::try_from(position).context("negative rotary position")?;
         let local = match &self.local_inv_freq {
-            Some(f) => Some(rope::tables(f, position, x.dim(0)?)?),
+            Some(f) => {
+                let position = self.cached_len() as i64 + self.position_offset;
+                let position = usize::try_from(position).context("negative rotary position")?;
+                Some(rope::tables(f, position, x.dim(0)?)?)
+            }
             None => None,
         };
         let mut layer_outputs = vec![];
