@@ -3,10 +3,12 @@
 
 pub mod bench;
 pub mod bench_report;
+pub mod multimodal;
 mod nets;
 mod pipeline;
 pub mod sample;
 mod session;
+pub mod vision;
 pub mod verify;
 pub mod verify_report;
 
