@@ -237,3 +237,6 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
         })
         .sum()
 }
+
+mod vlm;
+pub use vlm::vlm_fixtures;
