@@ -32,14 +32,14 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
         InputError::invalid(
             &config,
             why,
-            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it".into(),
+            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it",
         )
     })?;
     if shape.use_history_kv && crate::arch::mrope::section(cfg).is_some() {
         return Err(InputError::invalid(
             &config,
-            "--use_history_kv is not supported for M-RoPE vision-language models".into(),
-            "drop --use_history_kv".into(),
+            "--use_history_kv is not supported for M-RoPE vision-language models",
+            "drop --use_history_kv",
         ));
     }
     Ok(())

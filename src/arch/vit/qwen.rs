@@ -112,7 +112,7 @@ pub fn vit(spec: &QwenVitSpec, patches: usize) -> Graph {
     // 2-D rotary: (h, w) frequencies side by side, then both halves.
     let (cos_t, sin_t) = rotary_tables(d, p);
     let quarter = d / 4;
-    let mut turn = |g: &mut Graph, hint: &str, table: Vec<f32>| {
+    let turn = |g: &mut Graph, hint: &str, table: Vec<f32>| {
         let w = g.const_f32(hint, &[p, quarter], table);
         let t = g.op("Gather", &[&w, &pos], vec![("axis", Attr::Int(0))]);
         let t = g.reshape(&t, &[1, -1, 1, (2 * quarter) as i64]);
@@ -177,7 +177,7 @@ fn block(
     let n = ops::norm(g, kind, x, &format!("{b}.norm1"), hv, VISION_EPS);
     let qkv = format!("{b}.attn.qkv");
     let shape = [1, -1, heads as i64, d as i64];
-    let mut qkv_part = |g: &mut Graph, part: usize| {
+    let qkv_part = |g: &mut Graph, part: usize| {
         let y = ops::fused_part(g, &n, &qkv, hv, hv, part, 3);
         g.reshape(&y, &shape)
     };
