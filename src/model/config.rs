@@ -54,6 +54,8 @@ pub struct ModelConfig {
     pub quantization_config: Option<Value>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// The vision tower and image tokens, when the config is a VLM's.
+    pub vlm: Option<super::vlm::VlmConfig>,
 }
 
 impl ModelConfig {
@@ -85,19 +87,39 @@ impl ModelConfig {
                 "restore config.json",
             )
         })?;
-        let r = ConfigKeys::new(obj, path);
+        let top = ConfigKeys::new(obj, path);
+        let model_type = top.req_str("model_type")?;
+        if let Some(split) = super::vlm::text_part(&top, &model_type)? {
+            let scope = if obj.contains_key("llm_config") {
+                "llm_config"
+            } else {
+                "text_config"
+            };
+            let mut cfg = Self::from_keys(&top.nested(&split.text, scope))?;
+            cfg.vlm = Some(split.vlm);
+            return Ok(cfg);
+        }
+        Self::from_keys(&top)
+    }
+
+    /// A text model's config from its keys (the whole file, or a VLM's text part).
+    fn from_keys(r: &ConfigKeys) -> Result<ModelConfig, InputError> {
         let model_type = r.req_str("model_type")?;
         let family = crate::family::lookup(&model_type).ok_or_else(|| {
             InputError::invalid(
-                path,
+                r.path(),
                 format!("unsupported model_type \"{model_type}\""),
-                format!("supported model types: {}", crate::family::supported()),
+                format!(
+                    "supported model types: {}; vision-language: {}",
+                    crate::family::supported(),
+                    super::vlm::VLM_TYPES.join(", ")
+                ),
             )
         })?;
         // The MLP activation (`hidden_act`) is the family's to read.
-        let hidden_size = bounded(&r, "hidden_size", r.req_usize("hidden_size")?)?;
+        let hidden_size = bounded(r, "hidden_size", r.req_usize("hidden_size")?)?;
         let num_attention_heads = bounded(
-            &r,
+            r,
             "num_attention_heads",
             r.req_usize("num_attention_heads")?,
         )?;
@@ -117,7 +139,7 @@ impl ModelConfig {
                 ))
             }
         };
-        let head_dim = bounded(&r, "head_dim", head_dim)?;
+        let head_dim = bounded(r, "head_dim", head_dim)?;
         if head_dim % 2 != 0 {
             return Err(r.bad(
                 "head_dim",
@@ -134,16 +156,15 @@ impl ModelConfig {
                 "fix num_key_value_heads",
             ));
         }
-        let vocab_size = bounded(&r, "vocab_size", r.req_usize("vocab_size")?)?;
-        let rope = read_rope(&r)?;
-        let num_hidden_layers =
-            bounded(&r, "num_hidden_layers", r.req_usize("num_hidden_layers")?)?;
+        let vocab_size = bounded(r, "vocab_size", r.req_usize("vocab_size")?)?;
+        let rope = read_rope(r)?;
+        let num_hidden_layers = bounded(r, "num_hidden_layers", r.req_usize("num_hidden_layers")?)?;
         let dims = Dims {
             hidden_size,
             head_dim,
             num_hidden_layers,
         };
-        let layer = (family.layer)(&r, &dims)?;
+        let layer = (family.layer)(r, &dims)?;
         let cfg = ModelConfig {
             family,
             hidden_size,
@@ -151,17 +172,17 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             num_hidden_layers,
-            intermediate_size: bounded(&r, "intermediate_size", r.req_usize("intermediate_size")?)?,
+            intermediate_size: bounded(r, "intermediate_size", r.req_usize("intermediate_size")?)?,
             vocab_size,
             max_position_embeddings: bounded(
-                &r,
+                r,
                 "max_position_embeddings",
                 r.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             )?,
             rope_theta: rope.0,
             rope_scaling: rope.1,
             rms_norm_eps: in_range(
-                &r,
+                r,
                 "rms_norm_eps",
                 r.opt_f64("rms_norm_eps")?.unwrap_or(family.rms_norm_eps),
                 0.0..1.0,
@@ -177,6 +198,7 @@ impl ModelConfig {
             quantization_config: r.raw("quantization_config").cloned(),
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
+            vlm: None,
         };
         Ok(cfg)
     }

@@ -8,8 +8,10 @@ pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod layout;
 pub mod path;
+pub mod renamed;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod vlm;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -75,7 +77,16 @@ impl Model {
         let config_json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&config_path).context("re-reading config.json")?,
         )?;
-        let weights = safetensors::SafetensorsWeights::open_dir(dir)?;
+        let stored: Box<dyn WeightSource> =
+            Box::new(safetensors::SafetensorsWeights::open_dir(dir)?);
+        // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
+        let weights = match &config.vlm {
+            Some(v) => Box::new(renamed::RenamedWeights::new(
+                stored,
+                vlm::text_renames(v.kind),
+            )),
+            None => stored,
+        };
         let tok = dir.join("tokenizer.json");
         let tokenizer = if tok.exists() {
             TokenizerSource::File(tok)
@@ -86,7 +97,7 @@ impl Model {
             source: dir.to_path_buf(),
             config,
             config_json,
-            weights: FiniteWeights::new(Box::new(weights), dir),
+            weights: FiniteWeights::new(weights, dir),
             tokenizer,
         })
     }

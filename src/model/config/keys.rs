@@ -10,6 +10,8 @@ use crate::error::InputError;
 pub struct ConfigKeys<'a> {
     obj: &'a Map<String, Value>,
     path: PathBuf,
+    /// Where `obj` sits in the file (`vision_config.`), for error messages; empty at the top.
+    scope: String,
 }
 
 impl<'a> ConfigKeys<'a> {
@@ -17,7 +19,22 @@ impl<'a> ConfigKeys<'a> {
         ConfigKeys {
             obj,
             path: path.to_path_buf(),
+            scope: String::new(),
         }
+    }
+
+    /// The keys of `obj`, an object nested under `name` (errors say `name.key`).
+    pub fn nested<'b>(&self, obj: &'b Map<String, Value>, name: &str) -> ConfigKeys<'b> {
+        ConfigKeys {
+            obj,
+            path: self.path.clone(),
+            scope: format!("{}{name}.", self.scope),
+        }
+    }
+
+    /// The whole object.
+    pub fn object(&self) -> &'a Map<String, Value> {
+        self.obj
     }
 
     pub fn path(&self) -> &Path {
@@ -28,7 +45,7 @@ impl<'a> ConfigKeys<'a> {
     pub fn bad(&self, key: &str, problem: impl Into<String>, fix: impl Into<String>) -> InputError {
         InputError::invalid(
             &self.path,
-            format!("key \"{key}\": {}", problem.into()),
+            format!("key \"{}{key}\": {}", self.scope, problem.into()),
             fix,
         )
     }
