@@ -171,7 +171,10 @@ fn layer_body(
     let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
     let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
     let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
-    let (cos, sin) = (mrope::select(g, cfg, cos, rd), mrope::select(g, cfg, sin, rd));
+    let (cos, sin) = (
+        mrope::select(g, cfg, cos, rd),
+        mrope::select(g, cfg, sin, rd),
+    );
     let turn = |g: &mut Graph, x: &str, heads: usize| {
         let rope = |g: &mut Graph, x: &str| match rotary.pairs {
             RotaryPairs::HalfSplit => apply_rope(g, x, &cos, &sin, rd),

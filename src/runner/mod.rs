@@ -8,9 +8,9 @@ mod nets;
 mod pipeline;
 pub mod sample;
 mod session;
-pub mod vision;
 pub mod verify;
 pub mod verify_report;
+pub mod vision;
 
 pub use nets::LlmNets;
 pub use pipeline::{Pipeline, StepResult};

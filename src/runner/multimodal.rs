@@ -22,7 +22,7 @@ pub fn mrope_positions(
     rows: usize,
 ) -> (Vec<i32>, i32) {
     let mut out = vec![0i32; 3 * rows];
-    let mut max = old as i32 + len as i32 - 1;
+    let mut max = old as i32 - 1;
     for i in 0..len {
         let p = match extras {
             Some(p) => p[i],
@@ -51,7 +51,15 @@ mod tests {
     #[test]
     fn image_positions_shift_decode() {
         // 2 text tokens, a 2x2-token image at offset 2, 1 text token after it.
-        let pos = [[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 3], [2, 3, 2], [2, 3, 3], [4, 4, 4]];
+        let pos = [
+            [0, 0, 0],
+            [1, 1, 1],
+            [2, 2, 2],
+            [2, 2, 3],
+            [2, 3, 2],
+            [2, 3, 3],
+            [4, 4, 4],
+        ];
         let (p, delta) = mrope_positions(Some(&pos), 0, 7, 7);
         assert_eq!(&p[7..14], &[0, 1, 2, 2, 3, 3, 4]);
         // The next token is at 5, its slot is 7.

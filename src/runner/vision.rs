@@ -75,7 +75,9 @@ impl VitNet {
             5 => VitKind::QwenWindowed,
             3 => VitKind::Qwen,
             1 => VitKind::Intern,
-            n => bail!("net vit has {n} inputs; expected 5 (Qwen2.5-VL), 3 (Qwen2-VL) or 1 (InternVL)"),
+            n => bail!(
+                "net vit has {n} inputs; expected 5 (Qwen2.5-VL), 3 (Qwen2-VL) or 1 (InternVL)"
+            ),
         };
         let in0 = &stage.input_shapes[0];
         let out0 = stage
@@ -171,9 +173,14 @@ impl VitNet {
                 if self.dynamic {
                     inputs[0].shape[0] = n;
                     inputs[1].shape[0] = n;
-                    for i in 2..(if self.kind == VitKind::QwenWindowed { 4 } else { 3 }) {
-                        inputs[i].shape[2] = n;
-                        inputs[i].shape[3] = n;
+                    let masks = if self.kind == VitKind::QwenWindowed {
+                        2
+                    } else {
+                        1
+                    };
+                    for t in inputs.iter_mut().skip(2).take(masks) {
+                        t.shape[2] = n;
+                        t.shape[3] = n;
                     }
                 }
                 tokens

@@ -239,4 +239,5 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
 }
 
 mod vlm;
+#[allow(unused_imports)]
 pub use vlm::vlm_fixtures;

@@ -67,7 +67,10 @@ pub fn norm(g: &mut Graph, kind: VitNorm, x: &str, prefix: &str, dim: usize, eps
             g.op(
                 "LayerNormalization",
                 &[x, &w, &b],
-                vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps as f32))],
+                vec![
+                    ("axis", Attr::Int(-1)),
+                    ("epsilon", Attr::Float(eps as f32)),
+                ],
             )
         }
     }
@@ -119,6 +122,7 @@ pub fn rotate(g: &mut Graph, x: &str, cos: &str, sin: &str, d: usize) -> String 
 
 /// Multi-head attention of `[1, P, heads, d]` q/k/v (scaled by `scale`, plus an additive
 /// `[1,1,P,P]` mask) → `[P, heads·d]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     g: &mut Graph,
     q: &str,
