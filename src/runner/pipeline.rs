@@ -262,6 +262,11 @@ impl<'rt> Pipeline<'rt> {
         let n = &self.nets;
         let (len, mil) = (tokens.len(), n.max_input_length);
         let with_history = old > 0;
+        let dynamic = with_history || n.dynamic;
+        let rows = if dynamic { len } else { mil };
+        // A static block reads all MAX_INPUT_LENGTH rows: the padding rows are fed too (the
+        // embedding of id 0), never stale shared memory (a vit's activations left NaNs there,
+        // and NaN survives the mask).
         // embedding: ids padded with 0 to MAX_INPUT_LENGTH.
         let mut ids = vec![0i32; mil];
         for (slot, &t) in ids.iter_mut().zip(tokens) {
@@ -276,7 +281,7 @@ impl<'rt> Pipeline<'rt> {
             0,
             &emb_out[0].mem,
             0,
-            len * self.hidden_bytes,
+            rows * self.hidden_bytes,
         )?;
         // Image embeddings replace the image tokens' rows.
         for (at, bytes) in &extras.embeds {
@@ -295,8 +300,6 @@ impl<'rt> Pipeline<'rt> {
             &n.blocks
         };
         let b0 = nets[0].input_tensors(0)?;
-        let dynamic = with_history || n.dynamic;
-        let rows = if dynamic { len } else { mil };
         let pos = if n.position_rows == 3 {
             let (pos, delta) = mrope_positions(extras.positions.as_deref(), old, len, rows);
             self.rope_delta.set(delta);
@@ -324,7 +327,7 @@ impl<'rt> Pipeline<'rt> {
             // Compiled with in-place hidden states, a block's input is the previous output.
             if inputs[0].mem.addr() != prev.addr() {
                 self.rt
-                    .d2d(&inputs[0].mem, 0, &prev, 0, len * self.hidden_bytes)
+                    .d2d(&inputs[0].mem, 0, &prev, 0, rows * self.hidden_bytes)
                     .with_context(|| format!("feeding {}", block.name))?;
             }
             inputs[1].mem = b0[1].mem;
