@@ -8,11 +8,13 @@ For each fixture it writes OUT_DIR/<name>/ with
   config.json + model.safetensors   as save_pretrained writes them (the internvl_chat ones are
                                     rewritten into OpenGVLab's layout, see below)
   photo.png                         the real photo (scikit-image's chelsea) the processor read
-  inputs.safetensors                pixel_values as the processor made them (f32), image_grid_thw
+  expected/inputs.safetensors       pixel_values as the processor made them (f32), image_grid_thw
                                     (Qwen, i64), image_embeds (f32 [tokens, H], what the vision
                                     tower + projector computed), and vision_block_{i} (each vision
                                     block's output, Qwen: in window order, InternVL: with CLS,
-                                    batch of tiles)
+                                    batch of tiles); internvl also resized.pixel_values /
+                                    resized.image_embeds: one tile larger than the config's
+                                    (position embedding interpolated)
   expected.json                     processor      the image processor class and its settings
                                     prompt         prompt ids, image placeholders expanded
                                     image_token_id the placeholder id (and the other special ids)
@@ -20,6 +22,9 @@ For each fixture it writes OUT_DIR/<name>/ with
                                                    prompt (transformers' get_rope_index)
                                     prefill_logits logits of the last prompt position
                                     tokens         16 greedy tokens (KV-cached decoding)
+                                    two_images     (qwen25vl) prompt, position_ids, prefill_logits
+                                                   and tokens of a prompt with two images
+                                                   (two_images.* tensors in inputs.safetensors)
                                     tokens_text_only  16 greedy tokens for the same prompt with
                                                    the image placeholders left as plain token
                                                    embeddings (1D positions): shows the image
@@ -55,7 +60,10 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 STEPS = 16
 VOCAB = 1024
-PHOTO = os.path.join(os.path.dirname(__import__("skimage").__file__), "data", "chelsea.png")
+SKIMAGE_DATA = os.path.join(os.path.dirname(__import__("skimage").__file__), "data")
+PHOTO = os.path.join(SKIMAGE_DATA, "chelsea.png")
+# The second image of the two-image prompt.
+PHOTO2 = os.path.join(SKIMAGE_DATA, "astronaut.png")
 
 # Small special ids inside the tiny vocabulary (see the module docstring).
 QWEN_IDS = dict(vision_start_token_id=1000, vision_end_token_id=1001, image_token_id=1002,
@@ -92,7 +100,6 @@ def qwen2(vision, text):
 
 def intern(vision, text, **kw):
     return lambda: InternVLConfig(vision_config=vision, text_config=text, downsample_ratio=0.5,
-                                  tie_word_embeddings=text["tie_word_embeddings"],
                                   image_token_id=INTERN_IDS["image_token_id"],
                                   image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2 // 4,
                                   **kw)
@@ -130,10 +137,29 @@ FIXTURES = {
                                     initializer_range=0.1),
                                text_dims(rope_parameters=mrope([4, 6, 6]))), torch.float32, None),
     # transformers' native layout; 112x112 tiles (8x8 patches, 16 tokens a tile), head_dim 32.
-    "internvl": ("intern", intern(intern_vision(), text_dims(model_type="qwen2")), torch.float32, None),
+    "internvl": ("intern", intern(intern_vision(), text_dims(model_type="qwen2"), tie_word_embeddings=False),
+                 torch.float32, None),
     # OpenGVLab's layout of the same model.
     "internvl_chat": ("intern", None, torch.float32, "internvl"),
+    # InternViT-6B's options: RMSNorm blocks and q/k RMSNorm over all heads, no q/k/v bias.
+    "internvl_qknorm": ("intern", intern(intern_vision(use_qk_norm=True, norm_type="rms_norm",
+                                                       attention_bias=False),
+                                         text_dims(model_type="qwen2"), tie_word_embeddings=False),
+                        torch.float32, None),
+    # InternViT-300M's geometry (what TPU-MLIR's InternVL3Converter hardcodes) at depth 2, one
+    # 448x448 tile: the internvl_chat layout for llm_convert.py; its native source (a name
+    # starting with "_") is only a step and is removed. Tied lm_head by InternVLConfig's
+    # default top-level tie_word_embeddings (true), which transformers obeys over the text
+    # config's false (and drops lm_head from the file); llm_config says true.
+    "_internvl_300m_bf16": ("intern", intern(
+        intern_vision(hidden_size=1024, num_hidden_layers=2, num_attention_heads=16,
+                      intermediate_size=4096, image_size=448, initializer_range=0.02),
+        text_dims(model_type="qwen2")), torch.bfloat16, None),
+    "internvl_chat_300m_bf16": ("intern", None, torch.bfloat16, "_internvl_300m_bf16"),
 }
+
+# InternVL tiles per image (the processor's max_patches), 4 unless named here.
+INTERN_MAX_TILES = {"_internvl_300m_bf16": 1}
 
 
 def seed(name):
@@ -153,27 +179,66 @@ def randomise(model):
                 p.copy_(0.1 * torch.randn_like(p))
 
 
-def photo():
+def photo(path=PHOTO):
     from PIL import Image
-    return Image.open(PHOTO).convert("RGB")
+    return Image.open(path).convert("RGB")
 
 
-def qwen_inputs(cfg):
+def qwen_inputs(cfg, _name, photos=(PHOTO,)):
+    """The processor's rows for `photos`, and a prompt with each image between
+    <|vision_start|> and <|vision_end|> (a text token between two images)."""
     proc = Qwen2VLImageProcessorPil(**QWEN_PIXELS, patch_size=cfg.vision_config.patch_size,
                                     merge_size=cfg.vision_config.spatial_merge_size,
                                     temporal_patch_size=cfg.vision_config.temporal_patch_size)
-    out = proc(images=[photo()], return_tensors="pt")
+    out = proc(images=[photo(p) for p in photos], return_tensors="pt")
     pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
-    n_tokens = int(grid.prod()) // cfg.vision_config.spatial_merge_size ** 2
-    prompt = (BEFORE + [QWEN_IDS["vision_start_token_id"]] + [QWEN_IDS["image_token_id"]] * n_tokens
-              + [QWEN_IDS["vision_end_token_id"]] + AFTER)
+    prompt = list(BEFORE)
+    for i, g in enumerate(grid):
+        n_tokens = int(g.prod()) // cfg.vision_config.spatial_merge_size ** 2
+        prompt += ([5] if i else []) + [QWEN_IDS["vision_start_token_id"]]
+        prompt += [QWEN_IDS["image_token_id"]] * n_tokens + [QWEN_IDS["vision_end_token_id"]]
+    prompt += AFTER
     info = {"class": type(proc).__name__, **QWEN_PIXELS}
     return pixel_values, grid, prompt, info
 
 
-def intern_inputs(cfg):
+@torch.no_grad()
+def qwen_two_images(model, cfg, name):
+    """A prompt with two images (photo, then PHOTO2): embeddings, positions, tokens."""
+    pixel_values, grid, prompt, _ = qwen_inputs(cfg, name, (PHOTO, PHOTO2))
+    ids = torch.tensor([prompt])
+    embeds = model.model.visual(pixel_values, grid_thw=grid, return_dict=True).pooler_output
+    mm = (ids == cfg.image_token_id).int()
+    positions, _ = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)
+    model.model.rope_deltas = None
+    logits, tokens = greedy(model, dict(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
+                                        mm_token_type_ids=mm))
+    model.model.rope_deltas = None
+    tensors = {"two_images.pixel_values": pixel_values.float().contiguous(),
+               "two_images.image_grid_thw": grid.contiguous(),
+               "two_images.image_embeds": embeds.contiguous()}
+    return tensors, {"prompt": prompt, "position_ids": positions[:, 0].tolist(),
+                     "prefill_logits": logits, "tokens": tokens}
+
+
+@torch.no_grad()
+def intern_resized_tile(model, cfg):
+    """One tile 1.25x the config's size (10x10 patches for 112/14): transformers interpolates
+    the position embedding (bicubic)."""
+    size = cfg.vision_config.image_size[0] * 5 // 4
+    proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, crop_to_patches=False, **IMAGENET)
+    pixel_values = proc(images=[photo()], return_tensors="pt")["pixel_values"]
+    embeds = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
+                                            vision_feature_select_strategy="default",
+                                            return_dict=True).pooler_output
+    return {"resized.pixel_values": pixel_values.float().contiguous(),
+            "resized.image_embeds": embeds.reshape(-1, cfg.text_config.hidden_size).contiguous()}
+
+
+def intern_inputs(cfg, name):
     size = cfg.vision_config.image_size[0]
-    settings = dict(crop_to_patches=True, min_patches=1, max_patches=4, **IMAGENET)
+    settings = dict(crop_to_patches=True, min_patches=1, max_patches=INTERN_MAX_TILES.get(name, 4),
+                    **IMAGENET)
     proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, **settings)
     pixel_values = proc(images=[photo()], return_tensors="pt")["pixel_values"]
     n_tokens = pixel_values.shape[0] * cfg.image_seq_length
@@ -197,8 +262,8 @@ def greedy(model, prefill_kwargs):
 
 
 @torch.no_grad()
-def expected(kind, model, cfg):
-    pixel_values, grid, prompt, info = (qwen_inputs if kind != "intern" else intern_inputs)(cfg)
+def expected(name, kind, model, cfg):
+    pixel_values, grid, prompt, info = (qwen_inputs if kind != "intern" else intern_inputs)(cfg, name)
     ids = torch.tensor([prompt])
     tensors = {"pixel_values": pixel_values.float().contiguous()}
     if kind == "intern":
@@ -233,6 +298,11 @@ def expected(kind, model, cfg):
         result.update(INTERN_IDS, tiles=int(pixel_values.shape[0]))
     else:
         result.update(QWEN_IDS, image_grid_thw=grid[0].tolist())
+    if name == "qwen25vl":
+        more, result["two_images"] = qwen_two_images(model, cfg, name)
+        tensors.update(more)
+    if name == "internvl":
+        tensors.update(intern_resized_tile(model, cfg))
     return tensors, result
 
 
@@ -251,9 +321,11 @@ def make(out_dir, name, kind, build, dtype):
     if kind == "qwen25" and dtype == torch.bfloat16:
         add_in_chans(d)
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
-    tensors, result = expected(kind, reloaded, reloaded.config)
+    tensors, result = expected(name, kind, reloaded, reloaded.config)
     shutil.copyfile(PHOTO, os.path.join(d, "photo.png"))
-    save_file(tensors, os.path.join(d, "inputs.safetensors"))
+    os.makedirs(os.path.join(d, "expected"))
+    # In a sub-folder: the model folder's *.safetensors are the checkpoint.
+    save_file(tensors, os.path.join(d, "expected", "inputs.safetensors"))
     json.dump(result, open(os.path.join(d, "expected.json"), "w"))
 
 
@@ -318,7 +390,8 @@ def make_internvl_chat(out_dir, name, source):
         "initializer_factor": 1.0, "drop_path_rate": 0.0, "dropout": 0.0, "attention_dropout": 0.0,
         "use_flash_attn": False, "torch_dtype": native.get("dtype", "float32"),
     }
-    llm = dict(t, architectures=["Qwen2ForCausalLM"])
+    # OpenGVLab's Qwen2ForCausalLM ties by its own config.
+    llm = dict(t, architectures=["Qwen2ForCausalLM"], tie_word_embeddings=native["tie_word_embeddings"])
     config = {
         "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
         "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
@@ -328,13 +401,15 @@ def make_internvl_chat(out_dir, name, source):
         "ps_version": "v2", "select_layer": -1, "template": "internvl2_5", "use_thumbnail": True,
         "use_backbone_lora": 0, "use_llm_lora": 0, "torch_dtype": native.get("dtype", "float32"),
         "llm_config": llm, "vision_config": vision,
-        # Not OpenGVLab fields: where the tiny ids are (the real model's come from its tokenizer).
-        "img_context_token_id": native["image_token_id"],
+        # Not an OpenGVLab field (the real model's <IMG_CONTEXT> id comes from its tokenizer;
+        # these tiny models have none): the id, under the native layout's key.
+        "image_token_id": native["image_token_id"],
     }
     assert not native.get("vision_feature_layer", -1) != -1
     json.dump(config, open(os.path.join(d, "config.json"), "w"), indent=2)
-    for f in ("expected.json", "inputs.safetensors", "photo.png"):
+    for f in ("expected.json", "photo.png"):
         shutil.copyfile(os.path.join(src, f), os.path.join(d, f))
+    shutil.copytree(os.path.join(src, "expected"), os.path.join(d, "expected"))
 
 
 def main():
@@ -348,6 +423,9 @@ def main():
         else:
             make(out_dir, name, kind, build, dtype)
         print("fixture", name, flush=True)
+    for name in names:
+        if name.startswith("_"):
+            shutil.rmtree(os.path.join(out_dir, name))
 
 
 if __name__ == "__main__":

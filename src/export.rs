@@ -74,9 +74,18 @@ pub fn export_onnx(
 ) -> Result<Vec<Exported>> {
     let pieces = arch::pieces(&model.config, opts);
     let total = pieces.len();
-    let mut done = Vec::with_capacity(total);
+    let mut done: Vec<Exported> = Vec::with_capacity(total);
     for (n, piece) in pieces.into_iter().enumerate() {
-        let e = export_piece(model, piece, opts, out_dir)?;
+        let e = match export_piece(model, piece, opts, out_dir) {
+            Ok(e) => e,
+            Err(err) => {
+                // A half set of pieces is no export: leave none of this run's files behind.
+                for e in &done {
+                    e.remove_files();
+                }
+                return Err(err);
+            }
+        };
         if !quiet {
             eprintln!(
                 "[{}/{}] {} ({:.1} MB of weights, {:.2} s)",
@@ -90,6 +99,17 @@ pub fn export_onnx(
         done.push(e);
     }
     Ok(done)
+}
+
+impl Exported {
+    /// Deletes what the export wrote for this piece.
+    fn remove_files(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(crate::onnx::external_data_path(&self.path));
+        if let Some(q) = &self.quantize_table {
+            let _ = std::fs::remove_file(q);
+        }
+    }
 }
 
 /// Writes `<out_dir>/<piece>.onnx`.

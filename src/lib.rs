@@ -19,3 +19,4 @@ pub mod reference;
 pub mod runner;
 pub mod toolchain;
 pub mod util;
+pub mod vision;

@@ -226,7 +226,7 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         assert_bad_input(reference(dir.path(), &[]), dir.path(), &words);
         let (code, err) = reference(dir.path(), &["--allow-non-finite"]);
         assert_eq!(code, 0, "{err}");
-        // Converting refuses too, before any piece is written; the flag lets it through.
+        // Converting refuses too; the flag lets it through.
         let out = tempfile::tempdir().unwrap();
         let m = dir.path().to_str().unwrap();
         let o = out.path().join("o");
@@ -242,6 +242,12 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
             o.to_str().unwrap(),
         ];
         assert_bad_input(run(&convert), dir.path(), &words);
+        // The pieces exported before the poisoned one are removed: no half export is left.
+        assert_eq!(
+            common::count_files(&o, "onnx"),
+            0,
+            "a failed export left pieces"
+        );
         let (code, err) = run(&[&convert[..], &["--allow-non-finite"]].concat());
         assert_eq!(code, 0, "{err}");
     }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 /// The fixture's model files only (its inputs.safetensors is not a checkpoint shard).
 fn model_copy(name: &str) -> PathBuf {
-    let src = common::vlm_fixtures().join(name);
+    let src = common::vlm::vlm_fixtures().join(name);
     let dst = common::run_dir().join(format!("vlm-model-{name}"));
     if !dst.join("model.safetensors").exists() {
         std::fs::create_dir_all(&dst).unwrap();
@@ -42,7 +42,7 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = common::vlm_fixtures().join(name);
+    let dir = common::vlm::vlm_fixtures().join(name);
     let t = candle_core::safetensors::load(dir.join("inputs.safetensors"), &Device::Cpu).unwrap();
     let vec = |k: &str| -> Vec<f32> {
         t[k].to_dtype(candle_core::DType::F32)

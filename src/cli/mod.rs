@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::chat::{ChatArgs, GenerateArgs};
-use crate::convert::ConvertArgs;
+use crate::convert::{ConvertArgs, Mode};
 use crate::exit::ExitStatus;
 use crate::export::ExportArgs;
 use crate::golden::ReferenceArgs;
@@ -41,6 +41,18 @@ pub struct Cli {
 pub enum Command {
     /// Convert a model (the same as giving the flags without a subcommand).
     Convert(ConvertArgs),
+    /// List every piece with its cache key, expected cost and shard (`--shards N`); compiles
+    /// nothing.
+    Plan {
+        #[command(flatten)]
+        args: ConvertArgs,
+        /// Number of shards to assign the pieces to (what `--shard I/N` compiles).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
+    /// Write the bmodel from a piece cache that holds every piece (filled by `--shard I/N`
+    /// runs with the same flags); refuses with the list of missing pieces.
+    Combine(ConvertArgs),
     /// Install or inspect the pinned TPU-MLIR toolchain.
     Toolchain {
         #[command(subcommand)]
@@ -86,6 +98,16 @@ pub fn run(cli: Cli) -> Result<ExitStatus> {
     };
     match command {
         Command::Convert(args) => ok(crate::convert::command::run(&args, &layout)),
+        Command::Plan { args, shards } => ok(crate::convert::command::run_in(
+            &args,
+            &layout,
+            Mode::Plan { shards },
+        )),
+        Command::Combine(args) => ok(crate::convert::command::run_in(
+            &args,
+            &layout,
+            Mode::Combine,
+        )),
         Command::Toolchain {
             action: ToolchainAction::Install { skip_apt },
         } => ok(install::install(

@@ -2,18 +2,27 @@
 
 use anyhow::Result;
 
-use super::{convert, ConvertArgs, Outcome};
+use super::{convert, run_mode, ConvertArgs, Mode, Outcome};
 use crate::exit::ExitStatus;
 use crate::toolchain::Layout;
 
 pub fn run(args: &ConvertArgs, layout: &Layout) -> Result<()> {
+    run_in(args, layout, Mode::Convert)
+}
+
+/// `plan`, `combine` or a conversion.
+pub fn run_in(args: &ConvertArgs, layout: &Layout, mode: Mode) -> Result<()> {
     // Ctrl-C: kill every TPU-MLIR process we started (they live in their own process groups).
     let _ = ctrlc::set_handler(|| {
         super::worker::kill_all_children();
         eprintln!("interrupted: finished pieces stay cached; rerun the same command to resume");
         ExitStatus::Interrupted.exit();
     });
-    if let Some(outcome) = convert(args, layout, args.json)? {
+    let outcome = match mode {
+        Mode::Convert => convert(args, layout, args.json)?,
+        _ => run_mode(args, layout, args.json, &|runner| runner, mode)?,
+    };
+    if let Some(outcome) = outcome {
         print_outcome(&outcome, args.json)?;
     }
     Ok(())

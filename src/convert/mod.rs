@@ -19,6 +19,8 @@ mod progress;
 mod publish;
 mod records;
 mod scheduler;
+pub mod shard;
+mod shard_report;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use anyhow::{Context, Result};
 pub use compile::WrapRunner;
 pub use manifest::{Manifest, PieceRecord};
 pub use options::{ConvertArgs, ConvertOptions};
+pub use shard::Shard;
 pub use worker::ToolRunner;
 
 use crate::arch::PieceOptions;
@@ -46,6 +49,19 @@ pub struct Outcome {
     pub manifest_path: PathBuf,
 }
 
+/// What a run does with its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Compile what the cache lacks (all of it, or `--shard`'s part) and write the bmodel.
+    Convert,
+    /// `llm-convert plan`: export and key every piece, list them with their shard of
+    /// `shards`; compile nothing.
+    Plan { shards: usize },
+    /// `llm-convert combine`: write the bmodel from the cache alone, refusing (with the list)
+    /// when a piece is missing.
+    Combine,
+}
+
 /// Runs a whole conversion.
 pub fn convert(args: &ConvertArgs, layout: &Layout, quiet: bool) -> Result<Option<Outcome>> {
     convert_with(args, layout, quiet, &|runner| runner)
@@ -57,6 +73,17 @@ pub fn convert_with(
     layout: &Layout,
     quiet: bool,
     wrap: WrapRunner,
+) -> Result<Option<Outcome>> {
+    run_mode(args, layout, quiet, wrap, Mode::Convert)
+}
+
+/// A run in any [`Mode`].
+pub fn run_mode(
+    args: &ConvertArgs,
+    layout: &Layout,
+    quiet: bool,
+    wrap: WrapRunner,
+    mode: Mode,
 ) -> Result<Option<Outcome>> {
     let t_start = Instant::now();
     let (model_path, _) = args.validate()?;
@@ -70,7 +97,12 @@ pub fn convert_with(
     let folder = opts.out_dir.join(opts.folder_name());
     let bmodel_path = opts.out_dir.join(format!("{}.bmodel", opts.folder_name()));
     // Cheap (graphs without weights): --dry_run prints what the real run executes.
-    let plan = Plan::new(&model.config, &piece_opts, &template, &opts)?;
+    let mut plan = Plan::new(&model.config, &piece_opts, &template, &opts)?;
+    shard_report::check_mode(&opts, mode)?;
+    let all_jobs = plan.jobs.len();
+    if let Some(s) = opts.shard {
+        plan.jobs = shard::select(std::mem::take(&mut plan.jobs), s);
+    }
 
     if opts.dry_run {
         dry_run::print(&plan, &model, &bmodel_path)?;
@@ -100,9 +132,22 @@ pub fn convert_with(
         cache_root: &cache_root,
         wrap,
         quiet,
+        cache_only: mode != Mode::Convert,
     };
     let finished = (|| -> Result<Option<(Manifest, PathBuf)>> {
         let done = run.compile(&plan, &model, &piece_opts, &onnx_dir)?;
+        match mode {
+            Mode::Plan { shards } => {
+                shard_report::print_plan(&done.jobs, &cache, &cache_root, shards, quiet)?;
+                return Ok(None);
+            }
+            Mode::Combine => shard_report::require_all(&done.jobs, &cache, &cache_root)?,
+            Mode::Convert => {}
+        }
+        if let Some(s) = opts.shard {
+            shard_report::print_shard(s, &done.jobs, done.fresh.len(), all_jobs, &cache_root);
+            return Ok(None);
+        }
         let records = records::collect(&done.jobs, done.fresh, &cache)?;
         if opts.only_mlir {
             if !quiet {
@@ -146,8 +191,13 @@ pub fn convert_with(
     })();
     if !opts.debug {
         match &finished {
-            Ok(_) => {
+            Ok(done) => {
                 let _ = std::fs::remove_dir_all(&onnx_dir);
+                if done.is_none() {
+                    // `plan` leaves nothing behind (a shard keeps its logs).
+                    let _ = std::fs::remove_dir(&folder);
+                    let _ = std::fs::remove_dir(&opts.out_dir);
+                }
             }
             Err(_) => publish::clean_failed_work(&folder),
         }
@@ -170,6 +220,8 @@ struct Run<'a> {
     cache_root: &'a Path,
     wrap: WrapRunner<'a>,
     quiet: bool,
+    /// Compile nothing (`plan`, `combine`).
+    cache_only: bool,
 }
 
 /// Every job of a run and what this run compiled.
@@ -209,6 +261,7 @@ impl Run<'_> {
             onnx_dir,
             cache: self.cache,
             compile_cached: self.opts.only_mlir,
+            cache_only: self.cache_only,
             progress: &progress,
         };
         let t_work = Instant::now();

@@ -148,6 +148,11 @@ pub struct ConvertArgs {
     /// Run every tool step in its own Python process (slow; for debugging the worker).
     #[arg(long = "spawn-tools")]
     pub spawn_tools: bool,
+    /// Compile only shard I of N (1-based, balanced by expected compile time) into the cache
+    /// and write no bmodel; `llm-convert combine` with the same flags and a cache holding
+    /// every shard's pieces then writes it.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<super::shard::Shard>,
 }
 
 /// The flags that shape the exported pieces, with llm_convert.py's rules: shared by convert
@@ -336,6 +341,7 @@ pub struct ConvertOptions {
     pub jobs: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     pub spawn_tools: bool,
+    pub shard: Option<super::shard::Shard>,
 }
 
 fn refuse(path: &Path, what: &str, fix: &str) -> InputError {
@@ -465,6 +471,7 @@ impl ConvertArgs {
             jobs: self.jobs,
             cache_dir: self.cache_dir.clone(),
             spawn_tools: self.spawn_tools,
+            shard: self.shard,
         })
     }
 }

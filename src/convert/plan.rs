@@ -45,6 +45,8 @@ pub struct StepPlan {
     /// For a graph with per-call axes: every input's largest shape.
     dynamic_input_shapes: Option<Vec<Vec<usize>>>,
     pub has_quantize_table: bool,
+    /// Checkpoint weight elements the step's graph reads (its compile cost grows with them).
+    pub weight_elems: u64,
 }
 
 /// The paths a step's placeholders stand for.
@@ -71,6 +73,12 @@ impl Plan {
                     .is_dynamic()
                     .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
                 let has_quantize_table = graph.quantize_table().is_some();
+                let weight_elems = graph
+                    .initializers
+                    .iter()
+                    .filter(|i| matches!(i.data, crate::graph::InitData::Weight { .. }))
+                    .map(|i| i.dims.iter().product::<usize>() as u64)
+                    .sum();
                 steps.push(StepPlan {
                     piece,
                     transform_argv: transform_argv(
@@ -82,6 +90,7 @@ impl Plan {
                     outputs: graph.outputs.iter().map(|o| o.name.clone()).collect(),
                     dynamic_input_shapes,
                     has_quantize_table,
+                    weight_elems,
                 });
             }
             jobs.push(JobPlan { steps });

@@ -37,6 +37,8 @@ pub struct Prepare<'a> {
     pub cache: &'a PieceCache,
     /// `--only_mlir`: every job is run (for its Top MLIR), cached or not.
     pub compile_cached: bool,
+    /// `plan` and `combine`: nothing is compiled; jobs not in the cache are only listed.
+    pub cache_only: bool,
     pub progress: &'a Progress,
 }
 
@@ -58,6 +60,9 @@ impl Prepare<'_> {
                     if stored && !self.compile_cached {
                         let name = job.plan.piece().file_stem();
                         self.progress.finish(&format!("{name} (cached)"));
+                    } else if self.cache_only {
+                        let name = job.plan.piece().file_stem();
+                        self.progress.finish(&format!("{name} (not in the cache)"));
                     } else if to_compile.send(job.clone()).is_err() {
                         // The compilers stopped (a piece failed); their error is the one to
                         // report.

@@ -213,6 +213,17 @@ pub fn text_part(keys: &ConfigKeys, model_type: &str) -> Result<Option<Split>, I
             text.entry(k).or_insert_with(|| v.clone());
         }
     }
+    // transformers' VLM classes tie lm_head by their own top-level flag and ignore the text
+    // config's (5.6.2 drops lm_head from the file when the top-level one is true; class
+    // defaults: Qwen2(.5)-VL false, InternVL true). OpenGVLab's remote code ties by
+    // llm_config's.
+    if model_type != "internvl_chat" {
+        let tie = top
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(model_type == "internvl");
+        text.insert("tie_word_embeddings".into(), Value::from(tie));
+    }
     let mrope_section = match kind {
         VlmKind::InternVl => None,
         _ => Some(take_mrope_section(keys, &mut text)?),
@@ -755,5 +766,27 @@ mod tests {
         let mut v = text();
         v["model_type"] = json!("qwen2");
         assert!(parse(v).unwrap().vlm.is_none());
+    }
+
+    #[test]
+    fn top_level_tie_word_embeddings_wins_for_transformers_classes() {
+        let mut llm = text();
+        llm["model_type"] = json!("qwen2");
+        llm["tie_word_embeddings"] = json!(false);
+        let vision = json!({"hidden_size": 64, "num_attention_heads": 2,
+            "intermediate_size": 128, "num_hidden_layers": 2, "image_size": 56, "patch_size": 14});
+        let native = json!({"model_type": "internvl", "text_config": llm.clone(),
+            "vision_config": vision.clone(), "tie_word_embeddings": true});
+        assert!(parse(native).unwrap().tie_word_embeddings);
+        let default = json!({"model_type": "internvl", "text_config": llm.clone(),
+            "vision_config": vision.clone()});
+        assert!(parse(default).unwrap().tie_word_embeddings);
+        let chat = json!({"model_type": "internvl_chat", "llm_config": llm,
+            "vision_config": vision, "tie_word_embeddings": true});
+        assert!(!parse(chat).unwrap().tie_word_embeddings);
+        let mut q = qwen25(json!({"depth": 2, "hidden_size": 64, "num_heads": 2,
+            "out_hidden_size": 128}));
+        q["text_config"]["tie_word_embeddings"] = json!(true);
+        assert!(!parse(q).unwrap().tie_word_embeddings);
     }
 }

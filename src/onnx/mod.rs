@@ -24,6 +24,13 @@ pub const OPSET: i64 = 17;
 /// Above this many initializer bytes, weights go to external data (protobuf caps at 2 GiB).
 const INLINE_LIMIT: usize = 1 << 30;
 
+/// Where the weights of the ONNX file at `path` go when they are external: `<file>.data`.
+pub fn external_data_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".data");
+    path.with_file_name(name)
+}
+
 /// Writes `graph` to `path` (and `path.data` when external), reading weights from `weights`.
 /// Returns the bytes of weights written.
 pub fn write(graph: &Graph, weights: &dyn WeightSource, path: &Path) -> Result<u64> {
@@ -44,11 +51,12 @@ pub fn write_with_inline_limit(
         .map(|i| i.dims.iter().product::<usize>() * 4)
         .sum();
     let external = total > inline_limit;
-    let data_name = format!(
-        "{}.data",
-        path.file_name().context("file name")?.to_string_lossy()
-    );
-    let data_path = path.with_file_name(&data_name);
+    let data_path = external_data_path(path);
+    let data_name = data_path
+        .file_name()
+        .context("file name")?
+        .to_string_lossy()
+        .into_owned();
     let tmp_data = data_path.with_extension("data.tmp");
     let mut data_file = if external {
         Some(std::io::BufWriter::new(

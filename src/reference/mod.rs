@@ -6,7 +6,9 @@
 //! Computation is f32 on the CPU whatever the stored dtype. Layer weights are kept in memory
 //! when they fit a budget, else re-read from the (mmapped) checkpoint on every forward.
 
+mod mrope;
 mod rope;
+pub mod vision;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
@@ -161,6 +163,9 @@ pub struct Reference<'m> {
     /// Per layer: keys and values so far, `[tokens, kv_heads, head_dim]`.
     cache: Vec<Option<(Tensor, Tensor)>>,
     keep_hidden: bool,
+    /// Rotary position minus cache index for the tokens after a prefill with M-RoPE
+    /// positions (transformers' `rope_deltas`); 0 otherwise.
+    position_offset: i64,
 }
 
 impl<'m> Reference<'m> {
@@ -196,6 +201,7 @@ impl<'m> Reference<'m> {
             inv_freq: inverse_frequencies(c),
             cache: vec![None; c.num_hidden_layers],
             keep_hidden: false,
+            position_offset: 0,
         })
     }
 
@@ -220,7 +226,37 @@ impl<'m> Reference<'m> {
     pub fn prefill(&mut self, ids: &[u32]) -> Result<StepOutput> {
         anyhow::ensure!(!ids.is_empty(), "prefill needs at least one token");
         self.cache.iter_mut().for_each(|c| *c = None);
+        self.position_offset = 0;
         self.forward(ids)
+    }
+
+    /// Clears the KV cache and runs a prompt given as embeddings `[L, hidden]` (a VLM's
+    /// prompt with the image embeddings spliced in), with M-RoPE `positions` `[3][L]` (t, h, w
+    /// rows) or, with `None`, positions 0..L. Decoding continues at max(positions) + 1.
+    pub fn prefill_embeddings(
+        &mut self,
+        embeds: &Tensor,
+        positions: Option<&[Vec<u32>; 3]>,
+    ) -> Result<StepOutput> {
+        let len = embeds.dim(0)?;
+        anyhow::ensure!(len > 0, "prefill needs at least one token");
+        self.cache.iter_mut().for_each(|c| *c = None);
+        self.position_offset = 0;
+        let tables = match positions {
+            None => rope::tables(&self.inv_freq, 0, len)?,
+            Some(p) => {
+                let section = self
+                    .config()
+                    .vlm
+                    .as_ref()
+                    .and_then(|v| v.mrope_section)
+                    .context("M-RoPE positions for a model without mrope_section")?;
+                let max = p.iter().flatten().max().copied().unwrap_or(0);
+                self.position_offset = max as i64 + 1 - len as i64;
+                mrope::tables(&self.inv_freq, p, section)?
+            }
+        };
+        self.forward_embedded(embeds.clone(), tables)
     }
 
     /// Runs one more token after what is cached.
@@ -258,9 +294,21 @@ impl<'m> Reference<'m> {
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
             anyhow::bail!("token id {bad} is outside the vocabulary (size {vocab})");
         }
+        let position = self.cached_len() as i64 + self.position_offset;
+        let position = usize::try_from(position).context("negative rotary position")?;
+        let tables = rope::tables(&self.inv_freq, position, ids.len())?;
+        self.forward_embedded(self.embed(ids)?, tables)
+    }
+
+    /// The layers, final norm and head on embeddings `x` `[tokens, hidden]` with their
+    /// rotary tables.
+    fn forward_embedded(
+        &mut self,
+        mut x: Tensor,
+        (cos, sin): (Tensor, Tensor),
+    ) -> Result<StepOutput> {
+        let c = self.model.config.clone();
         let start = self.cached_len();
-        let mut x = self.embed(ids)?;
-        let (cos, sin) = rope::tables(&self.inv_freq, start, ids.len())?;
         let mut layer_outputs = vec![];
         for i in 0..c.num_hidden_layers {
             let streamed;

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::pipeline::Pipeline;
+use crate::error::InputError;
 use crate::model::Model;
 use crate::reference::{argmax, norm, Reference, StepOutput};
 
@@ -140,6 +141,27 @@ fn margin(logits: &[f32], token: u32) -> f32 {
 }
 
 /// Runs `prompt` and `steps` generated tokens on both sides.
+/// `--steps` tokens after a `prompt`-token prompt must fit the KV cache (the first comes from
+/// prefill, each later one adds a position).
+fn check_steps(prompt: usize, steps: usize, seq_length: usize) -> Result<(), InputError> {
+    let room = (seq_length + 1).saturating_sub(prompt);
+    if steps == 0 || steps > room {
+        return Err(InputError::invalid(
+            std::path::Path::new("--steps"),
+            format!(
+                "{steps} steps after a {prompt}-token prompt do not fit the bmodel's \
+                 {seq_length}-token KV cache"
+            ),
+            if room == 0 {
+                "use a shorter prompt (or a bmodel converted with a larger -s)".to_string()
+            } else {
+                format!("pass --steps between 1 and {room}")
+            },
+        ));
+    }
+    Ok(())
+}
+
 pub fn verify(
     pipeline: &mut Pipeline,
     model: &Model,
@@ -148,6 +170,7 @@ pub fn verify(
     thresholds: Thresholds,
     mut on_step: impl FnMut(&StepCheck),
 ) -> Result<VerifyReport> {
+    check_steps(prompt.len(), steps, pipeline.nets.seq_length)?;
     pipeline.capture = true;
     let mut reference = Reference::new(model)?.keep_hidden(true);
     // The last block holds the final norm; read its weight once, not per step.
@@ -228,4 +251,22 @@ pub fn verify(
         thresholds,
         pass,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_must_fit_the_kv_cache() {
+        assert!(check_steps(8, 57, 64).is_ok());
+        let e = check_steps(8, 58, 64).unwrap_err().to_string();
+        assert!(
+            e.contains("--steps") && e.contains("between 1 and 57"),
+            "{e}"
+        );
+        assert!(check_steps(8, 0, 64).is_err());
+        let e = check_steps(70, 1, 64).unwrap_err().to_string();
+        assert!(e.contains("shorter prompt"), "{e}");
+    }
 }

@@ -238,6 +238,4 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
         .sum()
 }
 
-mod vlm;
-#[allow(unused_imports)]
-pub use vlm::vlm_fixtures;
+pub mod vlm;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The folder holding one sub-folder per VLM fixture (`qwen25vl`, `internvl_chat`, ...), each
-/// with config.json, model.safetensors, photo.png, inputs.safetensors and expected.json.
+/// with config.json, model.safetensors, photo.png, expected.json and expected/inputs.safetensors.
 pub fn vlm_fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

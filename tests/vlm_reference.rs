@@ -1,0 +1,295 @@
+//! The candle vision towers and the M-RoPE text part against transformers 5.6.2 on tiny
+//! random VLMs (scripts/make_vlm_fixtures.py): image embeddings within 1e-4, the prompt's
+//! M-RoPE positions equal, greedy tokens for a prompt with an image equal. CPU only.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use llm_convert::model::vlm::VisionTower;
+use llm_convert::model::Model;
+use llm_convert::reference::vision::{self, VisionInput};
+use llm_convert::reference::Reference;
+use serde_json::Value;
+
+/// Image embeddings and prefill logits: at most this far from transformers' (f32 both).
+const TOLERANCE: f32 = 1e-4;
+
+struct Fixture {
+    model: Model,
+    expected: Value,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = common::vlm::vlm_fixtures().join(name);
+    let model = Model::open(&dir).unwrap_or_else(|e| panic!("opening {name}: {e:#}"));
+    let expected = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap())
+        .expect("expected.json");
+    let tensors =
+        candle_core::safetensors::load(dir.join("expected/inputs.safetensors"), &Device::Cpu)
+            .expect("inputs.safetensors");
+    Fixture {
+        model,
+        expected,
+        tensors,
+    }
+}
+
+impl Fixture {
+    fn input(&self) -> VisionInput {
+        let grid_thw = match self.tensors.get("image_grid_thw") {
+            Some(g) => g
+                .to_vec2::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|r| [r[0] as usize, r[1] as usize, r[2] as usize])
+                .collect(),
+            None => vec![],
+        };
+        VisionInput {
+            pixel_values: self.tensors["pixel_values"].clone(),
+            grid_thw,
+        }
+    }
+
+    fn ids(&self, key: &str) -> Vec<u32> {
+        self.expected[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("expected.json has no {key}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    fn image_token_id(&self) -> u32 {
+        let vlm = vision::vlm(&self.model).unwrap();
+        let id = vlm
+            .image_token_id
+            .expect("the fixture's config names its image token");
+        assert_eq!(id as u64, self.expected["image_token_id"].as_u64().unwrap());
+        id
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Everything the reference must agree with transformers on, for one fixture.
+fn matches_transformers(name: &str) {
+    let f = fixture(name);
+    let input = f.input();
+    let trace = vision::vision_trace(&f.model, &input).unwrap();
+    let want = &f.tensors["image_embeds"];
+    let diff = max_diff(&trace.embeddings, want);
+    eprintln!(
+        "{name}: image embeddings max |diff| {diff:.2e} over {:?}",
+        want.dims()
+    );
+    for (i, block) in trace.blocks.iter().enumerate() {
+        let d = max_diff(block, &f.tensors[&format!("vision_block_{i}")]);
+        eprintln!("{name}: vision block {i} max |diff| {d:.2e}");
+    }
+    assert!(
+        diff <= TOLERANCE,
+        "{name}: image embeddings differ by {diff}"
+    );
+
+    let ids = f.ids("prompt");
+    let image_token = f.image_token_id();
+    if let VisionTower::Qwen(q) = &vision::vlm(&f.model).unwrap().vision {
+        let positions =
+            vision::mrope_positions(&ids, image_token, &input.grid_thw, q.spatial_merge_size)
+                .unwrap();
+        let want: Vec<Vec<u32>> = serde_json::from_value(f.expected["position_ids"].clone())
+            .expect("position_ids [3][L]");
+        assert_eq!(positions.to_vec(), want, "{name}: M-RoPE positions");
+    }
+
+    let mut reference = Reference::new(&f.model).unwrap();
+    let step = vision::prefill_spliced(
+        &mut reference,
+        &ids,
+        image_token,
+        &trace.embeddings,
+        &input.grid_thw,
+    )
+    .unwrap();
+    let want_logits: Vec<f32> =
+        serde_json::from_value(f.expected["prefill_logits"].clone()).unwrap();
+    let logit_diff = step
+        .logits
+        .iter()
+        .zip(&want_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("{name}: prefill logits max |diff| {logit_diff:.2e}");
+    assert!(
+        logit_diff <= TOLERANCE * 10.0,
+        "{name}: prefill logits differ by {logit_diff}"
+    );
+
+    let want_tokens = f.ids("tokens");
+    let tokens = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
+    assert_eq!(tokens, want_tokens, "{name}: greedy tokens with the image");
+    // The same prompt with the placeholders left as token embeddings (1D positions) answers
+    // differently: the image reaches the tokens.
+    let text_only = reference.generate_greedy(&ids, want_tokens.len()).unwrap();
+    assert_eq!(
+        text_only,
+        f.ids("tokens_text_only"),
+        "{name}: text-only tokens"
+    );
+    assert_ne!(text_only, tokens);
+}
+
+#[test]
+fn qwen25vl_matches_transformers() {
+    matches_transformers("qwen25vl");
+}
+
+#[test]
+fn qwen25vl_head_dim_80_matches_transformers() {
+    matches_transformers("qwen25vl_hd80_bf16");
+}
+
+#[test]
+fn qwen2vl_matches_transformers() {
+    matches_transformers("qwen2vl");
+}
+
+#[test]
+fn internvl_native_matches_transformers() {
+    matches_transformers("internvl");
+}
+
+#[test]
+fn internvl_chat_layout_matches_transformers() {
+    matches_transformers("internvl_chat");
+}
+
+/// InternViT-300M's geometry (hidden 1024, 16 heads, one 448x448 tile), tied lm_head.
+#[test]
+fn internvl_chat_300m_geometry_matches_transformers() {
+    matches_transformers("internvl_chat_300m_bf16");
+}
+
+/// The fixture exercises window attention: with every block attending the whole image the
+/// embeddings move far past the tolerance.
+#[test]
+fn qwen25vl_windows_change_the_embeddings() {
+    let mut f = fixture("qwen25vl");
+    let vlm = f.model.config.vlm.as_mut().unwrap();
+    let VisionTower::Qwen(q) = &mut vlm.vision else {
+        panic!("qwen25vl has a Qwen tower")
+    };
+    assert!(q.fullatt_block_indexes.len() < q.depth);
+    q.fullatt_block_indexes = (0..q.depth).collect();
+    let all_full = vision::image_embeddings(&f.model, &f.input()).unwrap();
+    let diff = max_diff(&all_full, &f.tensors["image_embeds"]);
+    assert!(
+        diff > 100.0 * TOLERANCE,
+        "window attention changes nothing ({diff})"
+    );
+}
+
+/// The M-RoPE sections matter: the same positions through plain 1D rotary give other logits.
+#[test]
+fn qwen25vl_positions_change_the_logits() {
+    let f = fixture("qwen25vl");
+    let ids = f.ids("prompt");
+    let image_token = f.image_token_id();
+    let input = f.input();
+    let mut reference = Reference::new(&f.model).unwrap();
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let embeds =
+        vision::splice(&reference.embed(&ids).unwrap(), &ids, image_token, &image).unwrap();
+    let plain = reference.prefill_embeddings(&embeds, None).unwrap();
+    let want: Vec<f32> = serde_json::from_value(f.expected["prefill_logits"].clone()).unwrap();
+    let diff = plain
+        .logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff > 100.0 * TOLERANCE,
+        "M-RoPE positions change nothing ({diff})"
+    );
+}
+
+/// Two images in one prompt: both grids through the tower (full attention per image), the
+/// embeddings spliced in order, positions continuing after each image.
+#[test]
+fn qwen25vl_two_images_match_transformers() {
+    let f = fixture("qwen25vl");
+    let two = &f.expected["two_images"];
+    let grid_thw = f.tensors["two_images.image_grid_thw"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| [r[0] as usize, r[1] as usize, r[2] as usize])
+        .collect::<Vec<_>>();
+    assert!(
+        grid_thw.len() == 2 && grid_thw[0] != grid_thw[1],
+        "{grid_thw:?}"
+    );
+    let input = VisionInput {
+        pixel_values: f.tensors["two_images.pixel_values"].clone(),
+        grid_thw,
+    };
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let diff = max_diff(&image, &f.tensors["two_images.image_embeds"]);
+    eprintln!("qwen25vl two images: embeddings max |diff| {diff:.2e}");
+    assert!(diff <= TOLERANCE, "two images: embeddings differ by {diff}");
+    let ids: Vec<u32> = serde_json::from_value(two["prompt"].clone()).unwrap();
+    let token = f.image_token_id();
+    let VisionTower::Qwen(q) = &vision::vlm(&f.model).unwrap().vision else {
+        panic!("qwen25vl has a Qwen tower")
+    };
+    let positions =
+        vision::mrope_positions(&ids, token, &input.grid_thw, q.spatial_merge_size).unwrap();
+    let want: Vec<Vec<u32>> = serde_json::from_value(two["position_ids"].clone()).unwrap();
+    assert_eq!(positions.to_vec(), want, "two images: M-RoPE positions");
+    let mut reference = Reference::new(&f.model).unwrap();
+    let step =
+        vision::prefill_spliced(&mut reference, &ids, token, &image, &input.grid_thw).unwrap();
+    let want_tokens: Vec<u32> = serde_json::from_value(two["tokens"].clone()).unwrap();
+    let tokens = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
+    assert_eq!(tokens, want_tokens, "two images: greedy tokens");
+}
+
+/// A tile larger than the config's: the position embedding is resampled as torch's bicubic.
+#[test]
+fn internvl_resized_tile_interpolates_the_position_embedding() {
+    let f = fixture("internvl");
+    let input = VisionInput {
+        pixel_values: f.tensors["resized.pixel_values"].clone(),
+        grid_thw: vec![],
+    };
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let diff = max_diff(&image, &f.tensors["resized.image_embeds"]);
+    eprintln!("internvl resized tile: embeddings max |diff| {diff:.2e}");
+    assert!(
+        diff <= TOLERANCE,
+        "resized tile: embeddings differ by {diff}"
+    );
+}
+
+/// InternViT-6B's options: RMSNorm blocks, q/k norm, no q/k/v bias.
+#[test]
+fn internvl_qk_norm_rms_blocks_match_transformers() {
+    matches_transformers("internvl_qknorm");
+}
