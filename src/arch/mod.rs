@@ -161,8 +161,7 @@ pub fn pieces(cfg: &ModelConfig, opts: &PieceOptions) -> Vec<Piece> {
         }
     }
     if vit::vit_spec(cfg).is_some() {
-        // First, as llm_convert.py combines it: libbmrt's shared activation area is laid
-        // out from the first net, and a vit after the LLM nets overruns their memory.
+        // First, as llm_convert.py combines it.
         out.insert(0, Piece::Vit);
     }
     out
