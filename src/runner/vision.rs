@@ -151,10 +151,10 @@ impl VitNet {
                     out[..v.len()].copy_from_slice(v);
                     out
                 };
-                rt.s2d(&inputs[0].mem, &pad(input.pixels, self.row_width))?;
+                rt.s2d_partial(&inputs[0].mem, &pad(input.pixels, self.row_width))?;
                 let mut pos = vec![0i32; rows * 2];
                 pos[..2 * n].copy_from_slice(input.position_ids);
-                rt.s2d(&inputs[1].mem, &pos)?;
+                rt.s2d_partial(&inputs[1].mem, &pos)?;
                 let square = |m: &[f32]| -> Vec<f32> {
                     let mut out = vec![VIT_MASK_VALUE; rows * rows];
                     for r in 0..n {
@@ -162,13 +162,13 @@ impl VitNet {
                     }
                     out
                 };
-                rt.s2d(&inputs[2].mem, &square(input.full_mask))?;
+                rt.s2d_partial(&inputs[2].mem, &square(input.full_mask))?;
                 if self.kind == VitKind::QwenWindowed {
-                    rt.s2d(&inputs[3].mem, &square(input.window_mask))?;
+                    rt.s2d_partial(&inputs[3].mem, &square(input.window_mask))?;
                     // reverse_index keeps its full shape (zeros past the image).
                     let mut rev = vec![0i32; self.max_tokens];
                     rev[..input.reverse_index.len()].copy_from_slice(input.reverse_index);
-                    rt.s2d(&inputs[4].mem, &rev)?;
+                    rt.s2d_partial(&inputs[4].mem, &rev)?;
                 }
                 if self.dynamic {
                     inputs[0].shape[0] = n;
