@@ -33,10 +33,9 @@ impl ExportArgs {
         if self.pieces.allow_non_finite {
             model.allow_non_finite();
         }
-        let opts = self
-            .pieces
-            .resolve(self.seq_length, &self.model)?
-            .piece_options()?;
+        let shape = self.pieces.resolve(self.seq_length, &self.model)?;
+        crate::convert::max_pixels::check(&model.config, &shape, &self.model)?;
+        let opts = shape.piece_options()?;
         crate::convert::options::check_output_dir(&self.out_dir)?;
         let t0 = Instant::now();
         let done = export_onnx(&model, &opts, &self.out_dir.join("onnx"), false)?;

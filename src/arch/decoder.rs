@@ -7,7 +7,7 @@ use super::mask::{
     causal_mask, decode_key_positions, effective_window, key_positions, positions_f32, with_window,
 };
 use super::softcap::maybe_softcap;
-use super::{rope, PieceOptions};
+use super::{mrope, rope, PieceOptions};
 use crate::family::{Activation, Norm, Projections, RotaryDims, RotaryPairs};
 use crate::graph::{Attr, Elem, Graph};
 use crate::model::ModelConfig;
@@ -22,10 +22,14 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
     let window = effective_window(cfg, layer, l);
     let mut g = Graph::new(format!("block_{layer}"));
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
-    let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], axis);
-    let p = (o.dynamic || window.is_some()).then(|| positions_f32(&mut g, &pos));
+    let pos_dims = mrope::position_dims(cfg, l);
+    let pos = g.input_with_axis("position_ids", Elem::I32, &pos_dims, axis);
+    // M-RoPE positions repeat within an image: its causal mask counts rows instead.
+    let mrope = mrope::section(cfg).is_some();
+    let p = ((o.dynamic && !mrope) || window.is_some()).then(|| positions_f32(&mut g, &pos));
     let mut mask = match &p {
         Some(p) if o.dynamic => causal_mask(&mut g, p, p),
+        _ if o.dynamic => mrope::sequence_causal_mask(&mut g, &x),
         _ => g.input("attention_mask", Elem::F32, &[1, 1, l, l]),
     };
     if let (Some(w), Some(p)) = (window, &p) {
@@ -53,7 +57,7 @@ pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize
     let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let mut g = Graph::new(format!("block_cache_{layer}"));
     let x = g.input("input_states", Elem::F32, &[1, 1, cfg.hidden_size]);
-    let pos = g.input("position_ids", Elem::I32, &[1, 1]);
+    let pos = g.input("position_ids", Elem::I32, &mrope::position_dims(cfg, 1));
     let mut mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
     let hk = g.input("history_k", Elem::F32, &[1, kv, kvh, d]);
     let hv = g.input("history_v", Elem::F32, &[1, kv, kvh, d]);
@@ -169,6 +173,10 @@ fn layer_body(
     let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
     let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
     let (cos, sin) = rope::longrope_select(g, cfg, o.seq_length, pos, (cos, sin));
+    let (cos, sin) = (
+        mrope::select(g, cfg, cos, rd),
+        mrope::select(g, cfg, sin, rd),
+    );
     let turn = |g: &mut Graph, x: &str, heads: usize| {
         let rope = |g: &mut Graph, x: &str| match rotary.pairs {
             RotaryPairs::HalfSplit => apply_rope(g, x, &cos, &sin, rd),

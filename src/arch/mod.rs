@@ -5,8 +5,10 @@ mod decoder;
 mod heads;
 mod mask;
 mod moe;
+pub mod mrope;
 mod rope;
 mod softcap;
+pub mod vit;
 
 use anyhow::{bail, Result};
 
@@ -30,6 +32,8 @@ pub struct PieceOptions {
     /// `--chunk_length c`: extra decode stages of block_cache_i with these history lengths
     /// (c, 2c, 4c, … < S, largest first), as llm_convert.py's `decode_chunk_list`.
     pub decode_stages: Vec<usize>,
+    /// `--max_pixels` as W·H (vision-language models; None: the model's default).
+    pub max_pixels: Option<usize>,
 }
 
 impl PieceOptions {
@@ -45,6 +49,7 @@ impl PieceOptions {
             do_sample: false,
             history_kv: false,
             decode_stages: Vec::new(),
+            max_pixels: None,
         })
     }
 
@@ -55,6 +60,11 @@ impl PieceOptions {
 
     pub fn with_do_sample(mut self, do_sample: bool) -> PieceOptions {
         self.do_sample = do_sample;
+        self
+    }
+
+    pub fn with_max_pixels(mut self, max_pixels: Option<usize>) -> PieceOptions {
+        self.max_pixels = max_pixels;
         self
     }
 
@@ -91,6 +101,8 @@ pub enum Piece {
     LmHead,
     GreedyHead,
     SampleHead,
+    /// The vision tower of a vision-language model.
+    Vit,
 }
 
 impl Piece {
@@ -105,6 +117,7 @@ impl Piece {
             Piece::LmHead => "lm_head".into(),
             Piece::GreedyHead => "greedy_head".into(),
             Piece::SampleHead => "sample_head".into(),
+            Piece::Vit => "vit".into(),
         }
     }
 
@@ -128,6 +141,7 @@ impl Piece {
             Piece::LmHead => "lm_head",
             Piece::GreedyHead => "greedy_head",
             Piece::SampleHead => "sample_head",
+            Piece::Vit => "vit",
         }
     }
 }
@@ -148,6 +162,10 @@ pub fn pieces(cfg: &ModelConfig, opts: &PieceOptions) -> Vec<Piece> {
             out.push(Piece::BlockKv(i));
         }
     }
+    if vit::vit_spec(cfg).is_some() {
+        // First, as llm_convert.py combines it.
+        out.insert(0, Piece::Vit);
+    }
     out
 }
 
@@ -165,6 +183,7 @@ pub fn build(piece: Piece, cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
             decoder::decode_block(cfg, opts, i, opts.decode_stages[k - 1])
         }
         Piece::BlockKv(i) => decoder::history_block(cfg, opts, i),
+        Piece::Vit => vit::build(cfg, opts.max_pixels),
     }
 }
 

@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// The prompt (a user message, unless --no-template).
     #[arg(long)]
     pub prompt: String,
+    /// An image for a vision-language bmodel (JPEG/PNG/WebP); it goes where the prompt has
+    /// the image token (`<|image_pad|>`), else before the prompt.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
     /// Print a JSON report (text, token ids, stop reason, timings) instead of the text.
     #[arg(long)]
     pub json: bool,
@@ -194,7 +198,17 @@ impl GenerateArgs {
         let args = &self.common;
         let (mut tg, rt) = TextGen::open(args, layout)?;
         let mut pipeline = tg.pipeline(args, &rt)?;
-        let prompt = self.prompt_ids(&tg)?;
+        let mut prompt = self.prompt_ids(&tg)?;
+        if let Some(image) = &self.image {
+            let cfg = crate::model::ModelConfig::from_file(&args.config.join("config.json"))?;
+            let ip = crate::runner::image_prompt::prepare(&rt, &cfg, &args.config, image, &prompt)?;
+            status(format!(
+                "image: {} tokens (vit {:.2} s)",
+                ip.vit.tokens, ip.vit.seconds
+            ));
+            pipeline.set_extras(ip.extras);
+            prompt = ip.ids;
+        }
         let limit = TextGen::limit(&pipeline);
         if prompt.len() > limit {
             return Err(InputError::invalid(

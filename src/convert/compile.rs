@@ -132,6 +132,30 @@ fn make_reproducible(bmodel: &Path) -> Result<()> {
     }
 }
 
+/// Removes a work dir an earlier run left. A run killed with SIGKILL can leave a TPU-MLIR
+/// grandchild (tpuc-opt under a killed worker) still writing into it, so deleting in place can
+/// fail with "directory not empty": the dir is first renamed aside (atomic), then deleted on a
+/// best-effort basis.
+fn clear_work_dir(work: &Path) -> Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut aside = work.as_os_str().to_os_string();
+    aside.push(format!(".stale-{}-{nanos}", std::process::id()));
+    let aside = PathBuf::from(aside);
+    if std::fs::rename(work, &aside).is_err() {
+        return std::fs::remove_dir_all(work)
+            .with_context(|| format!("clearing {}", work.display()));
+    }
+    for _ in 0..10 {
+        if std::fs::remove_dir_all(&aside).is_ok() || !aside.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// transform → restore output names → deploy. The step's work dir is `<folder>/<stem>/` and its
 /// log `<folder>/<stem>.log`, as llm_convert.py lays them out; returns the bmodel it wrote.
 fn compile_step(
@@ -145,7 +169,7 @@ fn compile_step(
     let work = std::path::absolute(folder.join(&stem))?;
     let log = std::path::absolute(folder.join(format!("{stem}.log")))?;
     if work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+        clear_work_dir(&work)?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let _ = std::fs::remove_file(&log);

@@ -10,6 +10,7 @@ mod config_dir;
 mod deploy_flags;
 mod dry_run;
 mod manifest;
+pub mod max_pixels;
 pub mod options;
 mod output_names;
 mod plan;

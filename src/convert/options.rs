@@ -115,8 +115,6 @@ pub struct ConvertArgs {
     pub embedding_disk: bool,
     #[command(flatten)]
     pub pieces: PieceArgs,
-    #[arg(long = "max_pixels")]
-    pub max_pixels: Option<String>,
     #[arg(long = "lora_max_rank", default_value_t = 0)]
     pub lora_max_rank: usize,
     /// Keep the ONNX files and every intermediate file.
@@ -177,6 +175,10 @@ pub struct PieceArgs {
     /// Dynamic prefill: cost grows with the real prompt length, no mask input.
     #[arg(long)]
     pub dynamic: bool,
+    /// Vision-language models: the largest image the vit takes, as `W,H` (W·H a multiple of
+    /// 28·28 for Qwen2-VL / Qwen2.5-VL; default 672,896 / 768,768; InternVL ignores it).
+    #[arg(long = "max_pixels")]
+    pub max_pixels: Option<String>,
     /// Convert even when a weight holds NaN or Inf (refused by default: such a bmodel computes
     /// garbage).
     #[arg(long = "allow-non-finite")]
@@ -193,6 +195,8 @@ pub struct PieceShape {
     pub dynamic: bool,
     pub do_sample: bool,
     pub use_history_kv: bool,
+    /// `--max_pixels` as W·H (None: the model's default).
+    pub max_pixels: Option<usize>,
 }
 
 /// The longest `-s` accepted: 128k, the longest context of the supported families' releases.
@@ -289,6 +293,7 @@ impl PieceArgs {
             dynamic: self.dynamic || self.use_history_kv,
             do_sample: self.do_sample,
             use_history_kv: self.use_history_kv,
+            max_pixels: super::max_pixels::parse(self.max_pixels.as_deref())?,
         })
     }
 }
@@ -300,7 +305,8 @@ impl PieceShape {
             PieceOptions::new(self.seq_length, Some(self.max_input_length))?
                 .with_dynamic(self.dynamic)
                 .with_do_sample(self.do_sample)
-                .with_history(self.use_history_kv, self.chunk_length),
+                .with_history(self.use_history_kv, self.chunk_length)
+                .with_max_pixels(self.max_pixels),
         )
     }
 }
@@ -324,6 +330,9 @@ pub struct ConvertOptions {
     pub use_history_kv: bool,
     /// Decode-stage chunk (0 = none); with --use_history_kv also MAX_INPUT_LENGTH.
     pub chunk_length: usize,
+    /// `--max_pixels` as W·H (vision-language models; None: the model's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<usize>,
     pub debug: bool,
     pub only_mlir: bool,
     pub only_onnx: bool,
@@ -358,14 +367,13 @@ impl ConvertArgs {
             )
         })?;
         check_seq_length(seq)?;
-        let unsupported: [(bool, &str); 5] = [
+        let unsupported: [(bool, &str); 4] = [
             (
                 self.num_device > 1,
                 "--num_device > 1 (multi-device tensor parallel)",
             ),
             (self.batch > 1, "--batch > 1"),
             (self.embedding_disk, "--embedding_disk"),
-            (self.max_pixels.is_some(), "--max_pixels (vision models)"),
             (self.lora_max_rank > 0, "--lora_max_rank"),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
@@ -404,6 +412,7 @@ impl ConvertArgs {
         let (model_path, seq_length) = self.validate()?;
         let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
         let shape = self.pieces.resolve(seq_length, &model_path)?;
+        super::max_pixels::check(cfg, &shape, &model_path)?;
         if quantize.is_weight_only() {
             let g = self.q_group_size;
             for (what, k) in [
@@ -453,6 +462,7 @@ impl ConvertArgs {
             do_sample: shape.do_sample,
             use_history_kv: shape.use_history_kv,
             chunk_length: shape.chunk_length,
+            max_pixels: shape.max_pixels,
             debug: self.debug,
             only_mlir: self.only_mlir,
             only_onnx: self.only_onnx,
@@ -530,6 +540,7 @@ impl ConvertOptions {
             dynamic: self.dynamic,
             do_sample: self.do_sample,
             use_history_kv: self.use_history_kv,
+            max_pixels: self.max_pixels,
         }
     }
 

@@ -141,6 +141,10 @@ fn initializer_bytes(
             let v = t.flatten_all()?.to_vec1::<f32>()?;
             let v = match (*transpose, shape.as_slice()) {
                 (true, &[rows, cols]) => transpose_2d(&v, rows, cols),
+                // A conv kernel used as a matmul (the vision patch embedding): [out, in...].
+                (true, &[rows, ref rest @ ..]) if rest.len() > 1 => {
+                    transpose_2d(&v, rows, rest.iter().product())
+                }
                 (true, other) => anyhow::bail!("{name}: cannot transpose a {other:?} tensor"),
                 (false, _) => v,
             };

@@ -3,12 +3,16 @@
 
 pub mod bench;
 pub mod bench_report;
+pub mod image_prompt;
+pub mod multimodal;
 mod nets;
 mod pipeline;
 pub mod sample;
 mod session;
 pub mod verify;
+mod verify_image;
 pub mod verify_report;
+pub mod vision;
 
 pub use nets::LlmNets;
 pub use pipeline::{Pipeline, StepResult};

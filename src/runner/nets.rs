@@ -34,6 +34,8 @@ pub struct LlmNets {
     pub lm_head_topk: bool,
     /// Activation dtype (embedding_cache's output): decides the mask value.
     pub activation: DType,
+    /// Position id rows: 3 for M-RoPE (Qwen2-VL / Qwen2.5-VL, `[3, L]`), else 1.
+    pub position_rows: usize,
 }
 
 fn dims(net: &NetInfo, input: bool, index: usize) -> Result<&[usize]> {
@@ -147,6 +149,7 @@ impl LlmNets {
         let (kvh, d) = (hist[2], hist[3]);
         let hidden_size = *dims(&embedding_cache, false, 0)?.last().unwrap_or(&0);
         let dynamic = blocks[0].is_dynamic;
+        let position_rows = dims(&blocks[0], true, 1)?.first().copied().unwrap_or(1);
         let prefill_mask = blocks[0].input_num() > 2;
         let lm_head_topk = dims(&lm_head, false, 0)?.get(1) == Some(&1);
         let activation = embedding_cache
@@ -168,7 +171,7 @@ impl LlmNets {
                 blocks[0].input_num()
             );
             expect(b, true, 0, &[1, l, h])?;
-            expect(b, true, 1, &[1, l])?;
+            expect(b, true, 1, &[position_rows, l])?;
             if prefill_mask {
                 expect(b, true, 2, &[1, 1, l, l])?;
             }
@@ -194,7 +197,7 @@ impl LlmNets {
             let cache = &c.stage(full_stage)?.input_mems;
             for &(j, slots) in &decode_stages {
                 expect_stage(c, j, true, 0, &[1, 1, h])?;
-                expect_stage(c, j, true, 1, &[1, 1])?;
+                expect_stage(c, j, true, 1, &[position_rows, 1])?;
                 expect_stage(c, j, true, 2, &[1, 1, 1, slots + 1])?;
                 expect_stage(c, j, true, 3, &[1, slots, kvh, d])?;
                 expect_stage(c, j, true, 4, &[1, slots, kvh, d])?;
@@ -245,6 +248,7 @@ impl LlmNets {
             prefill_mask,
             lm_head_topk,
             activation,
+            position_rows,
         })
     }
 

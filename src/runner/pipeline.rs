@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
 
+use super::multimodal::{mrope_positions, PromptExtras};
 use super::nets::LlmNets;
 use super::sample::{self, SamplingConfig};
 use crate::bmrt::{DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
@@ -46,6 +47,10 @@ pub struct Pipeline<'rt> {
     visited: Vec<u32>,
     /// sample_head's last candidates (token, probability), top_k of them.
     candidates: Vec<(u32, f32)>,
+    /// Images and M-RoPE positions for the next prefill.
+    extras: Option<PromptExtras>,
+    /// M-RoPE: decode positions are the history slot plus this.
+    rope_delta: std::cell::Cell<i32>,
 }
 
 impl<'rt> Pipeline<'rt> {
@@ -77,7 +82,14 @@ impl<'rt> Pipeline<'rt> {
             sampling: None,
             visited: Vec::new(),
             candidates: Vec::new(),
+            extras: None,
+            rope_delta: Default::default(),
         })
+    }
+
+    /// Images and M-RoPE positions the next prefill uses (once).
+    pub fn set_extras(&mut self, extras: PromptExtras) {
+        self.extras = Some(extras);
     }
 
     /// Empties the KV cache (a new conversation).
@@ -86,6 +98,7 @@ impl<'rt> Pipeline<'rt> {
             self.rt.memset_zero(m)?;
         }
         self.history = 0;
+        self.rope_delta.set(0);
         self.visited.clear();
         Ok(())
     }
@@ -207,8 +220,13 @@ impl<'rt> Pipeline<'rt> {
         let mut old = cached;
         let mut last = None;
         let chunks = tokens.len().div_ceil(mil);
+        let extras = self.extras.take().unwrap_or_default();
+        ensure!(
+            chunks == 1 || (extras.positions.is_none() && extras.embeds.is_empty()),
+            "a prompt with images must fit MAX_INPUT_LENGTH = {mil}"
+        );
         for chunk in tokens.chunks(mil) {
-            let out = self.prefill_chunk(chunk, old, &mut log, &mut block_outputs)?;
+            let out = self.prefill_chunk(chunk, old, &extras, &mut log, &mut block_outputs)?;
             old += chunk.len();
             last = Some((out, chunk.len()));
         }
@@ -237,12 +255,18 @@ impl<'rt> Pipeline<'rt> {
         &self,
         tokens: &[u32],
         old: usize,
+        extras: &PromptExtras,
         log: &mut Vec<(String, f64)>,
         block_outputs: &mut [Vec<f32>],
     ) -> Result<DeviceMem> {
         let n = &self.nets;
         let (len, mil) = (tokens.len(), n.max_input_length);
         let with_history = old > 0;
+        let dynamic = with_history || n.dynamic;
+        let rows = if dynamic { len } else { mil };
+        // A static block reads all MAX_INPUT_LENGTH rows: the padding rows are fed too (the
+        // embedding of id 0), never stale shared memory (a vit's activations left NaNs there,
+        // and NaN survives the mask).
         // embedding: ids padded with 0 to MAX_INPUT_LENGTH.
         let mut ids = vec![0i32; mil];
         for (slot, &t) in ids.iter_mut().zip(tokens) {
@@ -257,8 +281,17 @@ impl<'rt> Pipeline<'rt> {
             0,
             &emb_out[0].mem,
             0,
-            len * self.hidden_bytes,
+            rows * self.hidden_bytes,
         )?;
+        // Image embeddings replace the image tokens' rows.
+        for (at, bytes) in &extras.embeds {
+            ensure!(
+                at * self.hidden_bytes + bytes.len() <= len * self.hidden_bytes,
+                "image embeddings at token {at} run past the prompt's {len} tokens"
+            );
+            let dst = self.embedded.sub(at * self.hidden_bytes, bytes.len())?;
+            self.rt.s2d(&dst, bytes)?;
+        }
 
         // Position ids (and the static mask) go to layer 0's buffers; every layer binds those.
         let nets = if with_history {
@@ -267,12 +300,15 @@ impl<'rt> Pipeline<'rt> {
             &n.blocks
         };
         let b0 = nets[0].input_tensors(0)?;
-        let dynamic = with_history || n.dynamic;
-        let rows = if dynamic { len } else { mil };
-        let mut pos = vec![0i32; rows];
-        for (i, p) in pos.iter_mut().enumerate().take(len) {
-            *p = (old + i) as i32;
-        }
+        let pos = if n.position_rows == 3 {
+            let (pos, delta) = mrope_positions(extras.positions.as_deref(), old, len, rows);
+            self.rope_delta.set(delta);
+            pos
+        } else {
+            (0..rows)
+                .map(|i| if i < len { (old + i) as i32 } else { 0 })
+                .collect()
+        };
         self.rt.s2d_partial(&b0[1].mem, &pos)?;
         if !with_history && n.prefill_mask {
             let mut mask = vec![n.mask_value(); mil * mil];
@@ -291,7 +327,7 @@ impl<'rt> Pipeline<'rt> {
             // Compiled with in-place hidden states, a block's input is the previous output.
             if inputs[0].mem.addr() != prev.addr() {
                 self.rt
-                    .d2d(&inputs[0].mem, 0, &prev, 0, len * self.hidden_bytes)
+                    .d2d(&inputs[0].mem, 0, &prev, 0, rows * self.hidden_bytes)
                     .with_context(|| format!("feeding {}", block.name))?;
             }
             inputs[1].mem = b0[1].mem;
@@ -343,7 +379,8 @@ impl<'rt> Pipeline<'rt> {
         self.launch(&n.embedding_cache, &ec_in, &ec_out, &mut log)?;
 
         let c0 = n.block_caches[0].input_tensors(stage)?;
-        self.rt.s2d(&c0[1].mem, &[(hist - 1) as i32])?;
+        let p = (hist - 1) as i32 + self.rope_delta.get();
+        self.rt.s2d(&c0[1].mem, &vec![p; n.position_rows])?;
         let mut mask = vec![0f32; slots + 1];
         mask[hist - 1..slots].fill(n.mask_value());
         let bytes = c0[2].dtype.encode_f32(&mask)?;

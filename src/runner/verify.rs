@@ -87,6 +87,9 @@ pub struct VerifyReport {
     pub worst_block: (usize, usize),
     pub thresholds: Thresholds,
     pub pass: bool,
+    /// `--image`: the vit output's cosine with the reference vision tower's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vit_cosine: Option<f64>,
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -168,6 +171,21 @@ pub fn verify(
     prompt: &[u32],
     steps: usize,
     thresholds: Thresholds,
+    on_step: impl FnMut(&StepCheck),
+) -> Result<VerifyReport> {
+    let prefill = |r: &mut Reference| r.prefill(prompt);
+    verify_with(pipeline, model, prompt, steps, thresholds, prefill, on_step)
+}
+
+/// [`verify`] with the reference's prefill given (a prompt with images: spliced embeddings
+/// and M-RoPE positions, matching the extras set on `pipeline`).
+pub fn verify_with(
+    pipeline: &mut Pipeline,
+    model: &Model,
+    prompt: &[u32],
+    steps: usize,
+    thresholds: Thresholds,
+    reference_prefill: impl FnOnce(&mut Reference) -> Result<StepOutput>,
     mut on_step: impl FnMut(&StepCheck),
 ) -> Result<VerifyReport> {
     check_steps(prompt.len(), steps, pipeline.nets.seq_length)?;
@@ -178,7 +196,7 @@ pub fn verify(
     let mut checks = Vec::new();
     let t0 = std::time::Instant::now();
     let dev = pipeline.prefill(prompt)?;
-    let refs = reference.prefill(prompt)?;
+    let refs = reference_prefill(&mut reference)?;
     checks.push(StepCheck {
         step: 0,
         token: dev.token,
@@ -250,6 +268,7 @@ pub fn verify(
         worst_block,
         thresholds,
         pass,
+        vit_cosine: None,
     })
 }
 

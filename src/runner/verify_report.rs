@@ -22,6 +22,11 @@ pub struct VerifyArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub prompt: PromptArgs,
+    /// An image for a vision-language bmodel (JPEG/PNG/WebP): the vit is checked against the
+    /// reference vision tower, then the prompt with the image (placed where the prompt has an
+    /// image token, else first).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
     /// Tokens to generate (the first comes from prefill).
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
@@ -63,18 +68,31 @@ impl VerifyArgs {
             LoadedBmodel::open(layout, &self.runtime, &self.bmodel)?;
         let mut pipeline = Pipeline::new(&rt)?;
         let quiet = self.json;
-        let report = verify(
-            &mut pipeline,
-            &model,
-            &prompt,
-            self.steps,
-            thresholds,
-            |s| {
-                if !quiet {
-                    eprintln!("{}", step_line(s));
-                }
-            },
-        )?;
+        let on_step = |s: &StepCheck| {
+            if !quiet {
+                eprintln!("{}", step_line(s));
+            }
+        };
+        let report = match &self.image {
+            Some(image) => super::verify_image::verify_image(
+                &mut pipeline,
+                &rt,
+                &model,
+                image,
+                &prompt,
+                self.steps,
+                thresholds,
+                on_step,
+            )?,
+            None => verify(
+                &mut pipeline,
+                &model,
+                &prompt,
+                self.steps,
+                thresholds,
+                on_step,
+            )?,
+        };
         if self.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         } else {
@@ -157,6 +175,14 @@ fn write_text(out: &mut impl Write, report: &VerifyReport, quantize: &str) -> Re
         "quantization: {quantize} (thresholds: block cosine >= {}, token agreement >= {})",
         t.min_cosine, t.min_agreement
     )?;
+    if let Some(c) = report.vit_cosine {
+        let flag = if c < t.min_cosine {
+            "  <-- below threshold"
+        } else {
+            ""
+        };
+        writeln!(out, "vit (image embeddings) cosine {c:.6}{flag}")?;
+    }
     writeln!(out, "prefill blocks:")?;
     for b in &report.steps[0].blocks {
         let flag = if b.cosine < t.min_cosine {

@@ -1,0 +1,85 @@
+//! `--max_pixels W,H` for vision-language models, parsed and checked as llm_convert.py does
+//! (`parse_max_pixels`, then the per-model pixel multiple), and the options a VLM refuses.
+
+use std::path::Path;
+
+use super::options::PieceShape;
+use crate::error::InputError;
+use crate::model::ModelConfig;
+
+/// `"W,H"` → W·H.
+pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
+    let Some(value) = value else { return Ok(None) };
+    let bad = || {
+        InputError::invalid(
+            Path::new("llm-convert"),
+            format!("--max_pixels {value:?} is not two integers separated by a comma"),
+            "pass the largest image as W,H, e.g. --max_pixels 672,896".to_string(),
+        )
+    };
+    let (w, h) = value.split_once(',').ok_or_else(bad)?;
+    let w: usize = w.trim().parse().map_err(|_| bad())?;
+    let h: usize = h.trim().parse().map_err(|_| bad())?;
+    w.checked_mul(h).map(Some).ok_or_else(bad)
+}
+
+/// The model-dependent rules: the pixel multiple (Qwen2-VL / Qwen2.5-VL), no --max_pixels
+/// for text-only models, only the VLMs whose vit is verified, no `--dynamic` for M-RoPE models
+/// yet, no history-KV prefill for M-RoPE models (block_kv's positions are sequence indices).
+pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
+    let config = model.join("config.json");
+    if let Some(vlm) = &cfg.vlm {
+        if vlm.kind != crate::model::vlm::VlmKind::Qwen2_5Vl {
+            // Without its vit the bmodel would silently ignore images.
+            return Err(InputError::invalid(
+                &config,
+                format!(
+                    "converting {} is not supported yet: its vision tower has no verified vit \
+                     net in this version (only qwen2_5_vl converts)",
+                    vlm.model_type
+                ),
+                "use TPU-MLIR's llm_convert.py for this model for now",
+            ));
+        }
+    }
+    crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
+        InputError::invalid(
+            &config,
+            why,
+            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it",
+        )
+    })?;
+    if shape.dynamic && crate::arch::mrope::section(cfg).is_some() {
+        // The dynamic M-RoPE prefill blocks miscompute on the simulator (block cosine ~0.1,
+        // even for text-only prompts); the static ones verify.
+        return Err(InputError::invalid(
+            &config,
+            "--dynamic is not supported yet for M-RoPE vision-language models (its prefill \
+             blocks do not verify)",
+            "convert without --dynamic (the static bmodel verifies with images)",
+        ));
+    }
+    if shape.use_history_kv && crate::arch::mrope::section(cfg).is_some() {
+        return Err(InputError::invalid(
+            &config,
+            "--use_history_kv is not supported for M-RoPE vision-language models",
+            "drop --use_history_kv",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn parses_width_and_height_like_llm_convert() {
+        assert_eq!(parse(Some("672,896")).unwrap(), Some(672 * 896));
+        assert_eq!(parse(Some(" 112 , 112")).unwrap(), Some(112 * 112));
+        assert_eq!(parse(None).unwrap(), None);
+        for bad in ["672", "a,b", "1,2,3", ""] {
+            assert!(parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

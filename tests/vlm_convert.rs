@@ -1,0 +1,314 @@
+//! Vision-language models through the real TPU-MLIR and the CPU simulator: the tiny random
+//! Qwen2.5-VL (vision head_dim 32, window + full attention blocks) converted with its `vit`
+//! and M-RoPE text blocks; the vit's image embeddings against transformers', and the greedy
+//! tokens of a prompt with the image spliced in against transformers' (expected.json).
+//!
+//! The vit inputs are made here from the processor's pixel_values (transformers'
+//! `rot_pos_emb` / `get_window_index` for one image), so this checks the graph and the
+//! runner, not the host preprocessing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use llm_convert::bmrt::Runtime;
+use llm_convert::runner::multimodal::PromptExtras;
+use llm_convert::runner::vision::{VitInput, VitNet};
+use llm_convert::runner::Pipeline;
+use llm_convert::toolchain::RuntimeLibs;
+use serde_json::Value;
+
+/// The fixture's model files only (a folder of its own for the conversion's cache key).
+fn model_copy(name: &str) -> PathBuf {
+    let src = common::vlm::vlm_fixtures().join(name);
+    let dst = common::run_dir().join(format!("vlm-model-{name}"));
+    if !dst.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["config.json", "model.safetensors", "generation_config.json"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), dst.join(f)).unwrap();
+            }
+        }
+    }
+    dst
+}
+
+struct Fixture {
+    pixels: Vec<f32>,
+    grid: [usize; 3],
+    embeds: Vec<f32>,
+    expected: Value,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = common::vlm::vlm_fixtures().join(name);
+    let t = candle_core::safetensors::load(dir.join("expected/inputs.safetensors"), &Device::Cpu)
+        .unwrap();
+    let vec = |k: &str| -> Vec<f32> {
+        t[k].to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let grid: Vec<i64> = t["image_grid_thw"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    Fixture {
+        pixels: vec("pixel_values"),
+        grid: [grid[0] as usize, grid[1] as usize, grid[2] as usize],
+        embeds: vec("image_embeds"),
+        expected,
+    }
+}
+
+/// transformers' vit inputs for one image (t = 1), merge 2: rows in window order, (h, w)
+/// positions, full and window masks over the N rows, the reverse index.
+struct QwenInputs {
+    rows: Vec<f32>,
+    pos: Vec<i32>,
+    full: Vec<f32>,
+    window: Vec<f32>,
+    reverse: Vec<i32>,
+}
+
+fn qwen_inputs(f: &Fixture, window_units: usize) -> QwenInputs {
+    let [_, gh, gw] = f.grid;
+    let (m, n) = (2, gh * gw);
+    let width = f.pixels.len() / n;
+    let (lh, lw) = (gh / m, gw / m);
+    // Raster patch rows are (block-row, block-col, in-row, in-col): unit u = rows 4u..4u+4.
+    let mut unit_pos = Vec::new();
+    for br in 0..lh {
+        for bc in 0..lw {
+            for ir in 0..m {
+                for ic in 0..m {
+                    unit_pos.push([(br * m + ir) as i32, (bc * m + ic) as i32]);
+                }
+            }
+        }
+    }
+    // Windows of window_units × window_units merge units, padded at the bottom/right.
+    let ws = window_units;
+    let (nh, nw) = (lh / ws + 1, lw / ws + 1);
+    let (mut order, mut cu) = (Vec::new(), vec![0usize]);
+    for wh in 0..nh {
+        for ww in 0..nw {
+            let mut count = 0;
+            for r in wh * ws..(wh + 1) * ws {
+                for c in ww * ws..(ww + 1) * ws {
+                    if r < lh && c < lw {
+                        order.push(r * lw + c);
+                        count += 1;
+                    }
+                }
+            }
+            if count > 0 {
+                cu.push(cu.last().unwrap() + count * m * m);
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(f.pixels.len());
+    let mut pos = Vec::with_capacity(2 * n);
+    for &u in &order {
+        for k in 0..m * m {
+            let r = u * m * m + k;
+            rows.extend_from_slice(&f.pixels[r * width..(r + 1) * width]);
+            pos.extend_from_slice(&unit_pos[r]);
+        }
+    }
+    let mut window = vec![-10000f32; n * n];
+    for w in cu.windows(2) {
+        for r in w[0]..w[1] {
+            window[r * n + w[0]..r * n + w[1]].fill(0.0);
+        }
+    }
+    let mut reverse = vec![0i32; order.len()];
+    for (slot, &u) in order.iter().enumerate() {
+        reverse[u] = slot as i32;
+    }
+    QwenInputs {
+        rows,
+        pos,
+        full: vec![0f32; n * n],
+        window,
+        reverse,
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Runs the fixture's prompt with its image on `bmodel`: (vit cosine, tokens).
+fn run_with_image(bmodel: &Path, f: &Fixture, steps: usize) -> (f64, Vec<u32>, f64) {
+    let layout = common::toolchain();
+    let libs = RuntimeLibs::select(&layout, Some("simulator"));
+    let mut rt = Runtime::open(&libs, 0).expect("opening the simulator runtime");
+    rt.load_bmodel(bmodel).expect("loading the bmodel");
+    let vit = VitNet::discover(&rt)
+        .unwrap()
+        .expect("the bmodel has a vit net");
+    let q = qwen_inputs(f, 4);
+    let n = f.grid[1] * f.grid[2];
+    let out = vit
+        .run(
+            &rt,
+            &VitInput {
+                rows: n,
+                pixels: &q.rows,
+                position_ids: &q.pos,
+                full_mask: &q.full,
+                window_mask: &q.window,
+                reverse_index: &q.reverse,
+            },
+        )
+        .unwrap();
+    let got = out.to_f32().unwrap();
+    let vit_cos = cosine(&got, &f.embeds);
+
+    let prompt = ids(&f.expected["prompt"]);
+    let image_token = f.expected["image_token_id"].as_u64().unwrap() as u32;
+    let at = prompt.iter().position(|&t| t == image_token).unwrap();
+    let rows: Vec<Vec<u32>> = f.expected["position_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let positions = (0..prompt.len())
+        .map(|i| [rows[0][i] as i32, rows[1][i] as i32, rows[2][i] as i32])
+        .collect();
+    let mut pipeline = Pipeline::new(&rt).unwrap();
+    pipeline.set_extras(PromptExtras {
+        positions: Some(positions),
+        embeds: vec![(at, out.bytes.clone())],
+    });
+    // Teacher-forced: each step is fed transformers' token, so one near tie does not
+    // derail the rest.
+    let want = ids(&f.expected["tokens"]);
+    let mut tokens = vec![pipeline.prefill(&prompt).unwrap().token];
+    for &t in &want[..steps - 1] {
+        tokens.push(pipeline.decode(t).unwrap().token);
+    }
+    (vit_cos, tokens, out.seconds)
+}
+
+/// Accepted (issue 12, 1): bf16 static; vit >= 0.999 against transformers; the tokens
+/// transformers picks. Steps 5 and 7 are near ties in transformers' own logits (678 over 410
+/// by 0.35% of the logit range, 82 over 154 by 0.2%; below the 0.5% bf16 tie margin of
+/// `verify`), so only those may differ; every other step must agree.
+#[test]
+fn qwen2_5_vl_bf16_static_runs_like_transformers() {
+    let model = model_copy("qwen25vl");
+    let f = fixture("qwen25vl");
+    let c = common::converted(&model, 256, &["-q", "bf16", "--max_pixels", "140,224"]);
+    let (vit_cos, tokens, vit_s) = run_with_image(&c.bmodel, &f, 16);
+    eprintln!("vit cosine {vit_cos:.6}, vit {vit_s:.2} s, tokens {tokens:?}");
+    assert!(vit_cos >= 0.999, "vit cosine {vit_cos}");
+    let want = ids(&f.expected["tokens"]);
+    let differ: Vec<usize> = (0..want.len()).filter(|&i| tokens[i] != want[i]).collect();
+    assert!(
+        differ.iter().all(|s| [5, 7].contains(s)),
+        "steps {differ:?}: {tokens:?} vs {want:?}"
+    );
+    assert_eq!(tokens[..5], want[..5]);
+    // The image changed the answer: the same prompt without it gives other tokens.
+    assert_ne!(tokens[..5], ids(&f.expected["tokens_text_only"])[..5]);
+}
+
+/// `verify --image` on the same bmodel passes (vit and every block against the candle
+/// reference, then the tokens), and a missing or broken image is a usage error (exit 2).
+#[test]
+fn verify_image_passes_and_bad_images_exit_2() {
+    let model = model_copy("qwen25vl");
+    let f = fixture("qwen25vl");
+    let c = common::converted(&model, 256, &["-q", "bf16", "--max_pixels", "140,224"]);
+    let photo = common::vlm::vlm_fixtures().join("qwen25vl/photo.png");
+    let prompt = common::tokens_arg(&ids(&f.expected["prompt"]));
+    let bmodel = c.bmodel.to_str().unwrap();
+    let model_arg = model.to_str().unwrap();
+    let run = |image: &Path, steps: &str| {
+        common::llm_convert(&[
+            "verify",
+            "-m",
+            model_arg,
+            bmodel,
+            "--image",
+            image.to_str().unwrap(),
+            "--tokens",
+            &prompt,
+            "--steps",
+            steps,
+            "--json",
+        ])
+    };
+    let out = run(&photo, "6");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["vit_cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    assert!(report["min_cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    assert_eq!(report["pass"], Value::Bool(true));
+    let broken = common::run_dir().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    for bad in [common::run_dir().join("missing.png"), broken] {
+        let out = run(&bad, "2");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", bad.display());
+        assert!(
+            stderr.contains(bad.file_name().unwrap().to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+}
+
+/// What this version cannot convert correctly yet is refused before any work, naming the
+/// config: `--dynamic` M-RoPE blocks (they do not verify), and VLMs whose vit is not verified
+/// (Qwen2-VL, InternVL), which would otherwise silently drop the images.
+#[test]
+fn unverified_vlm_builds_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+    let dry_run = |fixture: &str, extra: &[&str]| {
+        let model = common::vlm::vlm_fixtures().join(fixture);
+        let mut args = vec!["-m", model.to_str().unwrap(), "-s", "256", "-q", "bf16"];
+        args.extend_from_slice(extra);
+        args.extend(["--dry_run", "-o", o.to_str().unwrap()]);
+        let r = common::llm_convert(&args);
+        (
+            r.status.code(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--dynamic"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--dynamic") && err.contains("config.json"),
+        "{err}"
+    );
+    for fixture in ["qwen2vl", "internvl", "internvl_chat"] {
+        let (code, err) = dry_run(fixture, &[]);
+        assert_eq!(code, Some(2), "{fixture}: {err}");
+        assert!(err.contains("not supported yet"), "{fixture}: {err}");
+    }
+}
