@@ -674,7 +674,6 @@ fn unsupported_flags_are_refused() {
     let model = common::fixtures().join("qwen2");
     for (flag, words) in [
         (vec!["--num_device", "2"], "--num_device > 1"),
-        (vec!["--max_pixels", "768,768"], "--max_pixels"),
         (vec!["--lora_max_rank", "8"], "--lora_max_rank"),
     ] {
         let mut args = vec![
@@ -695,6 +694,21 @@ fn unsupported_flags_are_refused() {
             "{err}"
         );
     }
+    // --max_pixels sizes a vision tower: a text model has none.
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "--max_pixels",
+        "112,112",
+        "--dry_run",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("vision-language models only"), "{err}");
     // -q auto on a float32 checkpoint has nothing to follow.
     let o = common::llm_convert(&["-m", model.to_str().unwrap(), "-s", "64", "--dry_run"]);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -43,11 +43,12 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
         }
     }
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
-        InputError::invalid(
-            &config,
-            why,
-            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it",
-        )
+        let fix = if cfg.vlm.is_none() {
+            "drop --max_pixels: this model has no vision tower"
+        } else {
+            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it"
+        };
+        InputError::invalid(&config, why, fix)
     })?;
     if shape.dynamic && crate::arch::mrope::section(cfg).is_some() {
         // The dynamic M-RoPE prefill blocks miscompute on the simulator (block cosine ~0.1,

@@ -359,6 +359,20 @@ impl QwenVisionParams {
 /// qwen_vl_utils' image bounds in merged tokens (`IMAGE_MIN_TOKEN_NUM`, `IMAGE_MAX_TOKEN_NUM`).
 pub const QWEN_VL_UTILS_TOKENS: (u64, u64) = (4, 16384);
 
+/// What both smart_resize variants refuse: an empty image, or one thinner than 1:200.
+fn check_shape(height: usize, width: usize) -> Result<(), String> {
+    if height == 0 || width == 0 {
+        return Err(format!("the image is zero-sized ({width}×{height})"));
+    }
+    let ratio = height.max(width) as f64 / height.min(width) as f64;
+    if ratio > 200.0 {
+        return Err(format!(
+            "absolute aspect ratio must be smaller than 200, got {ratio}"
+        ));
+    }
+    Ok(())
+}
+
 /// qwen_vl_utils' (0.0.14) `smart_resize`, which differs from transformers' in two clamps:
 /// the rounded sides are at least `factor`, and the scaled-down sides are not.
 pub fn qwen_vl_utils_smart_resize(
@@ -368,16 +382,8 @@ pub fn qwen_vl_utils_smart_resize(
     min_pixels: u64,
     max_pixels: u64,
 ) -> Result<(usize, usize), String> {
+    check_shape(height, width)?;
     let (h, w, f) = (height as f64, width as f64, factor as f64);
-    if height == 0 || width == 0 {
-        return Err(format!("the image is zero-sized ({width}×{height})"));
-    }
-    let ratio = h.max(w) / h.min(w);
-    if ratio > 200.0 {
-        return Err(format!(
-            "absolute aspect ratio must be smaller than 200, got {ratio}"
-        ));
-    }
     let mut h_bar = f.max((h / f).round_ties_even() * f);
     let mut w_bar = f.max((w / f).round_ties_even() * f);
     let area = (height as u64 * width as u64) as f64;
@@ -407,16 +413,8 @@ pub fn smart_resize(
     min_pixels: u64,
     max_pixels: u64,
 ) -> Result<(usize, usize), String> {
+    check_shape(height, width)?;
     let (h, w, f) = (height as f64, width as f64, factor as f64);
-    if height == 0 || width == 0 {
-        return Err(format!("the image is zero-sized ({width}×{height})"));
-    }
-    let ratio = h.max(w) / h.min(w);
-    if ratio > 200.0 {
-        return Err(format!(
-            "absolute aspect ratio must be smaller than 200, got {ratio}"
-        ));
-    }
     let mut h_bar = (h / f).round_ties_even() * f;
     let mut w_bar = (w / f).round_ties_even() * f;
     let area = (height as u64 * width as u64) as f64;
