@@ -12,6 +12,12 @@ use serde_json::{Map, Value};
 use crate::error::InputError;
 use crate::model::config::ConfigKeys;
 
+mod intern_vision;
+mod qwen_vision;
+
+use intern_vision::intern_vision;
+use qwen_vision::qwen_vision;
+
 /// The VLM `model_type`s, for the README and the unknown-type error.
 pub const VLM_TYPES: &[&str] = &["qwen2_5_vl", "qwen2_vl", "internvl_chat", "internvl"];
 
@@ -344,256 +350,18 @@ fn take_mrope_section(
     }
 }
 
-fn qwen_vision(v: &ConfigKeys, kind: VlmKind, llm_hidden: usize) -> Result<QwenVision, InputError> {
-    let qwen25 = kind == VlmKind::Qwen2_5Vl;
-    let usize_or = |k: &str, d: usize| -> Result<usize, InputError> {
-        positive_usize(v, k, v.opt_usize(k)?.unwrap_or(d))
-    };
-    // Qwen2.5-VL calls the vision width hidden_size, Qwen2-VL embed_dim (its hidden_size is
-    // the LLM's).
-    let hidden = if qwen25 {
-        usize_or("hidden_size", 3584)?
-    } else {
-        usize_or("embed_dim", 1280)?
-    };
-    let heads = usize_or("num_heads", 16)?;
-    let head_dim = hidden / heads;
-    if hidden % heads != 0 || head_dim % 4 != 0 {
-        return Err(v.bad(
-            "num_heads",
-            format!(
-                "vision hidden size {hidden} / {heads} heads is not a multiple of 4 (the 2D \
-                 rotary turns head_dim/4 pairs per image axis)"
-            ),
-            "fix vision_config's hidden size or num_heads",
-        ));
-    }
-    let in_channels = match v.opt_usize("in_channels")? {
-        Some(c) => c,
-        None => v.opt_usize("in_chans")?.unwrap_or(3),
-    };
-    let depth = usize_or("depth", 32)?;
-    let out_hidden = if qwen25 {
-        v.opt_usize("out_hidden_size")?.unwrap_or(llm_hidden)
-    } else {
-        v.opt_usize("hidden_size")?.unwrap_or(llm_hidden)
-    };
-    if out_hidden != llm_hidden {
-        return Err(v.bad(
-            if qwen25 {
-                "out_hidden_size"
-            } else {
-                "hidden_size"
-            },
-            format!("{out_hidden} differs from the language model's hidden_size {llm_hidden}"),
-            "the merger must output the LLM's width: fix the config",
-        ));
-    }
-    let (window_size, fullatt) = if qwen25 {
-        let full = match v.present("fullatt_block_indexes") {
-            // transformers' default, for the blocks this depth has.
-            None => [7, 15, 23, 31].into_iter().filter(|&i| i < depth).collect(),
-            Some(a) => index_list(v, "fullatt_block_indexes", a)?,
-        };
-        if let Some(bad) = full.iter().find(|&&i| i >= depth) {
-            return Err(v.bad(
-                "fullatt_block_indexes",
-                format!("block {bad} does not exist (depth {depth})"),
-                "fix fullatt_block_indexes",
-            ));
-        }
-        (Some(usize_or("window_size", 112)?), full)
-    } else {
-        (None, (0..depth).collect())
-    };
-    let mlp = if qwen25 {
-        QwenVisionMlp::GatedSilu
-    } else {
-        QwenVisionMlp::FcQuickGelu
-    };
-    let act = v.opt_str("hidden_act")?;
-    let expected_act = if qwen25 { "silu" } else { "quick_gelu" };
-    if let Some(a) = act.filter(|a| a != expected_act) {
-        return Err(v.bad(
-            "hidden_act",
-            format!("\"{a}\" is not supported for this vision tower"),
-            format!("it uses \"{expected_act}\""),
-        ));
-    }
-    let intermediate = if qwen25 {
-        usize_or("intermediate_size", 3420)?
-    } else {
-        usize_or("mlp_ratio", 4)? * hidden
-    };
-    let q = QwenVision {
-        depth,
-        hidden_size: hidden,
-        num_heads: heads,
-        head_dim,
-        intermediate_size: intermediate,
-        in_channels,
-        patch_size: usize_or("patch_size", 14)?,
-        temporal_patch_size: usize_or("temporal_patch_size", 2)?,
-        spatial_merge_size: usize_or("spatial_merge_size", 2)?,
-        window_size,
-        fullatt_block_indexes: fullatt,
-        out_hidden_size: out_hidden,
-        norm: if qwen25 {
-            VisionNorm::Rms
-        } else {
-            VisionNorm::Layer
-        },
-        norm_eps: 1e-6,
-        mlp,
-    };
-    if let Some(w) = q.window_size {
-        if w % q.pixel_multiple() != 0 {
-            return Err(v.bad(
-                "window_size",
-                format!(
-                    "{w} is not a multiple of patch_size × spatial_merge_size = {}",
-                    q.pixel_multiple()
-                ),
-                "fix window_size",
-            ));
-        }
-    }
-    Ok(q)
-}
-
-fn intern_vision(
-    top: &ConfigKeys,
-    v: &ConfigKeys,
-    layout: InternLayout,
-    llm_hidden: usize,
-) -> Result<InternVision, InputError> {
-    let usize_or = |k: &str, d: usize| -> Result<usize, InputError> {
-        positive_usize(v, k, v.opt_usize(k)?.unwrap_or(d))
-    };
-    // Native configs write sizes as [h, w] lists; OpenGVLab's as ints.
-    let square = |k: &str, d: usize| -> Result<usize, InputError> {
-        match v.present(k) {
-            None => Ok(d),
-            Some(Value::Array(a)) => {
-                let sides: Vec<u64> = a.iter().filter_map(Value::as_u64).collect();
-                match sides.as_slice() {
-                    [h, w] if h == w && *h > 0 && sides.len() == a.len() => Ok(*h as usize),
-                    _ => Err(v.bad(
-                        k,
-                        format!("{} is not a square size", Value::Array(a.clone())),
-                        "InternViT tiles are square: use [N, N]",
-                    )),
-                }
-            }
-            Some(_) => usize_or(k, d),
-        }
-    };
-    let hidden = usize_or("hidden_size", 1024)?;
-    let heads = usize_or("num_attention_heads", 16)?;
-    if hidden % heads != 0 {
-        return Err(v.bad(
-            "num_attention_heads",
-            format!("{heads} does not divide hidden_size {hidden}"),
-            "fix vision_config",
-        ));
-    }
-    let image_size = square("image_size", 448)?;
-    let patch_size = square("patch_size", 14)?;
-    if image_size % patch_size != 0 {
-        return Err(v.bad(
-            "image_size",
-            format!("{image_size} is not a multiple of patch_size {patch_size}"),
-            "fix vision_config",
-        ));
-    }
-    let (qkv_bias, qk_norm) = match layout {
-        InternLayout::Chat => (
-            v.opt_bool("qkv_bias")?.unwrap_or(true),
-            v.opt_bool("qk_normalization")?.unwrap_or(false),
-        ),
-        InternLayout::Native => (
-            v.opt_bool("attention_bias")?.unwrap_or(false),
-            v.opt_bool("use_qk_norm")?.unwrap_or(false),
-        ),
-    };
-    let norm = match v.opt_str("norm_type")?.as_deref() {
-        None | Some("layer_norm") => VisionNorm::Layer,
-        Some("rms_norm") => VisionNorm::Rms,
-        Some(other) => {
-            return Err(v.bad(
-                "norm_type",
-                format!("\"{other}\" is not supported"),
-                "InternViT uses \"layer_norm\" or \"rms_norm\"",
-            ))
-        }
-    };
-    let downsample_ratio = top.opt_f64("downsample_ratio")?.unwrap_or(0.5);
-    if downsample_ratio != 0.5 {
-        return Err(top.bad(
-            "downsample_ratio",
-            format!("{downsample_ratio} is not supported"),
-            "InternVL's pixel shuffle is implemented for 0.5 (2×2 patches per token)",
-        ));
-    }
-    let num_layers = usize_or("num_hidden_layers", 24)?;
-    let select_key = match layout {
-        InternLayout::Chat => "select_layer",
-        InternLayout::Native => "vision_feature_layer",
-    };
-    let select_layer = match top.present(select_key) {
-        None => -1,
-        Some(s) => s.as_i64().ok_or_else(|| {
-            top.bad(
-                select_key,
-                format!("{s} is not one integer"),
-                "use a layer index such as -1",
-            )
-        })?,
-    };
-    let grid = image_size / patch_size;
-    if grid % 2 != 0 {
-        return Err(v.bad(
-            "image_size",
-            format!("{grid} patches per side is odd: the pixel shuffle pairs them"),
-            "fix image_size / patch_size",
-        ));
-    }
-    let iv = InternVision {
-        layout,
-        image_size,
-        patch_size,
-        num_channels: usize_or("num_channels", 3)?,
-        hidden_size: hidden,
-        num_heads: heads,
-        head_dim: hidden / heads,
-        intermediate_size: usize_or("intermediate_size", 4096)?,
-        num_layers,
-        qkv_bias,
-        qk_norm,
-        norm,
-        norm_eps: v.opt_f64("layer_norm_eps")?.unwrap_or(1e-6),
-        downsample_ratio,
-        select_layer,
-        out_hidden_size: llm_hidden,
-    };
-    if iv.layers_used() == 0 || iv.layers_used() > num_layers {
-        return Err(top.bad(
-            select_key,
-            format!("{select_layer} selects no encoder layer of {num_layers}"),
-            "use -1 (the last layer)",
-        ));
-    }
-    Ok(iv)
-}
-
-fn positive_usize(keys: &ConfigKeys, key: &str, v: usize) -> Result<usize, InputError> {
+pub(super) fn positive_usize(keys: &ConfigKeys, key: &str, v: usize) -> Result<usize, InputError> {
     if v == 0 || v > 1 << 20 {
         return Err(keys.bad(key, format!("{v} is out of range"), "fix its value"));
     }
     Ok(v)
 }
 
-fn index_list(keys: &ConfigKeys, key: &str, a: &Value) -> Result<Vec<usize>, InputError> {
+pub(super) fn index_list(
+    keys: &ConfigKeys,
+    key: &str,
+    a: &Value,
+) -> Result<Vec<usize>, InputError> {
     let items = a.as_array().ok_or_else(|| {
         keys.bad(
             key,
