@@ -14,6 +14,7 @@ pub mod family;
 pub mod golden;
 pub mod graph;
 pub mod model;
+pub mod native;
 pub mod onnx;
 pub mod reference;
 pub mod runner;

@@ -1,0 +1,8 @@
+//! The native backend: the same `graph::Graph` the ONNX export serialises, written directly as
+//! TPU-MLIR Top-dialect MLIR plus its weight `.npz`, and compiled by calling `tpuc-opt` with the
+//! pass pipeline model_transform.py + model_deploy.py run — no Python process.
+//!
+//! - `emit`: Graph → `<name>_origin.mlir` (the ops TPU-MLIR's ONNX front end would create).
+//! - `npz`: the uncompressed weight archive tpuc-opt reads.
+//! - `passes`: the tpuc-opt pass lists of each model_deploy flag set, and running them.
+//! - `compile_once`: identically shaped layers compiled once, the others patched in.
