@@ -2,6 +2,7 @@
 //! model_transform / model_deploy per piece (cached, parallel, fail-fast) →
 //! `model_tool --combine` → `<out>/<name>.bmodel`, `config/`, `model.log` and `manifest.json`.
 
+pub mod backend;
 mod cache;
 mod combine;
 pub mod command;

@@ -148,6 +148,10 @@ pub struct ConvertArgs {
     /// Run every tool step in its own Python process (slow; for debugging the worker).
     #[arg(long = "spawn-tools")]
     pub spawn_tools: bool,
+    /// How pieces are compiled: `native` writes Top MLIR and runs tpuc-opt directly (no
+    /// Python); `onnx` exports ONNX for TPU-MLIR's model_transform.py + model_deploy.py.
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub backend: super::backend::Backend,
     /// Compile only shard I of N (1-based, balanced by expected compile time) into the cache
     /// and write no bmodel; `llm-convert combine` with the same flags and a cache holding
     /// every shard's pieces then writes it.
@@ -341,6 +345,7 @@ pub struct ConvertOptions {
     pub jobs: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     pub spawn_tools: bool,
+    pub backend: super::backend::Backend,
     pub shard: Option<super::shard::Shard>,
 }
 
@@ -471,6 +476,7 @@ impl ConvertArgs {
             jobs: self.jobs,
             cache_dir: self.cache_dir.clone(),
             spawn_tools: self.spawn_tools,
+            backend: self.backend,
             shard: self.shard,
         })
     }

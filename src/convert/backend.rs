@@ -1,0 +1,23 @@
+//! Which compiler front end a conversion uses: the native one (Top MLIR written from our graph,
+//! tpuc-opt called directly, no Python) or TPU-MLIR's own tools on an ONNX export.
+
+/// `--backend`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Top MLIR + weights written directly; tpuc-opt runs the passes model_transform.py and
+    /// model_deploy.py would run. Needs no Python.
+    Native,
+    /// ONNX export, then model_transform.py + model_deploy.py in a Python worker.
+    #[default]
+    Onnx,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Onnx => "onnx",
+        }
+    }
+}
