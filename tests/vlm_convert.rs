@@ -419,7 +419,9 @@ fn qwen2_vl_w4bf16_converts_to_the_contract() {
 }
 
 /// Qwen2-VL is no longer refused (its vit verifies), but its M-RoPE blocks keep the
-/// `--dynamic` refusal; a --max_pixels that is not a multiple of 28·28 is refused.
+/// `--dynamic` refusal; a --max_pixels that is not a multiple of 28·28 is refused, and so is
+/// llm_convert.py's default for qwen2_vl (768·768 is not a multiple of 784: llm_convert.py
+/// refuses it too), with the fix to pass --max_pixels.
 #[test]
 fn qwen2_vl_dry_run_accepts_static_only() {
     let out = tempfile::tempdir().unwrap();
@@ -435,8 +437,14 @@ fn qwen2_vl_dry_run_accepts_static_only() {
             String::from_utf8_lossy(&r.stderr).into_owned(),
         )
     };
-    let (code, err) = dry_run(&[]);
+    let (code, err) = dry_run(&["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
+    let (code, err) = dry_run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("768,768") && err.contains("pass --max_pixels"),
+        "{err}"
+    );
     let (code, err) = dry_run(&["--max_pixels", "140,224", "--dynamic"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(

@@ -48,6 +48,8 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
         let fix = if cfg.vlm.is_none() {
             "drop --max_pixels: this model has no vision tower"
+        } else if shape.max_pixels.is_none() {
+            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 756,756)"
         } else {
             "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it"
         };
