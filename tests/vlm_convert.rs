@@ -285,19 +285,7 @@ fn verify_image_passes_and_bad_images_exit_2() {
 /// (InternVL), which would otherwise silently drop the images.
 #[test]
 fn unverified_vlm_builds_are_refused() {
-    let out = tempfile::tempdir().unwrap();
-    let o = out.path().join("o");
-    let dry_run = |fixture: &str, extra: &[&str]| {
-        let model = common::vlm::vlm_fixtures().join(fixture);
-        let mut args = vec!["-m", model.to_str().unwrap(), "-s", "256", "-q", "bf16"];
-        args.extend_from_slice(extra);
-        args.extend(["--dry_run", "-o", o.to_str().unwrap()]);
-        let r = common::llm_convert(&args);
-        (
-            r.status.code(),
-            String::from_utf8_lossy(&r.stderr).into_owned(),
-        )
-    };
+    let dry_run = dry_run_vlm;
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--dynamic"]);
@@ -424,19 +412,7 @@ fn qwen2_vl_w4bf16_converts_to_the_contract() {
 /// refuses it too), with the fix to pass --max_pixels.
 #[test]
 fn qwen2_vl_dry_run_accepts_static_only() {
-    let out = tempfile::tempdir().unwrap();
-    let o = out.path().join("o");
-    let model = common::vlm::vlm_fixtures().join("qwen2vl");
-    let dry_run = |extra: &[&str]| {
-        let mut args = vec!["-m", model.to_str().unwrap(), "-s", "256", "-q", "bf16"];
-        args.extend_from_slice(extra);
-        args.extend(["--dry_run", "-o", o.to_str().unwrap()]);
-        let r = common::llm_convert(&args);
-        (
-            r.status.code(),
-            String::from_utf8_lossy(&r.stderr).into_owned(),
-        )
-    };
+    let dry_run = |extra: &[&str]| dry_run_vlm("qwen2vl", extra);
     let (code, err) = dry_run(&["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = dry_run(&[]);
@@ -454,4 +430,19 @@ fn qwen2_vl_dry_run_accepts_static_only() {
     let (code, err) = dry_run(&["--max_pixels", "100,100"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("28"), "{err}");
+}
+
+/// `llm-convert -m FIXTURE -s 256 -q bf16 EXTRA --dry_run`: (exit code, stderr).
+fn dry_run_vlm(fixture: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+    let model = common::vlm::vlm_fixtures().join(fixture);
+    let mut args = vec!["-m", model.to_str().unwrap(), "-s", "256", "-q", "bf16"];
+    args.extend_from_slice(extra);
+    args.extend(["--dry_run", "-o", o.to_str().unwrap()]);
+    let r = common::llm_convert(&args);
+    (
+        r.status.code(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
 }
