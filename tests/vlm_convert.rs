@@ -322,14 +322,14 @@ fn net_io(out: &Path, net: &str) -> Vec<String> {
 
 /// The Qwen2-VL vit's contract for `--max_pixels 140,224` (160 patch rows, 40 tokens) with
 /// half-precision output `half`: llm_convert.py's three inputs, left in F32 / INT32.
-fn assert_qwen2_vl_contract(out: &Path, half: &str) {
+fn assert_qwen2_vl_contract(out: &Path, output: &str, half: &str) {
     assert_eq!(
         net_io(out, "vit"),
         [
             "input: input_states, [160, 1176], float32".to_string(),
             "input: position_ids, [160, 2], int32".to_string(),
             "input: full_attn_mask, [1, 1, 160, 160], float32".to_string(),
-            format!("output: hidden_states, [40, 128], {half}"),
+            format!("output: {output}, [40, 128], {half}"),
         ]
     );
     let block = net_io(out, "block_0");
@@ -347,16 +347,21 @@ fn assert_qwen2_vl_contract(out: &Path, half: &str) {
 #[test]
 fn qwen2_vl_bf16_static_verifies_with_the_photo() {
     let model = model_copy("qwen2vl");
-    let f = fixture("qwen2vl");
     let c = common::converted(&model, 256, &["-q", "bf16", "--max_pixels", "140,224"]);
-    assert_qwen2_vl_contract(&c.out, "bfloat16");
+    assert_qwen2_vl_contract(&c.out, "hidden_states", "bfloat16");
+    verifies_with_the_photo(&model, &c.bmodel, &fixture("qwen2vl"));
+}
+
+/// `verify --image` with the Qwen2.5-VL test's photo and `f`'s prompt, 4 steps: passes with
+/// vit and every block >= 0.999 and transformers' tokens, which the image changed.
+fn verifies_with_the_photo(model: &Path, bmodel: &Path, f: &Fixture) {
     let photo = common::vlm::vlm_fixtures().join("qwen25vl/photo.png");
     let prompt = common::tokens_arg(&ids(&f.expected["prompt"]));
     let out = common::llm_convert(&[
         "verify",
         "-m",
         model.to_str().unwrap(),
-        c.bmodel.to_str().unwrap(),
+        bmodel.to_str().unwrap(),
         "--image",
         photo.to_str().unwrap(),
         "--tokens",
@@ -382,7 +387,7 @@ fn qwen2_vl_bf16_static_verifies_with_the_photo() {
 fn qwen2_vl_w4bf16_converts_to_the_contract() {
     let model = model_copy("qwen2vl");
     let c = common::converted(&model, 256, &["-q", "w4bf16", "--max_pixels", "140,224"]);
-    assert_qwen2_vl_contract(&c.out, "bfloat16");
+    assert_qwen2_vl_contract(&c.out, "hidden_states", "bfloat16");
     let argv = |piece: &str| -> String {
         let p = c.manifest["pieces"]
             .as_array()
@@ -445,4 +450,27 @@ fn dry_run_vlm(fixture: &str, extra: &[&str]) -> (Option<i32>, String) {
         r.status.code(),
         String::from_utf8_lossy(&r.stderr).into_owned(),
     )
+}
+
+/// TPU-MLIR's own llm_convert.py bmodel of a tiny Qwen2-VL (vision head_dim 80, which its
+/// converter hardcodes) runs in our runner: the vit is found by name and its three inputs,
+/// and `verify --image` passes as for ours.
+#[test]
+fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
+    let model = model_copy("qwen2vl_hd80_bf16");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("theirs");
+    let flags = [
+        "-s",
+        "256",
+        "-q",
+        "bf16",
+        "-c",
+        "bm1684x",
+        "--max_pixels",
+        "140,224",
+    ];
+    let theirs = common::llm_convert_py(&model, &out, &flags);
+    assert_qwen2_vl_contract(&out, "visual.merger.mlp.2", "bfloat16");
+    verifies_with_the_photo(&model, &theirs, &fixture("qwen2vl_hd80_bf16"));
 }

@@ -391,3 +391,10 @@ fn qwen2vl_layer_norm_changes_the_embeddings() {
         "LayerNorm vs RMSNorm changes nothing ({diff})"
     );
 }
+
+/// The vision head_dim 80 Qwen2-VL (llm_convert.py's geometry; bf16 weights, top-level
+/// rope_scaling and in_chans added for its converter).
+#[test]
+fn qwen2vl_head_dim_80_matches_transformers() {
+    matches_transformers("qwen2vl_hd80_bf16");
+}
