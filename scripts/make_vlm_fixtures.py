@@ -156,6 +156,13 @@ FIXTURES = {
                       intermediate_size=4096, image_size=448, initializer_range=0.02),
         text_dims(model_type="qwen2")), torch.bfloat16, None),
     "internvl_chat_300m_bf16": ("intern", None, torch.bfloat16, "_internvl_300m_bf16"),
+    # For TPU-MLIR's own Qwen2VLConverter: vision head_dim 80 (160 / 2 heads; its rotary is
+    # hardcoded for 80), bf16, plus vision_config.in_chans and the top-level rope_scaling it
+    # reads (add_in_chans).
+    "qwen2vl_hd80_bf16": ("qwen2", qwen2(dict(depth=2, embed_dim=160, hidden_size=128, num_heads=2,
+                                              mlp_ratio=2, initializer_range=0.1),
+                                         text_dims(rope_parameters=mrope([4, 6, 6]))),
+                          torch.bfloat16, None),
 }
 
 # InternVL tiles per image (the processor's max_patches), 4 unless named here.
@@ -318,7 +325,7 @@ def make(out_dir, name, kind, build, dtype):
     model = cls._from_config(cfg, attn_implementation="eager").float().eval()
     randomise(model)
     model.to(dtype).save_pretrained(d, safe_serialization=True)
-    if kind == "qwen25" and dtype == torch.bfloat16:
+    if kind in ("qwen25", "qwen2") and dtype == torch.bfloat16:
         add_in_chans(d)
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     tensors, result = expected(name, kind, reloaded, reloaded.config)
@@ -335,6 +342,10 @@ def add_in_chans(d):
     path = os.path.join(d, "config.json")
     c = json.load(open(path))
     c["vision_config"]["in_chans"] = c["vision_config"]["in_channels"]
+    if c["model_type"] == "qwen2_vl":
+        # Qwen2VLConverter reads mrope_section from the top-level rope_scaling only.
+        section = c["text_config"]["rope_parameters"]["mrope_section"]
+        c["rope_scaling"] = {"type": "mrope", "mrope_section": section}
     json.dump(c, open(path, "w"), indent=2)
 
 

@@ -260,39 +260,13 @@ fn llm_convert_py_history_kv_bmodel_runs() {
 /// Converts `fixture` with TPU-MLIR's own llm_convert.py (seq 64, bf16, bm1684x + `extra`);
 /// returns its bmodel.
 fn llm_convert_py(fixture: &str, dir: &Path, extra: &[&str]) -> PathBuf {
-    let layout = common::toolchain();
-    let model = common::fixtures().join(fixture);
-    let theirs_dir = dir.join("theirs");
-    let tool = layout.python_tool("llm_convert.py");
-    let mut cmd = Command::new(layout.python());
-    cmd.arg(&tool)
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-s",
-            "64",
-            "-q",
-            "bf16",
-            "-c",
-            "bm1684x",
-        ])
-        .args(["-o", theirs_dir.to_str().unwrap()])
-        .args(extra);
-    for (k, v) in llm_convert::toolchain::env::tool_env(&layout) {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "llm_convert.py failed:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    std::fs::read_dir(&theirs_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
-        .expect("llm_convert.py wrote a bmodel")
+    let mut args = vec!["-s", "64", "-q", "bf16", "-c", "bm1684x"];
+    args.extend_from_slice(extra);
+    common::llm_convert_py(
+        &common::fixtures().join(fixture),
+        &dir.join("theirs"),
+        &args,
+    )
 }
 
 /// A bmodel that lacks a net the contract requires fails with a message naming it.

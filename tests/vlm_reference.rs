@@ -366,3 +366,35 @@ fn qwen2vl_our_preprocessing_gives_transformers_tokens() {
 fn internvl_chat_our_preprocessing_gives_transformers_tokens() {
     our_preprocessing_gives_transformers_tokens("internvl_chat");
 }
+
+/// Qwen2-VL's vision norms are LayerNorms with a bias (not Qwen2.5-VL's RMSNorm): the same
+/// tower with RMSNorm moves the embeddings far past the tolerance, so the fixture and the
+/// vit's `verify --image` check that quirk.
+#[test]
+fn qwen2vl_layer_norm_changes_the_embeddings() {
+    use llm_convert::model::vlm::VisionNorm;
+    let mut f = fixture("qwen2vl");
+    let vlm = f.model.config.vlm.as_mut().unwrap();
+    let VisionTower::Qwen(q) = &mut vlm.vision else {
+        panic!("qwen2vl has a Qwen tower")
+    };
+    assert_eq!(q.norm, VisionNorm::Layer);
+    assert_eq!(
+        q.window_size, None,
+        "Qwen2-VL attends the whole image in every block"
+    );
+    q.norm = VisionNorm::Rms;
+    let rms = vision::image_embeddings(&f.model, &f.input()).unwrap();
+    let diff = max_diff(&rms, &f.tensors["image_embeds"]);
+    assert!(
+        diff > 100.0 * TOLERANCE,
+        "LayerNorm vs RMSNorm changes nothing ({diff})"
+    );
+}
+
+/// The vision head_dim 80 Qwen2-VL (llm_convert.py's geometry; bf16 weights, top-level
+/// rope_scaling and in_chans added for its converter).
+#[test]
+fn qwen2vl_head_dim_80_matches_transformers() {
+    matches_transformers("qwen2vl_hd80_bf16");
+}

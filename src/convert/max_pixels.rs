@@ -29,13 +29,16 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
     if let Some(vlm) = &cfg.vlm {
-        if vlm.kind != crate::model::vlm::VlmKind::Qwen2_5Vl {
+        if !matches!(
+            vlm.kind,
+            crate::model::vlm::VlmKind::Qwen2_5Vl | crate::model::vlm::VlmKind::Qwen2Vl
+        ) {
             // Without its vit the bmodel would silently ignore images.
             return Err(InputError::invalid(
                 &config,
                 format!(
                     "converting {} is not supported yet: its vision tower has no verified vit \
-                     net in this version (only qwen2_5_vl converts)",
+                     net in this version (only qwen2_5_vl and qwen2_vl convert)",
                     vlm.model_type
                 ),
                 "use TPU-MLIR's llm_convert.py for this model for now",
@@ -45,6 +48,8 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
         let fix = if cfg.vlm.is_none() {
             "drop --max_pixels: this model has no vision tower"
+        } else if shape.max_pixels.is_none() {
+            "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 756,756)"
         } else {
             "pass --max_pixels W,H with W·H a multiple of 28·28 (e.g. 112,112), or drop it"
         };

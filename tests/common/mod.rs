@@ -239,3 +239,28 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
 }
 
 pub mod vlm;
+
+/// Converts `model` with TPU-MLIR's own llm_convert.py into `out` (`args`: its other flags);
+/// returns the bmodel it wrote.
+pub fn llm_convert_py(model: &Path, out: &Path, args: &[&str]) -> PathBuf {
+    let layout = toolchain();
+    let mut cmd = Command::new(layout.python());
+    cmd.arg(layout.python_tool("llm_convert.py"))
+        .args(["-m", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(args);
+    for (k, v) in llm_convert::toolchain::env::tool_env(&layout) {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "llm_convert.py failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
+        .expect("llm_convert.py wrote a bmodel")
+}

@@ -41,6 +41,13 @@ pub fn check_max_pixels(cfg: &ModelConfig, max_pixels: Option<usize>) -> Result<
     let pixels = max_pixels.unwrap_or(w * h);
     let unit = multiple * multiple;
     if pixels == 0 || pixels % unit != 0 {
+        if max_pixels.is_none() {
+            // Qwen2-VL's 768,768: llm_convert.py refuses its own default too.
+            return Err(format!(
+                "the default --max_pixels {w},{h} of this model (llm_convert.py's) is not a \
+                 multiple of {multiple}·{multiple} = {unit}, so it needs --max_pixels"
+            ));
+        }
         return Err(format!(
             "--max_pixels W,H must give W·H a positive multiple of {multiple}·{multiple} = {unit} (got {pixels})"
         ));

@@ -271,4 +271,28 @@ mod tests {
         assert!((cos[8 + 8 + 1] as f64 - angle.cos()).abs() < 1e-6);
         assert!((sin[8 + 8 + 1] as f64 - angle.sin()).abs() < 1e-6);
     }
+
+    #[test]
+    fn qwen2_vit_is_layer_norm_quick_gelu_full_attention() {
+        let mut s = spec(QwenVitKind::Qwen2);
+        s.act = VitAct::QuickGelu;
+        let g = vit(&s, 64);
+        let count = |op: &str| g.nodes.iter().filter(|n| n.op == op).count();
+        // norm1 + norm2 per block and the merger's ln_q; no RMSNorm (ReduceMean).
+        assert_eq!(count("LayerNormalization"), 2 * s.depth + 1);
+        assert_eq!(count("ReduceMean"), 0);
+        // quick_gelu once per block; the merger's exact GELU once.
+        assert_eq!(count("Sigmoid"), s.depth);
+        assert_eq!(count("Erf"), 1);
+        // Every block's scores take the full mask; nothing is gathered back at the end.
+        let masked = g
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == "full_attn_mask"))
+            .count();
+        assert_eq!(masked, s.depth);
+        assert_eq!(count("Gather"), 2, "only the two rotary table lookups");
+        let g25 = vit(&spec(QwenVitKind::Qwen2_5), 64);
+        assert!(g25.nodes.iter().all(|n| n.op != "LayerNormalization"));
+    }
 }
