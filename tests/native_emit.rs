@@ -416,3 +416,74 @@ fn npz_members_read_back_with_numpy() {
         assert!(name.ends_with(".npy"), "{name}");
     }
 }
+
+/// A graph using an op the emitter has no mapping for is refused, naming the op and the piece;
+/// so is a pattern TPU-MLIR would fuse (never a silently different graph).
+#[test]
+fn unmapped_ops_are_errors_naming_op_and_piece() {
+    use llm_convert::graph::{Elem, Graph};
+    let weights = llm_convert::model::Model::open(&common::fixtures().join("qwen2")).unwrap();
+    for (op, says) in [("Einsum", "ONNX op Einsum has no native"), ("Pow", "Pow")] {
+        let mut g = Graph::new("odd_piece");
+        let x = g.input("x", Elem::F32, &[1, 4]);
+        let two = g.scalar("two", 2.0);
+        let y = g.op(op, &[&x, &two], vec![]);
+        g.output(&y, "y", Elem::F32, &[1, 4]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = match write_origin(&g, &weights.weights, dir.path()) {
+            Ok(_) => panic!("{op}: emitted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains(says) && err.contains("odd_piece"),
+            "{op}: {err}"
+        );
+        assert!(!dir.path().join("odd_piece_origin.mlir").exists());
+    }
+}
+
+/// `write_origin` against `onnx::write` on SmolLM2's largest piece (a measurement, run by hand:
+/// `cargo test --release --test native_emit -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_write_origin_against_onnx_write_on_smollm2() {
+    let model = Model::open(&common::smollm2_gguf()).unwrap();
+    let opts = PieceOptions::new(512, None).unwrap();
+    let mut largest = None;
+    for piece in arch::pieces(&model.config, &opts) {
+        let g = arch::build(piece, &model.config, &opts);
+        let bytes: usize = g
+            .initializers
+            .iter()
+            .map(|i| i.dims.iter().product::<usize>())
+            .sum();
+        if largest.as_ref().is_none_or(|(b, _)| bytes > *b) {
+            largest = Some((bytes, g));
+        }
+    }
+    let (elems, g) = largest.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let t0 = Instant::now();
+        llm_convert::onnx::write(&g, &model.weights, &dir.path().join("p.onnx")).unwrap();
+        let onnx_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        write_origin(&g, &model.weights, dir.path()).unwrap();
+        let native_s = t0.elapsed().as_secs_f64();
+        // Of which reading (dequantising) the checkpoint tensors.
+        let t0 = Instant::now();
+        for i in &g.initializers {
+            if let llm_convert::graph::InitData::Weight { name, .. } = &i.data {
+                use llm_convert::model::WeightSource;
+                model.weights.read_f32(name).unwrap();
+            }
+        }
+        let read_s = t0.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {} ({:.1} MB of weights): onnx::write {onnx_s:.3} s, \
+             write_origin {native_s:.3} s (reading the checkpoint alone: {read_s:.3} s)",
+            g.name,
+            elems as f64 * 4e-6
+        );
+    }
+}
