@@ -214,6 +214,8 @@ struct Harness {
     root: tempfile::TempDir,
     failures: Vec<String>,
     pieces: usize,
+    /// How often each ONNX op kind occurred in the compared graphs.
+    onnx_ops: BTreeMap<&'static str, usize>,
 }
 
 impl Harness {
@@ -227,6 +229,7 @@ impl Harness {
             root,
             failures: Vec::new(),
             pieces: 0,
+            onnx_ops: BTreeMap::new(),
         }
     }
 
@@ -235,6 +238,9 @@ impl Harness {
         let model = Model::open(model).unwrap();
         for piece in arch::pieces(&model.config, opts) {
             let graph = arch::build(piece, &model.config, opts);
+            for n in &graph.nodes {
+                *self.onnx_ops.entry(n.op).or_default() += 1;
+            }
             let name = piece.name();
             assert_eq!(graph.name, name, "{label}: graph name");
             let dir = self.root.path().join(label).join(piece.file_stem());
@@ -339,27 +345,30 @@ fn origin_mlir_and_weights_match_tpu_mlir_onnx_front_end() {
         &fixtures.join("qwen2"),
         &static64().with_do_sample(true).with_history(true, 16),
     );
+    // qwen3_moe: the normalised top-k routing (ReduceSum over an axes input).
     for name in [
         "llama_tied",
         "gemma2",
         "qwen2_moe",
+        "qwen3_moe",
         "phi3_longrope",
         "chatglm",
     ] {
         h.check(name, &fixtures.join(name), &static64());
     }
-    let vlm = common::vlm::vlm_fixtures().join("qwen25vl");
-    h.check(
-        "qwen25vl",
-        &vlm,
-        &PieceOptions::new(256, None)
+    // Vision towers: Qwen2.5-VL's (RMSNorm, SiLU MLP) and Qwen2-VL's (LayerNorm, QuickGELU).
+    for name in ["qwen25vl", "qwen2vl"] {
+        let vlm = common::vlm::vlm_fixtures().join(name);
+        let opts = PieceOptions::new(256, None)
             .unwrap()
-            .with_max_pixels(Some(140 * 224)),
-    );
+            .with_max_pixels(Some(140 * 224));
+        h.check(name, &vlm, &opts);
+    }
     println!(
-        "{} pieces compared in {:.1} s",
+        "{} pieces compared in {:.1} s; ONNX ops: {:?}",
         h.pieces,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        h.onnx_ops
     );
     assert!(
         h.failures.is_empty(),
