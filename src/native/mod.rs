@@ -6,3 +6,12 @@
 //! - `npz`: the uncompressed weight archive tpuc-opt reads.
 //! - `passes`: the tpuc-opt pass lists of each model_deploy flag set, and running them.
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
+
+pub mod emit;
+mod emit_ops;
+mod emit_prep;
+mod emit_slice;
+mod emit_text;
+mod emit_weights;
+mod mlir_float;
+pub mod npz;

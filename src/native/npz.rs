@@ -1,0 +1,145 @@
+//! The weight archive tpuc-opt reads: an uncompressed (stored) zip of `<key>.npy` files, each an
+//! f32 little-endian C-order array, as `np.savez` writes them. tpuc-opt's cnpy aborts on
+//! compressed members or on a dtype other than the `top.Weight`'s (f32), and it walks the local
+//! headers one after another, so members carry no data descriptors (the zip is seekable).
+//!
+//! Arrays are written one at a time and never held together; members and archives past 4 GiB
+//! get zip64 records.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+/// numpy aligns the data of every `.npy` to this many bytes (`np.lib.format.ARRAY_ALIGN`).
+const ARRAY_ALIGN: usize = 64;
+/// numpy leaves room in the header for the first axis to grow to this many digits.
+const GROWTH_AXIS_MAX_DIGITS: usize = 21;
+
+/// The `.npy` (format 1.0) header of an f32 C-order array of shape `dims`, as numpy writes it.
+pub fn npy_header(dims: &[usize]) -> Vec<u8> {
+    let shape = match dims {
+        [] => "()".to_string(),
+        [d] => format!("({d},)"),
+        _ => {
+            let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(", "))
+        }
+    };
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    if let Some(first) = dims.first() {
+        let digits = first.to_string().len();
+        dict.push_str(&" ".repeat(GROWTH_AXIS_MAX_DIGITS.saturating_sub(digits)));
+    }
+    // magic (6) + version (2) + header length (2), then the dict, spaces, '\n'.
+    let unpadded = 10 + dict.len() + 1;
+    let pad = (ARRAY_ALIGN - unpadded % ARRAY_ALIGN) % ARRAY_ALIGN;
+    let hlen = dict.len() + pad + 1;
+    let mut out = Vec::with_capacity(10 + hlen);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(hlen as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend(std::iter::repeat_n(b' ', pad));
+    out.push(b'\n');
+    out
+}
+
+/// Writes an `.npz` to a temporary file next to its destination; [`NpzWriter::finish`] renames
+/// it into place, so a reader never sees half an archive.
+pub struct NpzWriter {
+    zip: ZipWriter<BufWriter<File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    data_bytes: u64,
+}
+
+impl NpzWriter {
+    pub fn create(path: &Path) -> Result<NpzWriter> {
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(NpzWriter {
+            zip: ZipWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            path: path.to_path_buf(),
+            data_bytes: 0,
+        })
+    }
+
+    /// Adds `<key>.npy` holding `data` (C order) of shape `dims`.
+    pub fn add(&mut self, key: &str, dims: &[usize], data: &[f32]) -> Result<()> {
+        let want: usize = dims.iter().product();
+        anyhow::ensure!(
+            data.len() == want,
+            "npz member {key}: {} values for shape {dims:?}",
+            data.len()
+        );
+        let header = npy_header(dims);
+        let bytes = header.len() as u64 + 4 * data.len() as u64;
+        let options = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .last_modified_time(zip::DateTime::default())
+            .large_file(bytes >= u32::MAX as u64);
+        self.zip
+            .start_file(format!("{key}.npy"), options)
+            .with_context(|| format!("npz member {key}"))?;
+        self.zip.write_all(&header)?;
+        self.zip.write_all(le_bytes(data))?;
+        self.data_bytes += 4 * data.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the archive and moves it into place; returns the array bytes written.
+    pub fn finish(self) -> Result<u64> {
+        let mut inner = self
+            .zip
+            .finish()
+            .with_context(|| format!("finishing {}", self.tmp.display()))?;
+        inner.flush()?;
+        inner
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+            .ok();
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("renaming {} into place", self.tmp.display()))?;
+        Ok(self.data_bytes)
+    }
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("npy members are written by casting memory, which needs a little-endian target");
+
+fn le_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict(dims: &[usize]) -> String {
+        String::from_utf8(npy_header(dims)[10..].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn headers_match_numpy_and_align_the_data() {
+        // The bytes numpy 1.24 writes for np.zeros((2, 3), np.float32): magic, version 1.0,
+        // header length 118, the dict padded with spaces to 64-byte alignment, '\n'.
+        let h = npy_header(&[2, 3]);
+        assert_eq!(&h[..10], b"\x93NUMPY\x01\x00\x76\x00");
+        let want = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        assert_eq!(dict(&[2, 3]), format!("{want:<117}\n"));
+        for dims in [&[][..], &[7], &[1, 1, 1, 1, 65], &[151_936, 896]] {
+            let h = npy_header(dims);
+            assert_eq!(h.len() % 64, 0, "{dims:?}");
+            assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, h.len() - 10);
+        }
+        assert!(dict(&[]).contains("'shape': (), }"));
+        assert!(dict(&[5]).contains("'shape': (5,), }"));
+    }
+}
