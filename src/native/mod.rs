@@ -6,3 +6,8 @@
 //! - `npz`: the uncompressed weight archive tpuc-opt reads.
 //! - `passes`: the tpuc-opt pass lists of each model_deploy flag set, and running them.
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
+
+pub mod passes;
+pub mod runner;
+
+pub use runner::NativeRunner;
