@@ -266,8 +266,8 @@ impl ToolRunner for SpawnRunner {
         args.extend(argv.iter().cloned());
         let handle = env::command(&self.layout, self.layout.python(), args)
             .dir(cwd)
+            .stderr_to_stdout() // duct applies the outer redirect first: this is `>log 2>&1`
             .stdout_file(logf)
-            .stderr_to_stdout()
             .unchecked()
             .before_spawn(|c| {
                 isolate(c);

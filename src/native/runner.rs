@@ -35,8 +35,8 @@ impl NativeRunner {
             .with_context(|| format!("opening {}", log.display()))?;
         let handle = env::command(&self.layout, self.layout.tool("tpuc-opt"), call.argv()?)
             .dir(cwd)
+            .stderr_to_stdout() // duct applies the outer redirect first: this is `>log 2>&1`
             .stdout_file(logf)
-            .stderr_to_stdout()
             .unchecked()
             .before_spawn(|c| {
                 worker::isolate(c);
