@@ -151,10 +151,7 @@ impl TransformArgs {
                 "mlir" => mlir = Some(f.value(name, inline)?),
                 "debug" => debug = f.switch(name, inline)?,
                 // ONNX-only: the origin MLIR is already simplified and has its largest shapes.
-                "do_onnx_sim" => {
-                    inline.context("model_transform.py: --do_onnx_sim needs =VALUE")?;
-                }
-                "input_shapes" => {
+                "do_onnx_sim" | "input_shapes" => {
                     f.value(name, inline)?;
                 }
                 _ => bail!("model_transform.py: the native backend does not support --{name}"),

@@ -27,6 +27,7 @@ impl NativeRunner {
     /// `[Running]:` / `[Success]:` lines model_deploy.py prints.
     fn run_call(&self, call: &TpucCall, cwd: &Path, log: &Path) -> Result<()> {
         let line = call.line();
+        let t0 = Instant::now();
         append(log, &format!("[Running]: {line}\n"))?;
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -59,7 +60,14 @@ impl NativeRunner {
                 log.display()
             );
         }
-        append(log, &format!("[Success]: {line}\n"))
+        append(
+            log,
+            &format!(
+                "[Success]: {line}\n[native] {} step: {:.3} s\n",
+                call.step,
+                t0.elapsed().as_secs_f64()
+            ),
+        )
     }
 
     /// model_transform.py on an origin MLIR: put it and its weights into `cwd` under the names
