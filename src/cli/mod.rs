@@ -81,6 +81,10 @@ pub enum ToolchainAction {
         /// Do not install Debian packages (someone else manages them).
         #[arg(long)]
         skip_apt: bool,
+        /// Only what the native backend needs (tpuc-opt, model_tool, libbmrt + cmodel, the PPL
+        /// JIT): no Python venv, torch or onnx. A later run without it adds them.
+        #[arg(long)]
+        native: bool,
     },
     /// Print where the toolchain lives (JSON).
     Show,
@@ -109,10 +113,10 @@ pub fn run(cli: Cli) -> Result<ExitStatus> {
             Mode::Combine,
         )),
         Command::Toolchain {
-            action: ToolchainAction::Install { skip_apt },
+            action: ToolchainAction::Install { skip_apt, native },
         } => ok(install::install(
             &layout,
-            &install::InstallOptions { skip_apt },
+            &install::InstallOptions { skip_apt, native },
         )),
         Command::Toolchain {
             action: ToolchainAction::Show,

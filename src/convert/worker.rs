@@ -22,13 +22,13 @@ const WORKER_SOURCE: &str = include_str!("../../support/python/tpu_worker.py");
 /// (and their tpuc-opt children) without leaving orphans.
 static CHILD_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
-fn register(pgid: i32) {
+pub(crate) fn register(pgid: i32) {
     if let Ok(mut g) = CHILD_GROUPS.lock() {
         g.push(pgid);
     }
 }
 
-fn unregister(pgid: i32) {
+pub(crate) fn unregister(pgid: i32) {
     if let Ok(mut g) = CHILD_GROUPS.lock() {
         g.retain(|&p| p != pgid);
     }
@@ -49,7 +49,7 @@ pub fn kill_all_children() {
 }
 
 /// Own process group (so a kill reaches tpuc-opt grandchildren) and death with the parent.
-fn isolate(cmd: &mut Command) {
+pub(crate) fn isolate(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
     unsafe {
@@ -266,8 +266,8 @@ impl ToolRunner for SpawnRunner {
         args.extend(argv.iter().cloned());
         let handle = env::command(&self.layout, self.layout.python(), args)
             .dir(cwd)
+            .stderr_to_stdout() // duct applies the outer redirect first: this is `>log 2>&1`
             .stdout_file(logf)
-            .stderr_to_stdout()
             .unchecked()
             .before_spawn(|c| {
                 isolate(c);

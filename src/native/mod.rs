@@ -15,3 +15,7 @@ mod emit_text;
 mod emit_weights;
 mod mlir_float;
 pub mod npz;
+pub mod passes;
+pub mod runner;
+
+pub use runner::NativeRunner;

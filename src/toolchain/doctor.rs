@@ -71,7 +71,31 @@ pub struct Report {
     pub python: PathBuf,
     pub runtime: String,
     pub checks: Vec<Check>,
+    /// Which compile backends this toolchain can run: `native` (tpuc-opt directly) and `onnx`
+    /// (TPU-MLIR's Python tools, which a `--native` install leaves out).
+    pub backends: Vec<Backend>,
 }
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub name: &'static str,
+    pub usable: bool,
+}
+
+/// The checks each backend needs to pass (the ONNX one also needs the native one's).
+const NATIVE_NEEDS: &[&str] = &[
+    "toolchain installed",
+    "TPU-MLIR version",
+    "tpuc-opt --version",
+    "model_tool runs",
+    "libbmrt/libbmlib load",
+    "cmake (PPL JIT for FAttention)",
+];
+const PYTHON_CHECKS: &[&str] = &[
+    "python 3.10 venv",
+    "model_transform.py -h",
+    "model_deploy.py -h",
+];
 
 impl Report {
     pub fn ok(&self) -> bool {
@@ -80,10 +104,19 @@ impl Report {
 }
 
 pub fn run(layout: &Layout, runtime: &RuntimeLibs) -> Report {
+    let native_only = super::install_native::is_native_only(layout);
     let mut checks = vec![];
     let mut check = |name: &str, fix: &str, f: &dyn Fn() -> Result<String, String>| {
         let t0 = Instant::now();
-        let r = f();
+        let r = if native_only && PYTHON_CHECKS.contains(&name) {
+            Ok(
+                "skipped: native-only install (`llm-convert toolchain install` adds the ONNX \
+                backend's Python)"
+                    .to_string(),
+            )
+        } else {
+            f()
+        };
         checks.push(Check {
             name: name.into(),
             ok: r.is_ok(),
@@ -190,7 +223,24 @@ pub fn run(layout: &Layout, runtime: &RuntimeLibs) -> Report {
                 .ok_or_else(|| "no libclang.so found".into())
         },
     );
+    let passed = |names: &[&str]| {
+        names
+            .iter()
+            .all(|n| checks.iter().any(|c| c.name == *n && c.ok))
+    };
+    let native = passed(NATIVE_NEEDS);
+    let backends = vec![
+        Backend {
+            name: "native",
+            usable: native,
+        },
+        Backend {
+            name: "onnx",
+            usable: native && !native_only && passed(PYTHON_CHECKS),
+        },
+    ];
     Report {
+        backends,
         tpu_mlir_version: TPU_MLIR_VERSION,
         toolchain_dir: layout.root.clone(),
         tpuc_root: layout.tpuc_root(),
@@ -210,6 +260,20 @@ pub fn print(report: &Report) {
     println!("TPUC_ROOT: {}", report.tpuc_root.display());
     println!("venv: {}", report.venv.display());
     println!("runtime: {}", report.runtime);
+    let usable: Vec<&str> = report
+        .backends
+        .iter()
+        .map(|b| if b.usable { b.name } else { "" })
+        .filter(|n| !n.is_empty())
+        .collect();
+    println!(
+        "backends usable: {}",
+        if usable.is_empty() {
+            "none".to_string()
+        } else {
+            usable.join(", ")
+        }
+    );
     for c in &report.checks {
         let mark = if c.ok { "ok  " } else { "FAIL" };
         println!("[{mark}] {:<32} {} ({:.1} s)", c.name, c.detail, c.seconds);

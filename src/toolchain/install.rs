@@ -34,7 +34,7 @@ pub const EXTRA_PIP: &[&str] = &[
 const GLIBC_ASIDE: &[&str] = &["libc.so.6", "libm.so.6", "libpthread.so.0"];
 
 /// What an install consists of; a stamp with another spec means "reinstall".
-fn spec() -> Result<String> {
+pub(super) fn spec() -> Result<String> {
     let models: Vec<String> = bundled_descriptors()?
         .iter()
         .map(|b| format!("{}:{}", b.requirement(), b.wheel_sha256))
@@ -61,18 +61,26 @@ pub fn bundled_descriptors() -> Result<Vec<Bundled>> {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stamp {
-    spec: String,
-    python: String,
-    installed_at: String,
+pub(super) struct Stamp {
+    pub spec: String,
+    pub python: String,
+    pub installed_at: String,
+    /// `toolchain install --native`: no venv, so no ONNX backend (older stamps: full installs).
+    #[serde(default)]
+    pub native_only: bool,
 }
 
 pub struct InstallOptions {
     /// Skip the apt step (for machines where someone else manages system packages).
     pub skip_apt: bool,
+    /// Only the native backend's tools and libraries (no Python): see `install_native`.
+    pub native: bool,
 }
 
 pub fn install(layout: &Layout, opts: &InstallOptions) -> Result<()> {
+    if opts.native {
+        return super::install_native::install_native(layout, opts.skip_apt);
+    }
     if let Some(stamp) = read_stamp(layout) {
         if stamp.spec == spec()? && layout.python().exists() && layout.tpuc_root().exists() {
             eprintln!(
@@ -153,6 +161,7 @@ pub fn install(layout: &Layout, opts: &InstallOptions) -> Result<()> {
             spec: spec()?,
             python,
             installed_at: format!("{:?}", std::time::SystemTime::now()),
+            native_only: false,
         },
     )?;
     eprintln!(
@@ -176,7 +185,7 @@ fn run_loud(e: duct::Expression) -> Result<()> {
     Ok(())
 }
 
-fn apt_install(pkgs: &[&str]) -> Result<String> {
+pub(super) fn apt_install(pkgs: &[&str]) -> Result<String> {
     let missing: Vec<&str> = pkgs
         .iter()
         .copied()
@@ -324,7 +333,7 @@ fn fetch_wheel(layout: &Layout, requirement: &str, sha256: &str) -> Result<PathB
     Ok(dest)
 }
 
-fn find_wheel_with_hash(dir: &Path, sha256: &str) -> Result<Option<PathBuf>> {
+pub(super) fn find_wheel_with_hash(dir: &Path, sha256: &str) -> Result<Option<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(None);
     };
@@ -337,7 +346,7 @@ fn find_wheel_with_hash(dir: &Path, sha256: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-fn move_glibc_aside(layout: &Layout) -> Result<String> {
+pub(super) fn move_glibc_aside(layout: &Layout) -> Result<String> {
     let third = layout.lib_dir().join("third_party");
     let aside = third.join("_glibc_aside");
     std::fs::create_dir_all(&aside)?;
@@ -357,11 +366,11 @@ fn move_glibc_aside(layout: &Layout) -> Result<String> {
     })
 }
 
-fn read_stamp(layout: &Layout) -> Option<Stamp> {
+pub(super) fn read_stamp(layout: &Layout) -> Option<Stamp> {
     serde_json::from_str(&std::fs::read_to_string(layout.stamp()).ok()?).ok()
 }
 
-fn write_stamp(layout: &Layout, s: &Stamp) -> Result<()> {
+pub(super) fn write_stamp(layout: &Layout, s: &Stamp) -> Result<()> {
     crate::util::write_atomic(&layout.stamp(), serde_json::to_string_pretty(s)?.as_bytes())
 }
 

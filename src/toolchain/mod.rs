@@ -5,6 +5,7 @@ pub mod doctor;
 mod doctor_bmodel;
 pub mod env;
 pub mod install;
+pub mod install_native;
 pub mod layout;
 pub mod runtime;
 pub mod simulator;
