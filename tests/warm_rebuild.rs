@@ -88,12 +88,15 @@ fn assert_rekeyed(
     assert!(rekeyed > 0, "{what}: no piece reads it");
 }
 
+/// Which pieces read the tensor a case changes.
+type Reads = fn(Piece) -> bool;
+
 /// Safetensors checkpoints, plain and through every derived view (fused qkv regrouped,
 /// NormHead, stacked experts, tied embeddings): one flipped bit in one tensor re-keys exactly
 /// the pieces reading it. No compile: the key function alone.
 #[test]
 fn a_flipped_bit_rekeys_exactly_the_pieces_reading_that_tensor() {
-    let cases: [(&str, &str, fn(Piece) -> bool); 6] = [
+    let cases: [(&str, &str, Reads); 6] = [
         ("qwen2", "model.layers.1.mlp.down_proj.weight", |p| {
             layer(p) == Some(1)
         }),

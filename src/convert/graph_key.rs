@@ -11,10 +11,11 @@ use crate::model::fingerprint::{Fingerprint, StableHasher};
 use crate::model::WeightSource;
 
 /// The version of the code that turns a graph and its weights into the bytes a compile reads,
-/// which the digest does not see: `src/onnx` (the protobuf layout, IR version and opset, the
-/// external-data threshold), `src/export.rs` (file names, the quantize table's format), the
-/// f32 conversion of each stored dtype and GGUF block type, and the derived tensors' math
-/// (transposes, q/k un-permute, qkv regrouping, NormHead, expert views).
+/// which the digest does not see: `src/onnx` (the protobuf layout, the external-data
+/// threshold), `src/export.rs` (file names, the quantize table's format), our f32 conversion
+/// of stored tensors, and the derived tensors' math (transposes, q/k un-permute, qkv
+/// regrouping, NormHead, expert views). The digest does cover the graph itself, the ONNX IR
+/// version and opset, our crate version (the file records it) and candle's (it dequantizes).
 ///
 /// Bump rule: any change there that changes the bytes written for the same graph and the same
 /// checkpoint bumps this number (the ONNX baseline check shows whether bytes changed). A change
@@ -33,6 +34,7 @@ pub fn graph_digest(
         .i64(crate::onnx::OPSET)
         // The ONNX file records the producer's version.
         .str(env!("CARGO_PKG_VERSION"))
+        .str(candle_version())
         // The external data file, if any, is named after the piece.
         .str(file_stem);
     graph_into(&mut h, graph, weights).with_context(|| format!("keying piece {file_stem}"))?;
@@ -69,17 +71,18 @@ fn graph_into(h: &mut StableHasher, graph: &Graph, weights: &dyn WeightSource) -
     Ok(())
 }
 
-/// The checkpoint tensors `graph` reads, each once, in order.
-pub fn weights_read(graph: &Graph) -> Vec<&str> {
-    let mut names: Vec<&str> = Vec::new();
-    for init in &graph.initializers {
-        if let InitData::Weight { name, .. } = &init.data {
-            if !names.contains(&name.as_str()) {
-                names.push(name);
-            }
-        }
-    }
-    names
+/// candle-core's entry in Cargo.lock: candle dequantizes GGUF blocks and converts the stored
+/// dtypes into the f32 values the export writes, so its version is part of the key.
+fn candle_version() -> &'static str {
+    const LOCK: &str = include_str!("../../Cargo.lock");
+    LOCK.split("[[package]]")
+        .find_map(|entry| {
+            let mut lines = entry.trim().lines();
+            (lines.next()? == "name = \"candle-core\"")
+                .then(|| lines.next())
+                .flatten()
+        })
+        .unwrap_or("candle-core not in Cargo.lock")
 }
 
 // The destructuring below names every field (no `..`): a field added to the graph types fails
@@ -230,7 +233,15 @@ mod tests {
             crate::util::hex(&graph_digest(&graph(0.5), "h", &Named("a")).unwrap()),
             "the file stem"
         );
-        assert_eq!(weights_read(&graph(0.5)), ["w"]);
+    }
+
+    #[test]
+    fn candle_is_found_in_the_lock_file() {
+        assert!(
+            candle_version().starts_with("version = \""),
+            "{}",
+            candle_version()
+        );
     }
 
     /// The encoding is our own and fixed: the same digest in every process and build (a
