@@ -1,23 +1,25 @@
 //! Content-addressed store of compiled pieces. A piece's key covers everything that decides its
-//! bmodel: the ONNX bytes (weights included), the tool command lines, the chip (inside the
-//! flags), the TPU-MLIR version and our worker script. A stored piece is never recompiled,
-//! unless its bytes no longer match the sha256 recorded when it was stored: a corrupt or
-//! truncated entry is compiled again, never combined.
+//! bmodel: what its exported file is made of (the graph and the stored bytes of the tensors it
+//! reads, see `graph_key`: nothing is exported to compute it), the tool command lines, the
+//! chip (inside the flags), the quantize table, the TPU-MLIR version and our worker script. A
+//! stored piece is never recompiled, unless its bytes no longer match the sha256 recorded when
+//! it was stored: a corrupt or truncated entry is compiled again, never combined.
 //!
 //! Entries are published with a rename (the sidecar first, then the artifact), so runs sharing
 //! one cache at once never see half an entry; builds are reproducible, so two runs storing the
 //! same key store the same bytes.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
-/// Bump when the way pieces are produced changes in a way the key does not capture.
-const FORMAT: &str = "llm-convert piece cache v2";
+use crate::model::fingerprint::{Fingerprint, StableHasher};
+
+/// Bump when the way pieces are produced changes in a way the key does not capture (v3: keys
+/// from the graph and the stored tensor bytes instead of the ONNX file).
+const FORMAT: &str = "llm-convert piece cache v3";
 
 pub struct PieceCache {
     root: PathBuf,
@@ -27,36 +29,33 @@ pub struct PieceCache {
 
 /// What decides one compile step's bmodel.
 pub struct StepInputs<'a> {
-    pub onnx: &'a Path,
+    /// `graph_key::graph_digest` of the step's piece: its exported file's content.
+    pub graph: Fingerprint,
     pub transform_argv: &'a [String],
     pub deploy_argv: &'a [String],
     pub output_names: &'a [String],
-    pub quantize_table: Option<&'a Path>,
+    /// The `--quantize_table` text, if the step has one.
+    pub quantize_table: Option<&'a str>,
 }
 
 /// The key of one piece: all its compile steps (a decode net's stages are compiled together,
 /// since they share the first step's IO addresses).
-pub fn piece_key(steps: &[StepInputs]) -> Result<String> {
-    let mut h = Sha256::new();
-    for part in [FORMAT, crate::toolchain::TPU_MLIR_VERSION] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.update(include_bytes!("../../support/python/tpu_worker.py"));
+pub fn piece_key(steps: &[StepInputs]) -> String {
+    let mut h = StableHasher::new(FORMAT);
+    h.str(crate::toolchain::TPU_MLIR_VERSION)
+        .bytes(include_bytes!("../../support/python/tpu_worker.py"));
+    h.u64(steps.len() as u64);
     for step in steps {
-        for list in [step.transform_argv, step.deploy_argv, step.output_names] {
-            for a in list {
-                h.update(a.as_bytes());
-                h.update([0]);
-            }
-            h.update([1]);
-        }
-        hash_file_into(step.onnx, &mut h)?;
-        if let Some(q) = step.quantize_table {
-            hash_file_into(q, &mut h)?;
-        }
+        h.bytes(&step.graph)
+            .strs(step.transform_argv)
+            .strs(step.deploy_argv)
+            .strs(step.output_names);
+        match step.quantize_table {
+            Some(text) => h.bool(true).str(text),
+            None => h.bool(false),
+        };
     }
-    Ok(crate::util::hex(&h.finalize()))
+    crate::util::hex(&h.finish())
 }
 
 /// The cache extension of step `j` of a piece (the first step's is plain "bmodel").
@@ -65,20 +64,6 @@ pub fn step_ext(j: usize) -> String {
         "bmodel".into()
     } else {
         format!("stage{j}.bmodel")
-    }
-}
-
-fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<()> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        h.update(&buf[..n]);
     }
 }
 

@@ -35,6 +35,7 @@ fn print_outcome(outcome: &Outcome, json: bool) -> Result<()> {
         return Ok(());
     }
     let cached = m.pieces.iter().filter(|p| p.cached).count();
+    let exported = m.pieces.iter().filter(|p| p.exported).count();
     println!(
         "bmodel: {} ({:.1} MB)",
         m.bmodel.display(),
@@ -42,12 +43,13 @@ fn print_outcome(outcome: &Outcome, json: bool) -> Result<()> {
     );
     println!("manifest: {}", outcome.manifest_path.display());
     println!(
-        "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s, compile {:.1} s on {} workers, combine {:.1} s",
+        "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s ({} exported), compile {:.1} s on {} workers, combine {:.1} s",
         m.pieces.len(),
         m.pieces.len() - cached,
         cached,
         m.timings.total_s,
         m.timings.export_s,
+        exported,
         m.timings.compile_s,
         m.timings.workers,
         m.timings.combine_s

@@ -15,6 +15,8 @@ pub struct PieceRecord {
     pub cache_key: String,
     /// Reused from the cache (no tool ran for it in this run).
     pub cached: bool,
+    /// Exported by this run (a piece found in the cache is not).
+    pub exported: bool,
     pub transform_s: Option<f64>,
     pub deploy_s: Option<f64>,
     pub deploy_argv: Vec<String>,

@@ -10,6 +10,7 @@ mod compile;
 mod config_dir;
 mod deploy_flags;
 mod dry_run;
+pub mod graph_key;
 mod manifest;
 pub mod max_pixels;
 pub mod options;

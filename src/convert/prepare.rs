@@ -1,24 +1,29 @@
-//! Preparing the compile jobs of a plan: export each job's pieces as ONNX, key the job for the
-//! cache, and hand the ones not in the cache to the compilers as soon as they are ready.
+//! Preparing the compile jobs of a plan: key each job for the cache from its graphs and the
+//! stored bytes of the tensors they read (no export), then export only the jobs the cache
+//! lacks and hand them to the compilers as soon as they are ready.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 
 use anyhow::Result;
 
 use super::cache::{self, PieceCache};
+use super::graph_key;
 use super::plan::{JobPlan, Plan};
 use super::progress::Progress;
 use crate::arch::PieceOptions;
 use crate::model::Model;
 
-/// A planned job with its exported files and its cache key.
+/// A planned job with its files and its cache key.
 #[derive(Clone)]
 pub struct PieceJob {
     pub plan: JobPlan,
-    /// One per step of the plan.
+    /// One per step of the plan: where the export writes them (written only if `exported`).
     pub files: Vec<StepFiles>,
     pub key: String,
+    /// Whether this run exported the job (it was not in the cache, or `--only_mlir`).
+    pub exported: bool,
 }
 
 /// What the export wrote for one step (absolute paths: the tools run in the step's work dir).
@@ -43,54 +48,64 @@ pub struct Prepare<'a> {
 }
 
 impl Prepare<'_> {
-    /// Exports every job, keys it, and sends the ones not in the cache to `to_compile`.
-    /// Returns every job (cached ones included) and the export seconds.
+    /// Keys every job, exports the ones to compile and sends them to `to_compile`. Returns
+    /// every job (cached ones included), in the plan's order, and the export seconds.
     pub fn run(&self, plan: &Plan, to_compile: &Sender<PieceJob>) -> Result<(Vec<PieceJob>, f64)> {
-        // Two stages: this thread exports, a second one hashes each ONNX file for its cache
-        // key (sha256 of 1.2 GB of f32 weights costs ~10 s on a CPU without SHA extensions)
-        // and hands uncached jobs to the compilers.
-        let (exported_tx, exported_rx) = std::sync::mpsc::channel::<(JobPlan, Vec<StepFiles>)>();
+        // Two stages: a second thread keys each job (sha256 of the stored tensors, each once:
+        // ~1 s per GB with SHA extensions, ~10 s without) and passes the ones to compile to
+        // this thread, which exports them for the compilers. Hashing overlaps exports and
+        // compiles; a cached job costs no export.
+        let (keyed_tx, keyed_rx) = std::sync::mpsc::channel::<PieceJob>();
         std::thread::scope(|s| {
             let hasher = s.spawn(move || -> Result<Vec<PieceJob>> {
-                let mut jobs = Vec::new();
-                for (plan, files) in exported_rx {
-                    let job = self.key(plan, files)?;
+                let mut jobs = Vec::with_capacity(plan.jobs.len());
+                for job_plan in &plan.jobs {
+                    let job = self.key(job_plan.clone())?;
+                    let name = job.plan.piece().file_stem();
                     let stored = (0..job.files.len())
                         .all(|j| self.cache.get(&job.key, &cache::step_ext(j)).is_some());
                     if stored && !self.compile_cached {
-                        let name = job.plan.piece().file_stem();
                         self.progress.finish(&format!("{name} (cached)"));
                     } else if self.cache_only {
-                        let name = job.plan.piece().file_stem();
                         self.progress.finish(&format!("{name} (not in the cache)"));
-                    } else if to_compile.send(job.clone()).is_err() {
-                        // The compilers stopped (a piece failed); their error is the one to
-                        // report.
-                        break;
+                    } else if keyed_tx.send(job.clone()).is_err() {
+                        break; // the export stopped; its error is reported below
                     }
                     jobs.push(job);
                 }
                 Ok(jobs)
             });
             let mut export_s = 0.0;
+            let mut exported: HashMap<String, Vec<StepFiles>> = HashMap::new();
             let exporting = (|| -> Result<()> {
-                for job in &plan.jobs {
-                    let files = self.export(job, &mut export_s)?;
-                    if exported_tx.send((job.clone(), files)).is_err() {
-                        break; // the hasher failed; its error is reported below
+                for mut job in keyed_rx {
+                    job.files = self.export(&job.plan, &mut export_s)?;
+                    job.exported = true;
+                    exported.insert(job.plan.piece().file_stem(), job.files.clone());
+                    if to_compile.send(job).is_err() {
+                        // The compilers stopped (a piece failed); their error is the one to
+                        // report.
+                        break;
                     }
                 }
                 Ok(())
             })();
-            drop(exported_tx);
             let jobs = hasher
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the hashing thread panicked")));
             exporting?;
-            Ok((jobs?, export_s))
+            let mut jobs = jobs?;
+            for job in &mut jobs {
+                if let Some(files) = exported.remove(&job.plan.piece().file_stem()) {
+                    job.files = files;
+                    job.exported = true;
+                }
+            }
+            Ok((jobs, export_s))
         })
     }
 
+    /// Exports every step of a job: the one place a piece's compile input is written.
     fn export(&self, job: &JobPlan, seconds: &mut f64) -> Result<Vec<StepFiles>> {
         let mut files = Vec::with_capacity(job.steps.len());
         for step in &job.steps {
@@ -115,20 +130,44 @@ impl Prepare<'_> {
         Ok(files)
     }
 
-    fn key(&self, plan: JobPlan, files: Vec<StepFiles>) -> Result<PieceJob> {
-        let inputs: Vec<cache::StepInputs> = plan
+    /// The job's key, from each step's graph (built again: cheap) and the fingerprints of the
+    /// tensors it reads; its files are where the export would write them.
+    fn key(&self, plan: JobPlan) -> Result<PieceJob> {
+        let mut inputs = Vec::with_capacity(plan.steps.len());
+        let mut files = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            let stem = step.piece.file_stem();
+            let graph = crate::arch::build(step.piece, &self.model.config, self.piece_opts);
+            let digest = graph_key::graph_digest(&graph, &stem, self.model.weights.as_ref())?;
+            let quantize_table = graph.quantize_table();
+            files.push(StepFiles {
+                onnx: std::path::absolute(self.onnx_dir.join(format!("{stem}.onnx")))?,
+                onnx_bytes: 0,
+                quantize_table: quantize_table
+                    .as_ref()
+                    .map(|_| std::path::absolute(self.onnx_dir.join(format!("{stem}.qtable"))))
+                    .transpose()?,
+            });
+            inputs.push((digest, quantize_table));
+        }
+        let steps: Vec<cache::StepInputs> = plan
             .steps
             .iter()
-            .zip(&files)
-            .map(|(step, f)| cache::StepInputs {
-                onnx: &f.onnx,
+            .zip(&inputs)
+            .map(|(step, (graph, quantize_table))| cache::StepInputs {
+                graph: *graph,
                 transform_argv: &step.transform_argv,
                 deploy_argv: &step.deploy_argv,
                 output_names: &step.outputs,
-                quantize_table: f.quantize_table.as_deref(),
+                quantize_table: quantize_table.as_deref(),
             })
             .collect();
-        let key = cache::piece_key(&inputs)?;
-        Ok(PieceJob { plan, files, key })
+        let key = cache::piece_key(&steps);
+        Ok(PieceJob {
+            plan,
+            files,
+            key,
+            exported: false,
+        })
     }
 }

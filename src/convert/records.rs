@@ -32,6 +32,7 @@ pub fn collect(
                 kind: step.piece.kind().into(),
                 cache_key: job.key.clone(),
                 cached: c.is_none(),
+                exported: job.exported,
                 transform_s: c.as_ref().map(|c| c.transform_s),
                 deploy_s: c.as_ref().map(|c| c.deploy_s),
                 deploy_argv: step.deploy_argv.clone(),

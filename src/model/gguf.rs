@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use super::fingerprint::{self, Fingerprint, Memo};
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
 use crate::family::{Family, Gguf};
@@ -31,6 +32,8 @@ pub struct GgufFile {
     hf_to_gguf: HashMap<String, String>,
     n_head: usize,
     n_kv_head: usize,
+    /// Of the stored blocks, by GGUF name.
+    fingerprints: Memo,
 }
 
 impl GgufFile {
@@ -100,6 +103,7 @@ impl GgufFile {
             hf_to_gguf,
             n_head: 0,
             n_kv_head: 0,
+            fingerprints: Memo::default(),
         };
         g.n_head = g.meta_usize("attention.head_count")?;
         g.n_kv_head = g
@@ -207,6 +211,71 @@ impl GgufFile {
             .with_context(|| format!("{}: reading tensor {gguf_name}", self.path.display()))?;
         Ok(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
     }
+
+    /// The head count `name`'s rows are un-permuted by on read (llama.cpp's q/k permute), if
+    /// they are.
+    fn unpermute_heads(&self, name: &str) -> Option<usize> {
+        if !self.gguf.qk_rows_permuted {
+            return None;
+        }
+        if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
+            Some(self.n_head)
+        } else if name.ends_with("self_attn.k_proj.weight")
+            || name.ends_with("self_attn.k_proj.bias")
+        {
+            Some(self.n_kv_head)
+        } else {
+            None
+        }
+    }
+
+    /// The tensor's stored blocks with their type and dims, hashed as read from the file (in
+    /// chunks: no allocation follows a size in the file), once per run.
+    fn stored_fingerprint(&self, gguf_name: &str) -> Result<Fingerprint> {
+        self.fingerprints.get_or(gguf_name, || {
+            let info = self
+                .content
+                .tensor_infos
+                .get(gguf_name)
+                .with_context(|| format!("{}: no tensor {gguf_name}", self.path.display()))?;
+            let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
+            let len = (elems % dtype.block_size() == 0)
+                .then(|| (elems / dtype.block_size()).checked_mul(dtype.type_size()))
+                .flatten()
+                .with_context(|| {
+                    format!(
+                        "{}: tensor {gguf_name}: {elems} elements are no whole number of \
+                         {dtype:?} blocks",
+                        self.path.display()
+                    )
+                })? as u64;
+            let start = self.content.tensor_data_offset.saturating_add(info.offset);
+            let mut file = File::open(&self.path)
+                .with_context(|| format!("opening {}", self.path.display()))?;
+            let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            anyhow::ensure!(
+                start.checked_add(len).is_some_and(|end| end <= file_len),
+                "{}: tensor {gguf_name} ({len} bytes at {start}) lies past the end of the file",
+                self.path.display()
+            );
+            file.seek(std::io::SeekFrom::Start(start))?;
+            // The variant name of candle's type (a fieldless enum) and its block layout.
+            let ty = format!("{dtype:?}/{}/{}", dtype.block_size(), dtype.type_size());
+            fingerprint::stored("gguf", &ty, info.shape.dims(), len, |h| {
+                let mut left = len;
+                let mut buf = vec![0u8; 1 << 20];
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    file.read_exact(&mut buf[..n]).with_context(|| {
+                        format!("{}: reading tensor {gguf_name}", self.path.display())
+                    })?;
+                    h.chunk(&buf[..n]);
+                    left -= n as u64;
+                }
+                Ok(())
+            })
+        })
+    }
 }
 
 impl WeightSource for GgufFile {
@@ -235,18 +304,23 @@ impl WeightSource for GgufFile {
             .get(name)
             .with_context(|| format!("tensor \"{name}\" is not in {}", self.path.display()))?;
         let t = self.dequantize(gguf_name)?;
-        if !self.gguf.qk_rows_permuted {
-            return Ok(t);
+        match self.unpermute_heads(name) {
+            Some(heads) => unpermute_rows(&t, heads),
+            None => Ok(t),
         }
-        if name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias") {
-            unpermute_rows(&t, self.n_head)
-        } else if name.ends_with("self_attn.k_proj.weight")
-            || name.ends_with("self_attn.k_proj.bias")
-        {
-            unpermute_rows(&t, self.n_kv_head)
-        } else {
-            Ok(t)
-        }
+    }
+
+    /// The stored blocks' fingerprint; q/k rows that read un-permutes carry that step too.
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        let gguf_name = self
+            .hf_to_gguf
+            .get(name)
+            .with_context(|| format!("tensor \"{name}\" is not in {}", self.path.display()))?;
+        let fp = self.stored_fingerprint(gguf_name)?;
+        Ok(match self.unpermute_heads(name) {
+            Some(heads) => fingerprint::derived("rotary rows un-permuted", &[heads as u64], &[fp]),
+            None => fp,
+        })
     }
 
     fn describe(&self) -> String {

@@ -3,6 +3,7 @@
 
 pub mod bundled;
 pub mod config;
+pub mod fingerprint;
 pub mod gguf;
 pub mod gguf_header;
 pub mod gguf_tokenizer;

@@ -6,6 +6,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::fingerprint::Fingerprint;
 use super::weights::{TensorMeta, WeightSource};
 
 pub struct RenamedWeights {
@@ -62,6 +63,10 @@ impl WeightSource for RenamedWeights {
         self.inner.read_f32(&self.stored(name))
     }
 
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        self.inner.fingerprint(&self.stored(name))
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -86,6 +91,9 @@ mod tests {
         }
         fn read_f32(&self, name: &str) -> Result<Tensor> {
             anyhow::bail!("read {name}")
+        }
+        fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+            anyhow::bail!("fingerprint {name}")
         }
         fn describe(&self) -> String {
             "test".into()
@@ -117,5 +125,7 @@ mod tests {
         );
         let e = w.read_f32("model.norm.weight").unwrap_err().to_string();
         assert_eq!(e, "read language_model.model.norm.weight");
+        let e = w.fingerprint("model.norm.weight").unwrap_err().to_string();
+        assert_eq!(e, "fingerprint language_model.model.norm.weight");
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::{Tensor, D};
 
 use super::config::ModelConfig;
+use super::fingerprint::{self, Fingerprint};
 use super::weights::{TensorMeta, WeightSource};
 use crate::family::{Projections, Stored};
 
@@ -66,6 +67,18 @@ impl WeightSource for Repacked {
             return l2_normalise_rows(&t).with_context(|| format!("normalising {name}'s rows"));
         }
         Ok(t)
+    }
+
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        let fp = self.inner.fingerprint(name)?;
+        if self.grouped_qkv.iter().any(|n| n == name) {
+            let shape = [self.kv_heads, self.groups, self.head_dim].map(|v| v as u64);
+            return Ok(fingerprint::derived("qkv rows ungrouped", &shape, &[fp]));
+        }
+        if self.normalised_head.as_deref() == Some(name) {
+            return Ok(fingerprint::derived("rows l2-normalised", &[], &[fp]));
+        }
+        Ok(fp)
     }
 
     fn describe(&self) -> String {

@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 
+use super::fingerprint::{self, Fingerprint, Memo};
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
 
@@ -28,6 +29,7 @@ pub struct SafetensorsWeights {
     shards: Vec<Shard>,
     /// Tensor name → shard index.
     index: HashMap<String, usize>,
+    fingerprints: Memo,
 }
 
 impl SafetensorsWeights {
@@ -72,13 +74,56 @@ impl SafetensorsWeights {
             }
             shards.push(shard);
         }
-        Ok(SafetensorsWeights { shards, index })
+        Ok(SafetensorsWeights {
+            shards,
+            index,
+            fingerprints: Memo::default(),
+        })
     }
 
     fn locate(&self, name: &str) -> Option<(&Shard, safetensors::tensor::TensorInfo)> {
         let shard = &self.shards[*self.index.get(name)?];
         let info = shard.metadata.info(name)?.clone();
         Some((shard, info))
+    }
+
+    /// The tensor's stored bytes (in the mapped file), its shard and dtype.
+    fn stored_bytes(&self, name: &str) -> Result<(&Shard, &[u8], StoredDtype, Vec<usize>)> {
+        let (shard, info) = self
+            .locate(name)
+            .with_context(|| format!("tensor \"{name}\" is not in the checkpoint"))?;
+        let (start, end) = info.data_offsets;
+        let bytes = shard
+            .mmap
+            .get(shard.data_start + start..shard.data_start + end)
+            .with_context(|| {
+                format!(
+                    "{}: tensor \"{name}\" lies outside the file (checked at open)",
+                    shard.path.display()
+                )
+            })?;
+        let dtype = stored_dtype(info.dtype).context("dtype checked at open")?;
+        Ok((shard, bytes, dtype, info.shape))
+    }
+}
+
+impl Shard {
+    /// Drops the mapped pages of `bytes` (a range of this shard's map) from our resident set,
+    /// so streaming a model keeps memory near one piece (the page cache still holds them).
+    fn release(&self, bytes: &[u8]) {
+        let page = 4096;
+        let start = bytes.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        let begin = start / page * page;
+        // SAFETY: MADV_DONTNEED on a read-only file mapping only discards clean pages; later
+        // reads (ours, or another thread's reading the same tensor meanwhile) fault them back
+        // in from the file with the same bytes. The range lies inside the map.
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                begin,
+                start + bytes.len() - begin,
+            )
+        };
     }
 }
 
@@ -298,36 +343,33 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
-        let (shard, info) = self
-            .locate(name)
-            .with_context(|| format!("tensor \"{name}\" is not in the checkpoint"))?;
-        let (start, end) = info.data_offsets;
-        let bytes = shard
-            .mmap
-            .get(shard.data_start + start..shard.data_start + end)
-            .with_context(|| {
-                format!(
-                    "{}: tensor \"{name}\" lies outside the file (checked at open)",
-                    shard.path.display()
-                )
-            })?;
-        let dtype = stored_dtype(info.dtype).context("dtype checked at open")?;
-        let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &info.shape, &Device::Cpu)
+        let (shard, bytes, dtype, shape) = self.stored_bytes(name)?;
+        let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;
-        // The data is copied: drop the mapped pages from our resident set so streaming a
-        // model keeps memory near one piece (the page cache still holds them).
-        let page = 4096;
-        let begin = (shard.data_start + start) / page * page;
-        // SAFETY: MADV_DONTNEED on a read-only file mapping only discards clean pages; later
-        // reads fault them back in from the file. No reference into the range outlives this.
-        let _ = unsafe {
-            shard.mmap.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                begin,
-                shard.data_start + end - begin,
-            )
-        };
+        // The data is copied: its pages can go.
+        shard.release(bytes);
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The tensor's byte range as stored, with its dtype and shape, hashed from the map in
+    /// chunks (each chunk's pages released after), once per run.
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        self.fingerprints.get_or(name, || {
+            let (shard, bytes, dtype, shape) = self.stored_bytes(name)?;
+            let dtype = match dtype {
+                StoredDtype::F32 => "F32",
+                StoredDtype::F16 => "F16",
+                StoredDtype::Bf16 => "BF16",
+                StoredDtype::Quantized => "quantized",
+            };
+            fingerprint::stored("safetensors", dtype, &shape, bytes.len() as u64, |h| {
+                for chunk in bytes.chunks(16 << 20) {
+                    h.chunk(chunk);
+                    shard.release(chunk);
+                }
+                Ok(())
+            })
+        })
     }
 
     fn describe(&self) -> String {

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::fingerprint::{self, Fingerprint};
 use super::weights::{TensorMeta, WeightSource};
 
 /// One per-expert view: expert `expert`'s rows `start..start+rows` of a stacked tensor.
@@ -114,6 +115,19 @@ impl WeightSource for PerExpert {
         };
         let t = self.stacked(&v.stacked)?.get(v.expert)?;
         Ok(t.narrow(0, v.start, v.meta.shape[0])?.contiguous()?)
+    }
+
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        let Some(v) = self.views.get(name) else {
+            return self.inner.fingerprint(name);
+        };
+        let rows = [v.expert, v.start, v.meta.shape[0]].map(|x| x as u64);
+        let stacked = self.inner.fingerprint(&v.stacked)?;
+        Ok(fingerprint::derived(
+            "expert rows of a stacked tensor",
+            &rows,
+            &[stacked],
+        ))
     }
 
     fn describe(&self) -> String {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use candle_core::{Storage, Tensor};
 
+use super::fingerprint::{self, Fingerprint};
 use crate::error::InputError;
 
 /// Element types a weight can be stored in.
@@ -33,6 +34,10 @@ pub trait WeightSource: Send + Sync {
     fn names(&self) -> Vec<String>;
     /// Reads one tensor and converts it to f32 on the CPU.
     fn read_f32(&self, name: &str) -> Result<Tensor>;
+    /// Stands for what [`Self::read_f32`] returns, computed from the stored bytes without
+    /// decoding them (see [`fingerprint`](super::fingerprint)): a stored tensor's bytes, dtype
+    /// and shape; a derived one's inputs with a tag of the transformation.
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint>;
     /// Where the weights come from, for messages.
     fn describe(&self) -> String;
 }
@@ -86,6 +91,16 @@ impl WeightSource for FiniteWeights {
             }
         }
         Ok(t)
+    }
+
+    /// A run that lets non-finite values through keys apart: its pieces are never reused by a
+    /// run that would have refused them.
+    fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        let fp = self.inner.fingerprint(name)?;
+        Ok(match self.allow_non_finite {
+            true => fingerprint::derived("non-finite values allowed", &[], &[fp]),
+            false => fp,
+        })
     }
 
     fn describe(&self) -> String {
