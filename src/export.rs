@@ -119,16 +119,57 @@ pub fn export_piece(
     opts: &PieceOptions,
     out_dir: &Path,
 ) -> Result<Exported> {
+    export_with(model, piece, opts, out_dir, |graph| {
+        let path = out_dir.join(format!("{}.onnx", piece.file_stem()));
+        let bytes = crate::onnx::write(graph, model.weights.as_ref(), &path)?;
+        Ok((path, bytes))
+    })
+}
+
+/// Writes the native backend's `<out_dir>/<piece>_origin.mlir` and its weight npz.
+pub fn export_piece_native(
+    model: &Model,
+    piece: Piece,
+    opts: &PieceOptions,
+    out_dir: &Path,
+) -> Result<Exported> {
+    export_with(model, piece, opts, out_dir, |graph| {
+        // A directory per step: a decode stage's module is named like its block_cache_i.
+        let dir = out_dir.join(piece.file_stem());
+        let o = crate::native::emit::write_origin(graph, model.weights.as_ref(), &dir)?;
+        anyhow::ensure!(
+            o.mlir == native_export_path(out_dir, piece),
+            "internal error: {} written, {} planned",
+            o.mlir.display(),
+            native_export_path(out_dir, piece).display()
+        );
+        Ok((o.mlir, o.weight_bytes))
+    })
+}
+
+/// `<out_dir>/<piece file stem>/<net name>_origin.mlir`.
+pub fn native_export_path(out_dir: &Path, piece: Piece) -> PathBuf {
+    crate::native::emit::origin_path(&out_dir.join(piece.file_stem()), &piece.name())
+}
+
+/// Builds the piece's graph, has `write` serialise it (returning the file and its weight
+/// bytes), and writes the quantize table next to it.
+fn export_with(
+    model: &Model,
+    piece: Piece,
+    opts: &PieceOptions,
+    out_dir: &Path,
+    write: impl FnOnce(&crate::graph::Graph) -> Result<(PathBuf, u64)>,
+) -> Result<Exported> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let t0 = Instant::now();
     let graph = arch::build(piece, &model.config, opts);
-    let path = out_dir.join(format!("{}.onnx", piece.file_stem()));
     let outputs = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let dynamic_input_shapes = graph
         .is_dynamic()
         .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
-    let weight_bytes = crate::onnx::write(&graph, model.weights.as_ref(), &path)
-        .with_context(|| format!("exporting piece {}", piece.name()))?;
+    let (path, weight_bytes) =
+        write(&graph).with_context(|| format!("exporting piece {}", piece.name()))?;
     let quantize_table = match graph.quantize_table() {
         Some(text) => {
             let q = out_dir.join(format!("{}.qtable", piece.file_stem()));

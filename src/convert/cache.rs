@@ -40,10 +40,17 @@ pub struct StepInputs<'a> {
 
 /// The key of one piece: all its compile steps (a decode net's stages are compiled together,
 /// since they share the first step's IO addresses).
-pub fn piece_key(steps: &[StepInputs]) -> String {
+pub fn piece_key(steps: &[StepInputs], backend: super::backend::Backend) -> String {
     let mut h = StableHasher::new(FORMAT);
-    h.str(crate::toolchain::TPU_MLIR_VERSION)
-        .bytes(include_bytes!("../../support/python/tpu_worker.py"));
+    h.str(crate::toolchain::TPU_MLIR_VERSION);
+    // What turns the key's inputs into a bmodel: the Python worker, or the native backend
+    // (its emitter and pass lists are code of this crate: its version stands for them).
+    match backend {
+        super::backend::Backend::Onnx => {
+            h.bytes(include_bytes!("../../support/python/tpu_worker.py"))
+        }
+        super::backend::Backend::Native => h.str("native").str(crate::native::KEY_VERSION),
+    };
     h.u64(steps.len() as u64);
     for step in steps {
         h.bytes(&step.graph)

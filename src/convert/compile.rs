@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::backend::Backend;
 use super::cache::{self, PieceCache};
 use super::options::ConvertOptions;
 use super::output_names;
@@ -58,7 +59,9 @@ pub fn start_runners(
 ) -> Vec<Box<dyn ToolRunner>> {
     (0..n)
         .map(|i| {
-            let runner: Box<dyn ToolRunner> = if opts.spawn_tools {
+            let runner: Box<dyn ToolRunner> = if opts.backend == Backend::Native {
+                Box::new(crate::native::NativeRunner::new(layout))
+            } else if opts.spawn_tools {
                 Box::new(SpawnRunner::new(layout))
             } else {
                 let log = folder.join(format!("worker_{i}.log"));

@@ -125,7 +125,7 @@ pub fn run_mode(
         .clone()
         .unwrap_or_else(PieceCache::default_root);
     let cache = PieceCache::open(&cache_root)?;
-    let onnx_dir = folder.join("onnx");
+    let onnx_dir = folder.join(opts.backend.export_dir());
     let run = Run {
         layout,
         opts: &opts,
@@ -261,6 +261,7 @@ impl Run<'_> {
             model,
             piece_opts,
             onnx_dir,
+            backend: self.opts.backend,
             cache: self.cache,
             compile_cached: self.opts.only_mlir,
             cache_only: self.cache_only,

@@ -8,6 +8,7 @@ use std::sync::mpsc::Sender;
 
 use anyhow::Result;
 
+use super::backend::Backend;
 use super::cache::{self, PieceCache};
 use super::graph_key;
 use super::plan::{JobPlan, Plan};
@@ -39,6 +40,8 @@ pub struct Prepare<'a> {
     pub model: &'a Model,
     pub piece_opts: &'a PieceOptions,
     pub onnx_dir: &'a Path,
+    /// What the export writes: ONNX, or the native backend's Top MLIR + npz.
+    pub backend: Backend,
     pub cache: &'a PieceCache,
     /// `--only_mlir`: every job is run (for its Top MLIR), cached or not.
     pub compile_cached: bool,
@@ -109,12 +112,11 @@ impl Prepare<'_> {
     fn export(&self, job: &JobPlan, seconds: &mut f64) -> Result<Vec<StepFiles>> {
         let mut files = Vec::with_capacity(job.steps.len());
         for step in &job.steps {
-            let e = crate::export::export_piece(
-                self.model,
-                step.piece,
-                self.piece_opts,
-                self.onnx_dir,
-            )?;
+            let export = match self.backend {
+                Backend::Onnx => crate::export::export_piece,
+                Backend::Native => crate::export::export_piece_native,
+            };
+            let e = export(self.model, step.piece, self.piece_opts, self.onnx_dir)?;
             *seconds += e.seconds;
             step.check_export(&e)?;
             files.push(StepFiles {
@@ -141,7 +143,7 @@ impl Prepare<'_> {
             let digest = graph_key::graph_digest(&graph, &stem, self.model.weights.as_ref())?;
             let quantize_table = graph.quantize_table();
             files.push(StepFiles {
-                onnx: std::path::absolute(self.onnx_dir.join(format!("{stem}.onnx")))?,
+                onnx: std::path::absolute(self.backend.export_path(self.onnx_dir, step.piece))?,
                 onnx_bytes: 0,
                 quantize_table: quantize_table
                     .as_ref()
@@ -162,7 +164,7 @@ impl Prepare<'_> {
                 quantize_table: quantize_table.as_deref(),
             })
             .collect();
-        let key = cache::piece_key(&steps);
+        let key = cache::piece_key(&steps, self.backend);
         Ok(PieceJob {
             plan,
             files,

@@ -40,6 +40,11 @@ pub fn weight_file_name(name: &str) -> String {
     format!("{name}_top_f32_all_origin_weight.npz").to_lowercase()
 }
 
+/// Where [`write_origin`] writes the MLIR of module `name` in `dir`.
+pub fn origin_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}_origin.mlir"))
+}
+
 /// Writes `<dir>/<graph.name>_origin.mlir` and its weights
 /// `<dir>/<graph.name>_top_f32_all_origin_weight.npz` (each atomically: temp file + rename),
 /// reading weights one at a time from `weights`.
@@ -57,7 +62,7 @@ pub fn write_origin(graph: &Graph, weights: &dyn WeightSource, dir: &Path) -> Re
         w.add(&tensor.name, &tensor.dims, &values)?;
     }
     let weight_bytes = w.finish()?;
-    let mlir = dir.join(format!("{}_origin.mlir", graph.name));
+    let mlir = origin_path(dir, &graph.name);
     crate::util::write_atomic(&mlir, emitted.text.as_bytes())?;
     Ok(Origin {
         mlir,

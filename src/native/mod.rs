@@ -19,3 +19,7 @@ pub mod passes;
 pub mod runner;
 
 pub use runner::NativeRunner;
+
+/// Part of every native piece's cache key: bump it whenever the emitter or the pass lists
+/// change what they produce (the ONNX backend's equivalent is the worker script's bytes).
+pub const KEY_VERSION: &str = "1";
