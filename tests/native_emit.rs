@@ -235,8 +235,22 @@ impl Harness {
 
     /// Every piece of `model` with `opts`, both ways.
     fn check(&mut self, label: &str, model: &Path, opts: &PieceOptions) {
+        self.check_some(label, model, opts, |_| true)
+    }
+
+    /// The pieces `keep` selects.
+    fn check_some(
+        &mut self,
+        label: &str,
+        model: &Path,
+        opts: &PieceOptions,
+        keep: impl Fn(&arch::Piece) -> bool,
+    ) {
         let model = Model::open(model).unwrap();
-        for piece in arch::pieces(&model.config, opts) {
+        for piece in arch::pieces(&model.config, opts)
+            .into_iter()
+            .filter(|p| keep(p))
+        {
             let graph = arch::build(piece, &model.config, opts);
             for n in &graph.nodes {
                 *self.onnx_ops.entry(n.op).or_default() += 1;
@@ -449,6 +463,26 @@ fn unmapped_ops_are_errors_naming_op_and_piece() {
         );
         assert!(!dir.path().join("odd_piece_origin.mlir").exists());
     }
+}
+
+/// The same on the bundled SmolLM2 (real weights from a Q4_1 GGUF, tied embeddings): the heads
+/// and the first and last layers' pieces, static and dynamic. Run by hand (~1 min):
+/// `cargo test --test native_emit -- --ignored smollm2_pieces`.
+#[test]
+#[ignore]
+fn smollm2_pieces_match_tpu_mlir_onnx_front_end() {
+    let mut h = Harness::new();
+    let gguf = common::smollm2_gguf();
+    let last = Model::open(&gguf).unwrap().config.num_hidden_layers - 1;
+    let keep = |p: &arch::Piece| match p {
+        arch::Piece::Block(i) | arch::Piece::BlockCache(i) => *i == 0 || *i == last,
+        _ => true,
+    };
+    let opts = PieceOptions::new(512, None).unwrap();
+    h.check_some("smollm2", &gguf, &opts, keep);
+    h.check_some("smollm2_dynamic", &gguf, &opts.with_dynamic(true), keep);
+    println!("{} pieces compared; ONNX ops: {:?}", h.pieces, h.onnx_ops);
+    assert!(h.failures.is_empty(), "{}", h.failures.join("\n\n"));
 }
 
 /// `write_origin` against `onnx::write` on SmolLM2's largest piece (a measurement, run by hand:

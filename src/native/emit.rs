@@ -35,7 +35,8 @@ pub struct Origin {
     pub weight_bytes: u64,
 }
 
-/// The npz name TPU-MLIR gives a module's origin weights (`MLIRImporter.get_weight_file`).
+/// The npz name TPU-MLIR gives a module's origin weights (`MLIRImporter.get_weight_file`,
+/// which lowercases it; our piece names are lowercase already).
 pub fn weight_file_name(name: &str) -> String {
     format!("{name}_top_f32_all_origin_weight.npz").to_lowercase()
 }
