@@ -16,7 +16,10 @@ use serde_json::Value;
 /// Every piece's `graph_key::graph_digest` (what its cache key hashes besides the tool flags),
 /// with history-KV nets and decode stages so every kind of block piece is there.
 fn digests(model_path: &Path) -> BTreeMap<String, (Piece, String)> {
-    let model = Model::open(model_path).unwrap();
+    digests_of(&Model::open(model_path).unwrap())
+}
+
+fn digests_of(model: &Model) -> BTreeMap<String, (Piece, String)> {
     let opts = PieceOptions::new(64, Some(32))
         .unwrap()
         .with_history(true, 16);
@@ -148,6 +151,23 @@ fn a_flipped_bit_in_a_gguf_block_rekeys_exactly_its_pieces() {
             tensor,
         );
     }
+}
+
+/// A run that lets NaN / Inf through keys its pieces apart: a run that refuses them never
+/// reuses what it compiled.
+#[test]
+fn allowing_non_finite_weights_rekeys_every_piece_with_weights() {
+    let path = common::fixtures().join("llama_tied");
+    let refusing = digests(&path);
+    let mut model = Model::open(&path).unwrap();
+    model.allow_non_finite();
+    // Every piece of this model reads a checkpoint tensor.
+    assert_rekeyed(
+        &refusing,
+        &digests_of(&model),
+        |_| true,
+        "--allow-non-finite",
+    );
 }
 
 fn pieces(m: &Value) -> &Vec<Value> {
