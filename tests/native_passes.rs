@@ -328,6 +328,23 @@ fn native_deploy_writes_model_deploys_bmodel() {
             record["deploy_s"].as_f64().unwrap_or(f64::NAN),
             got.len()
         );
+        let config = |d: &Path| {
+            let f = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".layer_group_config.json")
+                })
+                .unwrap_or_else(|| panic!("no layer group config in {}", d.display()));
+            std::fs::read(f.path()).unwrap()
+        };
+        assert!(
+            config(&p.work) == config(bmodel.parent().unwrap()),
+            "{}: layer_group_config.json differs from model_deploy's",
+            p.stem
+        );
         assert_eq!(want.len(), got.len(), "{}: bmodel sizes differ", p.stem);
         let diff = spans(&want, &got);
         assert!(diff.is_empty(), "{}: bytes differ at {diff:?}", p.stem);
