@@ -328,8 +328,80 @@ fn native_deploy_writes_model_deploys_bmodel() {
             record["deploy_s"].as_f64().unwrap_or(f64::NAN),
             got.len()
         );
+        let config = |d: &Path| {
+            let f = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".layer_group_config.json")
+                })
+                .unwrap_or_else(|| panic!("no layer group config in {}", d.display()));
+            std::fs::read(f.path()).unwrap()
+        };
+        assert!(
+            config(&p.work) == config(bmodel.parent().unwrap()),
+            "{}: layer_group_config.json differs from model_deploy's",
+            p.stem
+        );
         assert_eq!(want.len(), got.len(), "{}: bmodel sizes differ", p.stem);
         let diff = spans(&want, &got);
         assert!(diff.is_empty(), "{}: bytes differ at {diff:?}", p.stem);
     }
+}
+
+#[test]
+fn native_transform_places_the_origin_and_writes_model_transforms_weights() {
+    let ps = pieces(&qwen2_history());
+    let p = ps.iter().find(|p| p.stem == "block_1").unwrap();
+    // The origin MLIR and its npz elsewhere, as nemit's write_origin leaves them.
+    let src = common::run_dir().join("npass-origin-block_1");
+    let cwd = common::run_dir().join("npass-transform-block_1");
+    for d in [&src, &cwd] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let origin = format!("{}_origin.mlir", p.name);
+    let npz = passes::weight_file(&std::fs::read_to_string(p.work.join(&origin)).unwrap()).unwrap();
+    for f in [&origin, &npz] {
+        std::fs::copy(p.work.join(f), src.join(f)).unwrap();
+    }
+    let argv: Vec<String> = [
+        "--model_name",
+        &p.name,
+        "--model_def",
+        src.join(&origin).to_str().unwrap(),
+        "--mlir",
+        &format!("{}.mlir", p.name),
+        "--do_onnx_sim=",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = cwd.join("transform.log");
+    NativeRunner::new(&common::toolchain())
+        .run("model_transform.py", &argv, &cwd, &log)
+        .unwrap();
+    assert!(cwd.join(&origin).is_file() && cwd.join(&npz).is_file());
+    let top_npz = format!("{}_top_f32_all_weight.npz", p.name);
+    assert!(
+        std::fs::read(cwd.join(&top_npz)).unwrap() == std::fs::read(p.work.join(&top_npz)).unwrap(),
+        "{top_npz} differs from model_transform.py's"
+    );
+    let bad: Vec<String> = [
+        "--model_name",
+        "x",
+        "--model_def",
+        "x.onnx",
+        "--mlir",
+        "x.mlir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let e = NativeRunner::new(&common::toolchain())
+        .run("model_transform.py", &bad, &cwd, &log)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("origin Top .mlir"), "{e:#}");
 }

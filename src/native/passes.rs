@@ -481,37 +481,7 @@ pub fn deploy_calls(a: &DeployArgs, module_name: &str) -> Vec<TpucCall> {
 
 /// What `gen_layer_group_config` writes (json.dump, indent 2) for every chip we target (cv184x,
 /// the one chip with another config, is not one of them).
-pub const LAYER_GROUP_CONFIG: &str = r#"{
-  "shape_secs_search_strategy": 0,
-  "structure_detect_opt": true,
-  "sc_method_configs": [
-    {
-      "sc_method": "sc_method_quick_search",
-      "MAX_TRY_NUM": 20
-    },
-    {
-      "sc_method": "sc_method_search_better_v1",
-      "NSECS_SEARCH_RECORD_THRESHOLD": 3,
-      "CSECS_SEARCH_RECORD_THRESHOLD": 3,
-      "DSECS_SEARCH_RECORD_THRESHOLD": 3,
-      "HSECS_SEARCH_RECORD_THRESHOLD": 3,
-      "WSECS_SEARCH_RECORD_THRESHOLD": 3
-    },
-    {
-      "sc_method": "sc_method_search_better_v2",
-      "MAX_NSECS": 32,
-      "MAX_CSECS": 32,
-      "MAX_DSECS": 32,
-      "MAX_HSECS": 32,
-      "MAX_WSECS": 32,
-      "NSECS_SEARCH_RECORD_THRESHOLD": 2,
-      "CSECS_SEARCH_RECORD_THRESHOLD": 2,
-      "DSECS_SEARCH_RECORD_THRESHOLD": 2,
-      "HSECS_SEARCH_RECORD_THRESHOLD": 2,
-      "WSECS_SEARCH_RECORD_THRESHOLD": 2
-    }
-  ]
-}"#;
+pub const LAYER_GROUP_CONFIG: &str = include_str!("layer_group_config.json");
 
 /// The `module @name` of a Top MLIR's text (MlirParser.module_name).
 pub fn module_name(mlir_text: &str) -> Result<String> {

@@ -224,3 +224,21 @@ fn append(log: &Path, text: &str) -> Result<()> {
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", log.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The redirect idiom [`super::NativeRunner`] (and the worker's SpawnRunner) use must put
+    /// both streams into the log: duct applies the outermost redirect first.
+    #[test]
+    fn stderr_and_stdout_both_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let f = std::fs::File::create(&log).unwrap();
+        duct::cmd!("sh", "-c", "echo out; echo err >&2")
+            .stderr_to_stdout()
+            .stdout_file(f)
+            .run()
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\nerr\n");
+    }
+}
