@@ -11,9 +11,9 @@ use crate::arch::Piece;
 pub enum Backend {
     /// Top MLIR + weights written directly; tpuc-opt runs the passes model_transform.py and
     /// model_deploy.py would run. Needs no Python.
+    #[default]
     Native,
     /// ONNX export, then model_transform.py + model_deploy.py in a Python worker.
-    #[default]
     Onnx,
 }
 

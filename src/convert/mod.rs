@@ -107,7 +107,7 @@ pub fn run_mode(
     }
 
     if opts.dry_run {
-        dry_run::print(&plan, &model, &bmodel_path)?;
+        dry_run::print(&plan, &model, &bmodel_path, opts.backend)?;
         return Ok(None);
     }
     if opts.only_onnx {
@@ -119,6 +119,15 @@ pub fn run_mode(
         return Ok(None);
     }
     crate::toolchain::require_installed(layout)?;
+    if opts.backend == backend::Backend::Onnx
+        && !crate::toolchain::install_native::python_backend_installed(layout)
+    {
+        anyhow::bail!(
+            "the onnx backend needs TPU-MLIR's Python tools, and this toolchain was installed \
+             with --native: run `llm-convert toolchain install` (without --native), or convert \
+             with --backend native"
+        );
+    }
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let cache_root = opts
         .cache_dir

@@ -150,7 +150,7 @@ pub struct ConvertArgs {
     pub spawn_tools: bool,
     /// How pieces are compiled: `native` writes Top MLIR and runs tpuc-opt directly (no
     /// Python); `onnx` exports ONNX for TPU-MLIR's model_transform.py + model_deploy.py.
-    #[arg(long, value_enum, default_value = "onnx")]
+    #[arg(long, value_enum, default_value = "native")]
     pub backend: super::backend::Backend,
     /// Compile only shard I of N (1-based, balanced by expected compile time) into the cache
     /// and write no bmodel; `llm-convert combine` with the same flags and a cache holding
@@ -407,6 +407,13 @@ impl ConvertArgs {
                 here,
                 "--jobs must be at least 1",
                 "omit --jobs for the default",
+            ));
+        }
+        if self.spawn_tools && self.backend == super::backend::Backend::Native {
+            return Err(refuse(
+                here,
+                "--spawn-tools runs TPU-MLIR's Python tools, which the native backend does not use",
+                "add --backend onnx, or drop --spawn-tools",
             ));
         }
         Ok((model, seq))
