@@ -29,13 +29,14 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
     if let Some(vlm) = &cfg.vlm {
-        if vlm.kind != crate::model::vlm::VlmKind::Qwen2_5Vl {
+        use crate::model::vlm::VlmKind::*;
+        if !matches!(vlm.kind, Qwen2_5Vl | InternVl) {
             // Without its vit the bmodel would silently ignore images.
             return Err(InputError::invalid(
                 &config,
                 format!(
                     "converting {} is not supported yet: its vision tower has no verified vit \
-                     net in this version (only qwen2_5_vl converts)",
+                     net in this version (only qwen2_5_vl and InternVL convert)",
                     vlm.model_type
                 ),
                 "use TPU-MLIR's llm_convert.py for this model for now",
