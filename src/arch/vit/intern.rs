@@ -7,7 +7,7 @@
 //! `attn.qkv`, or transformers' split q/k/v), read under its own names.
 
 use super::ops::{self, VitAct, VitNorm};
-use crate::graph::{Attr, Elem, Graph};
+use crate::graph::{Elem, Graph};
 
 /// The projector's LayerNorm eps: `nn.LayerNorm`'s default, as upstream in both layouts
 /// (InternVL3Converter uses the vision `layer_norm_eps`).
@@ -132,21 +132,13 @@ pub fn vit(spec: &InternVitSpec) -> Graph {
         &[1, c, spec.image_size, spec.image_size],
     );
 
-    // Patch embedding: the stride = kernel Conv2d, as InternVL3Converter emits it.
-    let kernel = gr.weight(&format!("{}.weight", n.patch), &[hv, c, p, p], false);
-    let bias = gr.weight(&format!("{}.bias", n.patch), &[hv], false);
-    let pk = p as i64;
-    let conv = gr.op(
-        "Conv",
-        &[&x, &kernel, &bias],
-        vec![
-            ("kernel_shape", Attr::Ints(vec![pk, pk])),
-            ("strides", Attr::Ints(vec![pk, pk])),
-        ],
-    );
-    // [1, Hv, g, g] → [g², Hv], sequence index = row·g + column.
-    let flat = gr.reshape(&conv, &[hv as i64, (g * g) as i64]);
-    let patches = gr.transpose(&flat, &[1, 0]);
+    // Patch embedding: the stride = kernel Conv2d as a MatMul over the patches' (C, p, p)
+    // values, sequence index = row·g + column.
+    let (gi, pi) = (g as i64, p as i64);
+    let split = gr.reshape(&x, &[c as i64, gi, pi, gi, pi]);
+    let split = gr.transpose(&split, &[1, 3, 0, 2, 4]);
+    let rows = gr.reshape(&split, &[gi * gi, (c * p * p) as i64]);
+    let patches = ops::linear(gr, &rows, n.patch, c * p * p, hv, true);
     let cls = gr.weight(n.cls, &[1, hv], false);
     let tokens = gr.concat(&[&cls, &patches], 0);
     let pos = gr.weight(n.position, &[1 + g * g, hv], false);
