@@ -281,8 +281,7 @@ fn verify_image_passes_and_bad_images_exit_2() {
 }
 
 /// What this version cannot convert correctly yet is refused before any work, naming the
-/// config: `--dynamic` M-RoPE blocks (they do not verify), and VLMs whose vit is not verified
-/// (InternVL), which would otherwise silently drop the images.
+/// config: `--dynamic` M-RoPE blocks (they do not verify).
 #[test]
 fn unverified_vlm_builds_are_refused() {
     let dry_run = dry_run_vlm;
@@ -294,11 +293,149 @@ fn unverified_vlm_builds_are_refused() {
         err.contains("--dynamic") && err.contains("config.json"),
         "{err}"
     );
-    for fixture in ["internvl", "internvl_chat"] {
-        let (code, err) = dry_run(fixture, &[]);
-        assert_eq!(code, Some(2), "{fixture}: {err}");
-        assert!(err.contains("not supported yet"), "{fixture}: {err}");
+}
+
+// ---- InternVL (issue 12): the InternViT vit, one launch per tile, the <IMG_CONTEXT> splice ----
+
+/// InternVL conversions: S 128 (the prompts are 57 tokens).
+const INTERN_SEQ: usize = 128;
+
+/// The fixture's model files plus a preprocessor_config.json with the fixture processor's
+/// tile cap (max_patches 4: chelsea becomes 2 tiles + the thumbnail, 48 image tokens).
+fn intern_model(name: &str) -> PathBuf {
+    let dir = model_copy(name);
+    let pre = r#"{"min_patches": 1, "max_patches": 4, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#;
+    std::fs::write(dir.join("preprocessor_config.json"), pre).unwrap();
+    dir
+}
+
+fn intern_expected(name: &str) -> Value {
+    let dir = common::vlm::vlm_fixtures().join(name);
+    serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+/// `verify --image photo.png --tokens PROMPT --steps 6 --json` passes; returns its report.
+fn intern_verify(name: &str, model: &Path, bmodel: &Path, prompt: &[u32]) -> Value {
+    let photo = common::vlm::vlm_fixtures().join(name).join("photo.png");
+    let out = common::llm_convert(&[
+        "verify",
+        "-m",
+        model.to_str().unwrap(),
+        bmodel.to_str().unwrap(),
+        "--image",
+        photo.to_str().unwrap(),
+        "--tokens",
+        &common::tokens_arg(prompt),
+        "--steps",
+        "6",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let vit_line = stderr.lines().find(|l| l.starts_with("vit:")).unwrap_or("");
+    eprintln!("{name}: {vit_line}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["vit_cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    assert!(report["min_cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    assert_eq!(report["exact_agreement"].as_f64(), Some(1.0), "{report}");
+    assert_eq!(report["pass"], Value::Bool(true), "{report}");
+    report
+}
+
+fn count(ids: &Value, id: u64) -> usize {
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v.as_u64() == Some(id))
+        .count()
+}
+
+/// Accepted (issue 12, InternVL, native layout): bf16 static converts with its vit;
+/// transformers' own tiles through the vit give transformers' image embeddings (cosine at
+/// least 0.999 over all 3 tiles, one launch each); `verify --image` on the photo passes (our
+/// tiling, vit and every block against the candle reference, tokens equal).
+#[test]
+fn internvl_native_bf16_vit_and_verify_image_pass() {
+    let name = "internvl";
+    let model = intern_model(name);
+    let c = common::converted(&model, INTERN_SEQ, &["-q", "bf16"]);
+    let dir = common::vlm::vlm_fixtures().join(name);
+    let t = candle_core::safetensors::load(dir.join("expected/inputs.safetensors"), &Device::Cpu)
+        .unwrap();
+    let flat = |k: &str| -> Vec<f32> { t[k].flatten_all().unwrap().to_vec1().unwrap() };
+    let (pixels, want) = (flat("pixel_values"), flat("image_embeds"));
+    {
+        let layout = common::toolchain();
+        let libs = RuntimeLibs::select(&layout, Some("simulator"));
+        let mut rt = Runtime::open(&libs, 0).expect("opening the simulator runtime");
+        rt.load_bmodel(&c.bmodel).expect("loading the bmodel");
+        let vit = VitNet::discover(&rt).unwrap().expect("a vit net");
+        assert_eq!((vit.max_patches, vit.max_tokens), (112, 16));
+        let tile = 3 * 112 * 112;
+        let mut got = Vec::new();
+        for k in 0..pixels.len() / tile {
+            let input = VitInput {
+                rows: 1,
+                pixels: &pixels[k * tile..(k + 1) * tile],
+                position_ids: &[],
+                full_mask: &[],
+                window_mask: &[],
+                reverse_index: &[],
+            };
+            got.extend(vit.run(&rt, &input).unwrap().to_f32().unwrap());
+        }
+        let cos = cosine(&got, &want);
+        eprintln!("internvl: transformers' tiles, vit cosine {cos:.6}");
+        assert!(cos >= 0.999, "vit cosine {cos}");
     }
+    let expected = intern_expected(name);
+    let report = intern_verify(name, &model, &c.bmodel, &ids(&expected["prompt"]));
+    assert_eq!(count(&report["prompt"], 1002), 48, "{report}");
+}
+
+/// Accepted (issue 12, InternVL, OpenGVLab's internvl_chat layout: fused qkv, vision_model.*,
+/// mlp1.*): bf16 static converts and `verify --image` passes; a prompt with a single
+/// <IMG_CONTEXT> is expanded to the image's 3 tiles · 16 tokens.
+#[test]
+fn internvl_chat_bf16_verify_image_expands_the_image_token() {
+    let name = "internvl_chat";
+    let model = intern_model(name);
+    let c = common::converted(&model, INTERN_SEQ, &["-q", "bf16"]);
+    let prompt = [3, 17, 256, 1000, 1002, 1001, 42, 7, 511, 128];
+    let report = intern_verify(name, &model, &c.bmodel, &prompt);
+    assert_eq!(count(&report["prompt"], 1002), 48, "{report}");
+    assert_eq!(
+        report["prompt"].as_array().unwrap().len(),
+        prompt.len() + 47
+    );
+}
+
+/// Accepted (issue 12, InternVL w4bf16): converts, and its nets are the runtime's contract:
+/// `vit` `pixel_value [1, 3, S, S] float32` → `[tokens, H] bfloat16`, text blocks with 1-D
+/// position ids.
+#[test]
+fn internvl_w4bf16_converts_to_contract() {
+    let model = intern_model("internvl");
+    let c = common::converted(&model, INTERN_SEQ, &["-q", "w4bf16"]);
+    let log = std::fs::read_to_string(c.out.join("model.log")).unwrap();
+    let vit = log
+        .split("==========")
+        .find(|net| net.contains("[vit]"))
+        .expect("a vit net in model.log");
+    assert!(
+        vit.contains("input: pixel_value, [1, 3, 112, 112], float32"),
+        "{vit}"
+    );
+    assert!(
+        vit.contains("output: hidden_states, [16, 128], bfloat16"),
+        "{vit}"
+    );
+    let s = INTERN_SEQ;
+    assert!(
+        log.contains(&format!("input: position_ids, [1, {s}], int32")),
+        "{log}"
+    );
+    assert!(log.contains("input: position_ids, [1, 1], int32"), "{log}");
 }
 
 // ---- Qwen2-VL (issue 12): LayerNorm blocks, quick_gelu fc MLP, full attention in every

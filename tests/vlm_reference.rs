@@ -397,4 +397,73 @@ fn qwen2vl_layer_norm_changes_the_embeddings() {
 #[test]
 fn qwen2vl_head_dim_80_matches_transformers() {
     matches_transformers("qwen2vl_hd80_bf16");
+// ---- InternVL quirks (issue 12): each one changes the image embeddings ----
+
+/// The `internvl` fixture with its weights edited by `edit(name, tensor)` (None: unchanged),
+/// in a folder of its own.
+fn internvl_edited(
+    dir: &tempfile::TempDir,
+    edit: impl Fn(&str, &Tensor) -> Option<Tensor>,
+) -> Model {
+    let src = common::vlm::vlm_fixtures().join("internvl");
+    let mut weights =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut edited = 0;
+    for (name, t) in weights.iter_mut() {
+        if let Some(new) = edit(name, t) {
+            *t = new;
+            edited += 1;
+        }
+    }
+    assert!(edited > 0, "no weight was edited");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    candle_core::safetensors::save(&weights, dir.path().join("model.safetensors")).unwrap();
+    Model::open(dir.path()).unwrap()
+}
+
+fn internvl_embeddings_differ_by(model: &Model) -> f32 {
+    let f = fixture("internvl");
+    let image = vision::image_embeddings(model, &f.input()).unwrap();
+    max_diff(&image, &f.tensors["image_embeds"])
+}
+
+/// LayerScale (`lambda_1` / `lambda_2`, OpenGVLab's `ls1` / `ls2`): with the scales set to 1
+/// (dropped), the embeddings are far from transformers'.
+#[test]
+fn internvl_layer_scale_matters() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = internvl_edited(&dir, |name, t| {
+        name.contains(".lambda_").then(|| t.ones_like().unwrap())
+    });
+    let diff = internvl_embeddings_differ_by(&model);
+    eprintln!("internvl without LayerScale: embeddings max |diff| {diff:.2e}");
+    assert!(
+        diff > 100.0 * TOLERANCE,
+        "LayerScale changed nothing ({diff})"
+    );
+}
+
+/// The pixel shuffle's channel order (the 2×2 neighbours (0,0), (0,1), (1,0), (1,1)): the
+/// other order (rows and columns swapped) is what this model computes with the projector's
+/// input blocks 1 and 2 swapped; its embeddings are far from transformers'.
+#[test]
+fn internvl_pixel_shuffle_order_matters() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = internvl_edited(&dir, |name, t| {
+        let swap_blocks = |t: &Tensor| {
+            let axis = t.rank() - 1;
+            let b = t.dim(axis).unwrap() / 4;
+            let part = |k: usize| t.narrow(axis, k * b, b).unwrap();
+            Tensor::cat(&[part(0), part(2), part(1), part(3)], axis).unwrap()
+        };
+        let projector_input = name.starts_with("multi_modal_projector.layer_norm.")
+            || name == "multi_modal_projector.linear_1.weight";
+        projector_input.then(|| swap_blocks(t))
+    });
+    let diff = internvl_embeddings_differ_by(&model);
+    eprintln!("internvl with the transposed pixel shuffle: embeddings max |diff| {diff:.2e}");
+    assert!(
+        diff > 100.0 * TOLERANCE,
+        "the shuffle order changed nothing ({diff})"
+    );
 }

@@ -24,27 +24,10 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 }
 
 /// The model-dependent rules: the pixel multiple (Qwen2-VL / Qwen2.5-VL), no --max_pixels
-/// for text-only models, only the VLMs whose vit is verified, no `--dynamic` for M-RoPE models
+/// for text-only models, no `--dynamic` for M-RoPE models
 /// yet, no history-KV prefill for M-RoPE models (block_kv's positions are sequence indices).
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
-    if let Some(vlm) = &cfg.vlm {
-        if !matches!(
-            vlm.kind,
-            crate::model::vlm::VlmKind::Qwen2_5Vl | crate::model::vlm::VlmKind::Qwen2Vl
-        ) {
-            // Without its vit the bmodel would silently ignore images.
-            return Err(InputError::invalid(
-                &config,
-                format!(
-                    "converting {} is not supported yet: its vision tower has no verified vit \
-                     net in this version (only qwen2_5_vl and qwen2_vl convert)",
-                    vlm.model_type
-                ),
-                "use TPU-MLIR's llm_convert.py for this model for now",
-            ));
-        }
-    }
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
         let fix = if cfg.vlm.is_none() {
             "drop --max_pixels: this model has no vision tower"

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::multimodal::PromptExtras;
 use super::vision::{VitInput, VitKind, VitNet, VitOutput};
@@ -44,7 +44,12 @@ pub fn vlm_of<'c>(cfg: &'c ModelConfig, model: &Path) -> Result<&'c VlmConfig> {
 /// Puts the image's tokens into `prompt`: a run of the image token (or one of them) becomes
 /// the image's token count; without one, `<vision_start> image tokens <vision_end>` goes
 /// first.
-fn place_image(prompt: &[u32], vlm: &VlmConfig, image_token: u32, tokens: usize) -> Vec<u32> {
+pub(super) fn place_image(
+    prompt: &[u32],
+    vlm: &VlmConfig,
+    image_token: u32,
+    tokens: usize,
+) -> Vec<u32> {
     let image = std::iter::repeat_n(image_token, tokens);
     match prompt.iter().position(|&t| t == image_token) {
         Some(at) => {
@@ -87,7 +92,7 @@ pub fn prepare(
         ))
     })?;
     if vit.kind == VitKind::Intern {
-        bail!("--image with InternVL bmodels is not supported yet");
+        return super::intern_prompt::prepare(rt, &vit, vlm, model_dir, image, prompt);
     }
     let image_token = vlm
         .image_token_id

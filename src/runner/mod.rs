@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_report;
 pub mod image_prompt;
+mod intern_prompt;
 pub mod multimodal;
 mod nets;
 mod pipeline;

@@ -25,9 +25,16 @@ pub fn verify_image(
 ) -> Result<VerifyReport> {
     let ip = image_prompt::prepare(rt, &model.config, &model.source, image, prompt)?;
     let rows = ip.pixel_rows.len() / ip.row_width;
-    let input = VisionInput {
-        pixel_values: Tensor::from_vec(ip.pixel_rows.clone(), (rows, ip.row_width), &Device::Cpu)?,
-        grid_thw: vec![ip.grid],
+    let input = match super::intern_prompt::reference_input(&model.config, &ip)? {
+        Some(input) => input,
+        None => VisionInput {
+            pixel_values: Tensor::from_vec(
+                ip.pixel_rows.clone(),
+                (rows, ip.row_width),
+                &Device::Cpu,
+            )?,
+            grid_thw: vec![ip.grid],
+        },
     };
     let want = image_embeddings(model, &input)?;
     let want_v: Vec<f32> = want.flatten_all()?.to_vec1()?;

@@ -2,6 +2,7 @@
 //! LLM's width, as one net with llm_convert.py's inputs and outputs (vlm.md §1.2, §2.2, §3),
 //! so LLM-TPU's runtimes and ours run both bmodels alike. Geometry comes from the config.
 
+pub mod intern;
 pub mod ops;
 pub mod qwen;
 mod spec;
@@ -22,6 +23,7 @@ pub fn max_pixels_rule(spec: &VitSpec) -> Option<((usize, usize), usize)> {
             };
             Some((default, q.patch * q.merge))
         }
+        VitSpec::Intern(_) => None,
     }
 }
 
@@ -64,5 +66,6 @@ pub fn build(cfg: &ModelConfig, max_pixels: Option<usize>) -> Graph {
             let default = max_pixels_rule(&spec).map(|((w, h), _)| w * h).unwrap_or(0);
             qwen::vit(q, spec.patches(max_pixels.unwrap_or(default)))
         }
+        VitSpec::Intern(v) => intern::vit(v),
     }
 }

@@ -1,15 +1,17 @@
 //! The vision tower of a model config, as the vit graphs need it (the one place that reads
 //! the VLM part of [`ModelConfig`] for `arch`).
 
-use super::ops::VitAct;
+use super::intern::{InternVitSpec, CHAT_NAMES, NATIVE_NAMES};
+use super::ops::{VitAct, VitNorm};
 use super::qwen::{QwenVitKind, QwenVitSpec};
-use crate::model::vlm::{QwenVisionMlp, VisionTower};
+use crate::model::vlm::{InternLayout, QwenVisionMlp, VisionNorm, VisionTower};
 use crate::model::ModelConfig;
 
 /// A model's vision tower.
 #[derive(Debug, Clone)]
 pub enum VitSpec {
     Qwen(QwenVitSpec),
+    Intern(InternVitSpec),
 }
 
 impl VitSpec {
@@ -17,6 +19,8 @@ impl VitSpec {
     pub fn patches(&self, pixels: usize) -> usize {
         match self {
             VitSpec::Qwen(q) => pixels / (q.patch * q.patch),
+            // One fixed tile per call.
+            VitSpec::Intern(_) => 0,
         }
     }
 }
@@ -44,6 +48,26 @@ pub fn vit_spec(cfg: &ModelConfig) -> Option<VitSpec> {
                 act,
             }))
         }
-        VisionTower::Intern(_) => None,
+        VisionTower::Intern(v) => Some(VitSpec::Intern(InternVitSpec {
+            names: match v.layout {
+                InternLayout::Chat => &CHAT_NAMES,
+                InternLayout::Native => &NATIVE_NAMES,
+            },
+            image_size: v.image_size,
+            patch: v.patch_size,
+            channels: v.num_channels,
+            hidden: v.hidden_size,
+            heads: v.num_heads,
+            intermediate: v.intermediate_size,
+            layers: v.layers_used(),
+            qkv_bias: v.qkv_bias,
+            qk_norm: v.qk_norm,
+            norm: match v.norm {
+                VisionNorm::Layer => VitNorm::Layer,
+                VisionNorm::Rms => VitNorm::Rms,
+            },
+            norm_eps: v.norm_eps,
+            out_hidden: v.out_hidden_size,
+        })),
     }
 }
