@@ -24,7 +24,8 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 }
 
 /// The model-dependent rules: the pixel multiple (Qwen2-VL / Qwen2.5-VL), no --max_pixels
-/// for text-only models, only the VLMs whose vit is verified, no history-KV prefill for M-RoPE models (block_kv's positions are sequence indices).
+/// for text-only models, only the VLMs whose vit is verified, no history-KV prefill for M-RoPE
+/// models (block_kv's positions are sequence indices).
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
     if let Some(vlm) = &cfg.vlm {
