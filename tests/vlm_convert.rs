@@ -281,16 +281,19 @@ fn verify_image_passes_and_bad_images_exit_2() {
 }
 
 /// What this version cannot convert correctly yet is refused before any work, naming the
-/// config: `--dynamic` M-RoPE blocks (they do not verify).
+/// config: `--use_history_kv` M-RoPE blocks (block_kv's positions are sequence indices).
+/// `--dynamic` is accepted (its blocks verify, see the dynamic test at the end).
 #[test]
 fn unverified_vlm_builds_are_refused() {
     let dry_run = dry_run_vlm;
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--dynamic"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--use_history_kv"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("--dynamic") && err.contains("config.json"),
+        err.contains("--use_history_kv") && err.contains("config.json"),
         "{err}"
     );
 }
@@ -548,8 +551,8 @@ fn qwen2_vl_w4bf16_converts_to_the_contract() {
     );
 }
 
-/// Qwen2-VL is no longer refused (its vit verifies), but its M-RoPE blocks keep the
-/// `--dynamic` refusal; a --max_pixels that is not a multiple of 28·28 is refused, and so is
+/// Qwen2-VL is no longer refused (its vit verifies), `--dynamic` is accepted, but its M-RoPE
+/// blocks keep the `--use_history_kv` refusal; a --max_pixels that is not a multiple of 28·28 is refused, and so is
 /// llm_convert.py's default for qwen2_vl (768·768 is not a multiple of 784: llm_convert.py
 /// refuses it too), with the fix to pass --max_pixels.
 #[test]
@@ -564,9 +567,11 @@ fn qwen2_vl_dry_run_accepts_static_only() {
         "{err}"
     );
     let (code, err) = dry_run(&["--max_pixels", "140,224", "--dynamic"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = dry_run(&["--max_pixels", "140,224", "--use_history_kv"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("--dynamic") && err.contains("config.json"),
+        err.contains("--use_history_kv") && err.contains("config.json"),
         "{err}"
     );
     let (code, err) = dry_run(&["--max_pixels", "100,100"]);
@@ -610,4 +615,34 @@ fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
     let theirs = common::llm_convert_py(&model, &out, &flags);
     assert_qwen2_vl_contract(&out, "visual.merger.mlp.2", "bfloat16");
     verifies_with_the_photo(&model, &theirs, &fixture("qwen2vl_hd80_bf16"));
+}
+
+// ---- `--dynamic` M-RoPE prefill blocks (issue 12). Their in-graph causal mask once sliced
+// input_states in an f32-kept op, so TPU-MLIR (`--quant_input`) made block_i's input_states
+// F32 while the runtime writes bf16 rows: every block read garbage (cosine ~0.1). ----
+
+/// Accepted: the tiny Qwen2.5-VL at bf16 `--dynamic` keeps the runtime's dtypes (bf16
+/// input_states, INT32 `[3, L]` position_ids) and `verify --image` passes with a prompt (44
+/// tokens) shorter than the 256-token prefill: vit and every block >= 0.999, every token the
+/// reference's and transformers'.
+#[test]
+fn qwen2_5_vl_bf16_dynamic_verifies_with_the_photo() {
+    let model = model_copy("qwen25vl");
+    let f = fixture("qwen25vl");
+    assert!(ids(&f.expected["prompt"]).len() < 256);
+    let c = common::converted(
+        &model,
+        256,
+        &["-q", "bf16", "--max_pixels", "140,224", "--dynamic"],
+    );
+    let block = net_io(&c.out, "block_0");
+    assert_eq!(
+        block[..2],
+        [
+            "input: input_states, [max:1, max:256, max:128], bfloat16".to_string(),
+            "input: position_ids, [max:3, max:256], int32".to_string(),
+        ],
+        "{block:?}"
+    );
+    verifies_with_the_photo(&model, &c.bmodel, &f);
 }

@@ -29,7 +29,7 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
     let p = ((o.dynamic && !mrope) || window.is_some()).then(|| positions_f32(&mut g, &pos));
     let mut mask = match &p {
         Some(p) if o.dynamic => causal_mask(&mut g, p, p),
-        _ if o.dynamic => mrope::sequence_causal_mask(&mut g, &x),
+        _ if o.dynamic => mrope::sequence_causal_mask(&mut g, &pos),
         _ => g.input("attention_mask", Elem::F32, &[1, 1, l, l]),
     };
     if let (Some(w), Some(p)) = (window, &p) {

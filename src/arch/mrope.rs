@@ -3,7 +3,7 @@
 //! and frequency j takes the row of the `mrope_section` it falls in (transformers'
 //! `apply_multimodal_rotary_pos_emb`, the section list applied to both halves).
 
-use super::mask::MASK_VALUE;
+use super::mask::{positions_f32, MASK_VALUE};
 use crate::graph::Graph;
 use crate::model::ModelConfig;
 
@@ -41,15 +41,19 @@ pub fn select(g: &mut Graph, cfg: &ModelConfig, table: String, d: usize) -> Stri
 }
 
 /// The causal mask of a dynamic M-RoPE prefill block: from the tokens' sequence indices
-/// (a CumSum over `input_states [1, L, H]`'s rows), since M-RoPE positions repeat within an
-/// image. Kept in f32 like the other in-graph masks.
-pub fn sequence_causal_mask(g: &mut Graph, input_states: &str) -> String {
+/// (a CumSum over ones, one per column of `position_ids [3, L]`), since M-RoPE positions
+/// repeat within an image. Kept in f32 like the other in-graph masks.
+///
+/// Counted from position_ids, never from input_states: with `--quant_input` TPU-MLIR gives
+/// an input the dtype of its first consumer, and an f32-kept op reading input_states made it
+/// an F32 input where the runtime writes the previous block's bf16/f16 rows (issue 12).
+pub fn sequence_causal_mask(g: &mut Graph, position_ids: &str) -> String {
     let first = g.nodes.len();
-    let col = g.slice(input_states, 2, 0, 1);
-    let zero = g.scale(&col, 0.0);
+    let pos = positions_f32(g, position_ids);
+    let row = g.slice(&pos, 0, 0, 1);
+    let zero = g.scale(&row, 0.0);
     let one = g.scalar("one", 1.0);
     let ones = g.add(&zero, &one);
-    let ones = g.reshape(&ones, &[1, -1]);
     let axis = g.const_i64("axis", &[1]);
     let count = g.op("CumSum", &[&ones, &axis], vec![]);
     let q = g.reshape(&count, &[1, 1, -1, 1]);
@@ -60,4 +64,60 @@ pub fn sequence_causal_mask(g: &mut Graph, input_states: &str) -> String {
     let mask = g.scale(&future, MASK_VALUE);
     g.keep_f32_since(first);
     mask
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::arch::{build, pieces, PieceOptions};
+    use crate::model::ModelConfig;
+    use serde_json::json;
+    use std::path::Path;
+
+    /// The tiny Qwen2.5-VL's config (M-RoPE sections 4, 6, 6) and a mistral with a window.
+    fn configs() -> Vec<ModelConfig> {
+        let text = json!({"model_type": "qwen2_5_vl_text", "hidden_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+            "intermediate_size": 256, "vocab_size": 512,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6],
+                                "rope_theta": 10000.0}});
+        let vlm = json!({"model_type": "qwen2_5_vl", "text_config": text, "image_token_id": 300,
+            "vision_config": {"depth": 2, "hidden_size": 64, "num_heads": 2,
+                "intermediate_size": 96, "out_hidden_size": 128, "fullatt_block_indexes": [1]}});
+        let mrope = ModelConfig::from_json(&vlm, Path::new("config.json")).unwrap();
+        assert!(super::section(&mrope).is_some());
+        let mistral =
+            crate::model::config::test_config("mistral", 64, json!({"sliding_window": 4})).unwrap();
+        vec![mrope, mistral]
+    }
+
+    /// No op kept in f32 reads a piece's input_states: with `--quant_input` TPU-MLIR would make
+    /// that input F32, and the runtime writes bf16/f16 hidden states into it (the dynamic
+    /// M-RoPE blocks' mask once sliced input_states, and every block read garbage).
+    #[test]
+    fn hidden_state_inputs_feed_no_f32_op() {
+        for c in configs() {
+            for dynamic in [false, true] {
+                let o = PieceOptions::new(32, Some(16))
+                    .unwrap()
+                    .with_dynamic(dynamic);
+                for p in pieces(&c, &o) {
+                    let g = build(p, &c, &o);
+                    if !g.inputs.iter().any(|i| i.name == "input_states") {
+                        continue;
+                    }
+                    for n in g
+                        .nodes
+                        .iter()
+                        .filter(|n| n.inputs.iter().any(|i| i == "input_states"))
+                    {
+                        let name = format!("{}_{}", n.outputs[0], n.op);
+                        assert!(
+                            !g.f32_ops.contains(&name),
+                            "{p:?} dynamic={dynamic}: {name}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -24,8 +24,8 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 }
 
 /// The model-dependent rules: the pixel multiple (Qwen2-VL / Qwen2.5-VL), no --max_pixels
-/// for text-only models, no `--dynamic` for M-RoPE models
-/// yet, no history-KV prefill for M-RoPE models (block_kv's positions are sequence indices).
+/// for text-only models, no history-KV prefill for M-RoPE models (block_kv's positions are
+/// sequence indices).
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
@@ -38,16 +38,6 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
         };
         InputError::invalid(&config, why, fix)
     })?;
-    if shape.dynamic && crate::arch::mrope::section(cfg).is_some() {
-        // The dynamic M-RoPE prefill blocks miscompute on the simulator (block cosine ~0.1,
-        // even for text-only prompts); the static ones verify.
-        return Err(InputError::invalid(
-            &config,
-            "--dynamic is not supported yet for M-RoPE vision-language models (its prefill \
-             blocks do not verify)",
-            "convert without --dynamic (the static bmodel verifies with images)",
-        ));
-    }
     if shape.use_history_kv && crate::arch::mrope::section(cfg).is_some() {
         return Err(InputError::invalid(
             &config,

@@ -171,6 +171,12 @@ impl LlmNets {
                 blocks[0].input_num()
             );
             expect(b, true, 0, &[1, l, h])?;
+            // The runner copies hidden states between nets byte for byte.
+            ensure!(
+                b.input_dtypes[0] == activation,
+                "net block_{i}: input_states is {:?}, but the hidden states are {activation:?}",
+                b.input_dtypes[0]
+            );
             expect(b, true, 1, &[position_rows, l])?;
             if prefill_mask {
                 expect(b, true, 2, &[1, 1, l, l])?;
