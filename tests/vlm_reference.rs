@@ -397,6 +397,8 @@ fn qwen2vl_layer_norm_changes_the_embeddings() {
 #[test]
 fn qwen2vl_head_dim_80_matches_transformers() {
     matches_transformers("qwen2vl_hd80_bf16");
+}
+
 // ---- InternVL quirks (issue 12): each one changes the image embeddings ----
 
 /// The `internvl` fixture with its weights edited by `edit(name, tensor)` (None: unchanged),
