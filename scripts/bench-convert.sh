@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): converts SmolLM2-135M at w4bf16, seq 512, for BM1684X with
-# llm-convert and with TPU-MLIR's own llm_convert.py (same wheel, same GGUF weights, same flags),
-# cold and warm, and prints wall time, peak RSS of the whole process tree, and the ratios.
+# llm-convert (native backend, the default, and --backend onnx) and with TPU-MLIR's own
+# llm_convert.py (same wheel, same GGUF weights, same flags), cold and warm, and prints wall
+# time, peak RSS of the whole process tree, and the ratios.
 #   cold: empty output folder (and, for llm-convert, an empty piece cache)
 #   warm: the same command again (llm-convert: its piece cache; llm_convert.py: --again)
 set -euo pipefail
@@ -27,6 +28,7 @@ tpu_env=(env "TPUC_ROOT=$TPUC_ROOT"
 measure() { "$PY" scripts/measure.py "$@"; }
 {
   measure ours_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours" --cache-dir "$WORK/cache"
+  measure onnx_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/onnx" --cache-dir "$WORK/cache-onnx" --backend onnx
   measure theirs_cold -- "${tpu_env[@]}" python3 "$TPUC_ROOT/python/tools/llm_convert.py" -m "$GGUF" "${FLAGS[@]}" -o "$WORK/theirs"
   measure ours_warm -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours2" --cache-dir "$WORK/cache"
   measure theirs_warm -- "${tpu_env[@]}" python3 "$TPUC_ROOT/python/tools/llm_convert.py" -m "$GGUF" "${FLAGS[@]}" -o "$WORK/theirs" --again
@@ -35,11 +37,12 @@ measure() { "$PY" scripts/measure.py "$@"; }
 import json, sys
 rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1]))}
 m = json.load(open(sys.argv[2]))
-print(f"\n{'run':<8} {'llm-convert':>22} {'llm_convert.py':>22} {'wall ratio':>11}")
-for run in ("cold", "warm"):
-    o, t = rows[f"ours_{run}"], rows[f"theirs_{run}"]
-    print(f"{run:<8} {o['wall_s']:>9.1f} s {o['peak_rss_mb']:>6} MB {t['wall_s']:>9.1f} s {t['peak_rss_mb']:>6} MB"
-          f" {t['wall_s'] / o['wall_s']:>9.2f}x")
+print(f"\n{'run':<12} {'llm-convert':>22} {'llm_convert.py':>22} {'ours/theirs wall':>17} {'mem':>6}")
+for run, ours in (("cold", "ours_cold"), ("cold onnx", "onnx_cold"), ("warm", "ours_warm")):
+    o, t = rows[ours], rows[f"theirs_{run.split()[0]}"]
+    print(f"{run:<12} {o['wall_s']:>9.1f} s {o['peak_rss_mb']:>6} MB {t['wall_s']:>9.1f} s {t['peak_rss_mb']:>6} MB"
+          f" {o['wall_s'] / t['wall_s']:>15.2f}x {o['peak_rss_mb'] / t['peak_rss_mb']:>5.2f}x")
+print(f"unchanged rerun / cold (llm-convert): {rows['ours_warm']['wall_s'] / rows['ours_cold']['wall_s']:.1%}")
 p = m["pieces"]
 tr = sum(x["transform_s"] or 0 for x in p); de = sum(x["deploy_s"] or 0 for x in p)
 t = m["timings"]

@@ -840,7 +840,7 @@ fn history_kv_rules_and_plan() {
     assert!(!out.contains("block_cache_1_3:"), "{out}");
     let kv = section("block_kv_0");
     assert!(
-        kv.contains("--dynamic") && kv.contains("--quantize_table onnx/block_kv_0.qtable"),
+        kv.contains("--dynamic") && kv.contains("--quantize_table top/block_kv_0.qtable"),
         "{kv}"
     );
     // The transform gets the largest shapes of the per-call axes, as the real run passes them.

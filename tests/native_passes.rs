@@ -39,7 +39,8 @@ fn debug_conversion(model: &Path, flags: &[&str]) -> PathBuf {
         let _ = std::fs::remove_dir_all(&out);
         let (o, c) = (out.display().to_string(), cache.display().to_string());
         let mut args = vec!["-m", model.to_str().unwrap(), "-s", "64", "-o", &o];
-        args.extend(["--cache-dir", &c, "--debug", "--json"]);
+        // The reference is what TPU-MLIR's Python tools log: the onnx backend.
+        args.extend(["--cache-dir", &c, "--debug", "--json", "--backend", "onnx"]);
         args.extend(flags);
         let r = common::llm_convert(&args);
         assert!(
