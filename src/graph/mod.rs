@@ -2,6 +2,9 @@
 //! names and semantics (opset 17), but nothing here depends on protobuf. Weights are
 //! referenced by checkpoint name and read only when the graph is written.
 
+mod values;
+pub use values::checkpoint_values;
+
 /// Element type of a graph input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {

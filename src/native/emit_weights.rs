@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::graph::{Graph, InitData};
 use crate::model::WeightSource;
@@ -52,53 +52,8 @@ pub fn tensor_values<'g>(
     Ok(match &init.data {
         InitData::F32(v) => Cow::Borrowed(v),
         InitData::I64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
-        InitData::Weight { name, transpose } => {
-            Cow::Owned(checkpoint_values(weights, name, *transpose, &init.dims)?)
-        }
+        InitData::Weight { name, transpose } => Cow::Owned(crate::graph::checkpoint_values(
+            weights, name, *transpose, &init.dims,
+        )?),
     })
-}
-
-/// A checkpoint tensor as the graph stores it (2-D weights `[out, in]` transposed to
-/// `[in, out]`, conv kernels flattened first), as `onnx::write` writes it.
-fn checkpoint_values(
-    weights: &dyn WeightSource,
-    name: &str,
-    transpose: bool,
-    dims: &[usize],
-) -> Result<Vec<f32>> {
-    let t = weights.read_f32(name)?;
-    let shape = t.dims().to_vec();
-    let v = t.flatten_all()?.to_vec1::<f32>()?;
-    let v = match (transpose, shape.as_slice()) {
-        (true, &[rows, cols]) => transpose_2d(&v, rows, cols),
-        (true, &[rows, ref rest @ ..]) if rest.len() > 1 => {
-            transpose_2d(&v, rows, rest.iter().product())
-        }
-        (true, other) => bail!("{name}: cannot transpose a {other:?} tensor"),
-        (false, _) => v,
-    };
-    let want: usize = dims.iter().product();
-    anyhow::ensure!(
-        v.len() == want,
-        "{name}: {} values, the graph expects {dims:?}",
-        v.len()
-    );
-    Ok(v)
-}
-
-/// `[rows, cols]` → `[cols, rows]`, in cache-sized tiles.
-fn transpose_2d(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; src.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let row = &src[r * cols..(r + 1) * cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = row[c];
-                }
-            }
-        }
-    }
-    out
 }
