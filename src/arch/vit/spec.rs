@@ -1,10 +1,11 @@
 //! The vision tower of a model config, as the vit graphs need it (the one place that reads
 //! the VLM part of [`ModelConfig`] for `arch`).
 
-use super::intern::{InternVitSpec, CHAT_NAMES, NATIVE_NAMES};
+use super::intern::InternVitSpec;
 use super::ops::{VitAct, VitNorm};
 use super::qwen::{QwenVitKind, QwenVitSpec};
-use crate::model::vlm::{InternLayout, QwenVisionMlp, VisionNorm, VisionTower};
+use crate::model::vlm::intern_names::intern_names;
+use crate::model::vlm::{QwenVisionMlp, VisionNorm, VisionTower};
 use crate::model::ModelConfig;
 
 /// A model's vision tower.
@@ -49,10 +50,7 @@ pub fn vit_spec(cfg: &ModelConfig) -> Option<VitSpec> {
             }))
         }
         VisionTower::Intern(v) => Some(VitSpec::Intern(InternVitSpec {
-            names: match v.layout {
-                InternLayout::Chat => &CHAT_NAMES,
-                InternLayout::Native => &NATIVE_NAMES,
-            },
+            names: intern_names(v.layout),
             image_size: v.image_size,
             patch: v.patch_size,
             channels: v.num_channels,

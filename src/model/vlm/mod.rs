@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::error::InputError;
 use crate::model::config::ConfigKeys;
 
+pub mod intern_names;
 mod intern_vision;
 mod qwen_vision;
 

@@ -9,72 +9,9 @@ use super::super::{rms_norm, Linear};
 use super::bicubic;
 use super::nn::{self, Norm};
 use super::VisionTrace;
-use crate::model::vlm::{InternLayout, InternVision};
+use crate::model::vlm::intern_names::{intern_names, Qkv, PROJECTOR_EPS as PROJECTOR_NORM_EPS};
+use crate::model::vlm::InternVision;
 use crate::model::Model;
-
-/// The projector's LayerNorm eps: `nn.LayerNorm`'s default, upstream in both layouts
-/// (TPU-MLIR's InternVL3Converter uses the vision `layer_norm_eps` instead).
-const PROJECTOR_NORM_EPS: f64 = 1e-5;
-/// transformers' native q/k RMSNorm eps (`InternVLVisionRMSNorm` default); OpenGVLab's uses
-/// `layer_norm_eps`.
-const NATIVE_QK_NORM_EPS: f64 = 1e-6;
-
-/// Tensor names of one layout.
-struct Names {
-    cls: &'static str,
-    patch: &'static str,
-    position: &'static str,
-    layer: &'static str,
-    norm1: &'static str,
-    norm2: &'static str,
-    ls1: &'static str,
-    ls2: &'static str,
-    proj: &'static str,
-    q_norm: &'static str,
-    k_norm: &'static str,
-    projector: [&'static str; 3],
-}
-
-const CHAT: Names = Names {
-    cls: "vision_model.embeddings.class_embedding",
-    patch: "vision_model.embeddings.patch_embedding",
-    position: "vision_model.embeddings.position_embedding",
-    layer: "vision_model.encoder.layers",
-    norm1: "norm1",
-    norm2: "norm2",
-    ls1: "ls1",
-    ls2: "ls2",
-    proj: "attn.proj",
-    q_norm: "attn.q_norm",
-    k_norm: "attn.k_norm",
-    projector: ["mlp1.0", "mlp1.1", "mlp1.3"],
-};
-
-const NATIVE: Names = Names {
-    cls: "vision_tower.embeddings.cls_token",
-    patch: "vision_tower.embeddings.patch_embeddings.projection",
-    position: "vision_tower.embeddings.position_embeddings",
-    layer: "vision_tower.encoder.layer",
-    norm1: "layernorm_before",
-    norm2: "layernorm_after",
-    ls1: "lambda_1",
-    ls2: "lambda_2",
-    proj: "attention.projection_layer",
-    q_norm: "attention.q_norm",
-    k_norm: "attention.k_norm",
-    projector: [
-        "multi_modal_projector.layer_norm",
-        "multi_modal_projector.linear_1",
-        "multi_modal_projector.linear_2",
-    ],
-};
-
-fn names(v: &InternVision) -> &'static Names {
-    match v.layout {
-        InternLayout::Chat => &CHAT,
-        InternLayout::Native => &NATIVE,
-    }
-}
 
 struct Layer {
     norm1: Norm,
@@ -92,23 +29,20 @@ struct Layer {
 
 impl Layer {
     fn load(model: &Model, iv: &InternVision, i: usize) -> Result<Layer> {
-        let n = names(iv);
+        let n = intern_names(iv.layout);
         let p = format!("{}.{i}", n.layer);
         let norm = |s: &str| Norm::load(model, &format!("{p}.{s}"), iv.norm, iv.norm_eps);
         let lin = |s: &str, bias: bool| Linear::load(model, &format!("{p}.{s}"), bias);
-        let [q, k, v] = match iv.layout {
-            InternLayout::Chat => lin("attn.qkv", iv.qkv_bias)?.split([iv.hidden_size; 3])?,
-            InternLayout::Native => [
-                lin("attention.q_proj", iv.qkv_bias)?,
-                lin("attention.k_proj", iv.qkv_bias)?,
-                lin("attention.v_proj", iv.qkv_bias)?,
+        let [q, k, v] = match n.qkv {
+            Qkv::Fused(name) => lin(name, iv.qkv_bias)?.split([iv.hidden_size; 3])?,
+            Qkv::Split([q, k, v]) => [
+                lin(q, iv.qkv_bias)?,
+                lin(k, iv.qkv_bias)?,
+                lin(v, iv.qkv_bias)?,
             ],
         };
         let qk_norm = if iv.qk_norm {
-            let eps = match iv.layout {
-                InternLayout::Chat => iv.norm_eps,
-                InternLayout::Native => NATIVE_QK_NORM_EPS,
-            };
+            let eps = n.qk_norm_eps.unwrap_or(iv.norm_eps);
             let w = |s: &str| model.tensor(&format!("{p}.{s}.weight"));
             Some((w(n.q_norm)?, w(n.k_norm)?, eps))
         } else {
@@ -180,7 +114,7 @@ pub fn forward(model: &Model, iv: &InternVision, pixel_values: &Tensor) -> Resul
         iv.num_channels,
         2 * p
     );
-    let n = names(iv);
+    let n = intern_names(iv.layout);
     // Patches per side of these tiles (the config's grid unless the tiles are resized).
     let g = h / p;
     let hid = iv.hidden_size;
