@@ -19,15 +19,9 @@ use anyhow::{bail, Result};
 
 use crate::graph::{Attr, Graph};
 
-/// A node as the converter sees it after the rewrites (`OnnxNode`: named by its first output).
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub op: &'static str,
-    pub name: String,
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-    pub attrs: Vec<(&'static str, Attr)>,
-}
+/// A node as the converter sees it after the rewrites (`OnnxNode`: named by its first output):
+/// the graph's own node type.
+pub use crate::graph::Node;
 
 impl Node {
     pub fn attr(&self, key: &str) -> Option<&Attr> {
