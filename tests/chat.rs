@@ -655,3 +655,203 @@ fn chat_json_on_history_kv_bmodel() {
     );
     assert_eq!(turns[1]["cached_prompt_tokens"].as_u64(), Some(want as u64));
 }
+
+// ---- chat --image / bench --image (issue 12) ----
+
+/// The tiny Qwen2.5-VL converted as tests/vlm_convert.rs converts it (bf16, static, seq 256),
+/// and a config folder whose tokenizer knows its vision tokens (ids 1000-1002) as special
+/// tokens, with the ChatML template.
+fn qwen25vl_chat() -> &'static (PathBuf, tempfile::TempDir) {
+    static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    B.get_or_init(|| {
+        let src = common::vlm::vlm_fixtures().join("qwen25vl");
+        let model = common::run_dir().join("chat-vlm-qwen25vl");
+        std::fs::create_dir_all(&model).unwrap();
+        for f in ["config.json", "model.safetensors", "generation_config.json"] {
+            if src.join(f).exists() {
+                std::fs::copy(src.join(f), model.join(f)).unwrap();
+            }
+        }
+        let c = common::converted(&model, 256, &["-q", "bf16", "--max_pixels", "140,224"]);
+        let dir = tokenizer_config_dir(&c.out.join("config"));
+        let path = dir.path().join("tokenizer.json");
+        let mut tok: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let special = [
+            (1000, "<|vision_start|>"),
+            (1001, "<|vision_end|>"),
+            (1002, "<|image_pad|>"),
+        ];
+        let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+        let taken: Vec<String> = vocab
+            .iter()
+            .filter(|(_, v)| special.iter().any(|(id, _)| v.as_u64() == Some(*id)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &taken {
+            vocab.remove(k);
+        }
+        for (id, content) in special {
+            vocab.insert(content.into(), json!(id));
+        }
+        let merges = tok["model"]["merges"].as_array_mut().unwrap();
+        merges.retain(|m| !taken.contains(&m.as_str().unwrap().replace(' ', "")));
+        for (id, content) in special {
+            tok["added_tokens"].as_array_mut().unwrap().push(json!({
+                "id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}));
+        }
+        std::fs::write(&path, tok.to_string()).unwrap();
+        (c.bmodel.clone(), dir)
+    })
+}
+
+fn photo() -> PathBuf {
+    common::vlm::vlm_fixtures().join("qwen25vl/photo.png")
+}
+
+/// `chat --image`, two turns: the second turn's prompt holds the image (its 35 tokens in the
+/// first user turn) and its tokens are those of one `generate --image` over the whole
+/// conversation written out by hand in ChatML, so the image stays in the conversation.
+#[test]
+fn chat_image_keeps_the_image_in_the_conversation() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_chat();
+    let _sim = simulator();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["chat", bmodel.to_str().unwrap(), "-m"])
+        .arg(config.path())
+        .arg("--image")
+        .arg(photo())
+        .args(["--max-tokens", "3", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"what is it\nand the colour\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("image: 35 tokens"), "{err}");
+    let turns: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    let p2 = ids(&turns[1]["prompt_ids"]);
+    let image_at = p2.iter().position(|&t| t == 1002).unwrap();
+    assert_eq!(p2.iter().filter(|&&t| t == 1002).count(), 35);
+    assert_eq!((p2[image_at - 1], p2[image_at + 35]), (1000, 1001));
+    let reply = turns[0]["text"].as_str().unwrap();
+    let whole = format!(
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is it<|im_end|>\n\
+         <|im_start|>assistant\n{reply}<|im_end|>\n<|im_start|>user\nand the colour<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    let photo = photo();
+    let g = generate(
+        bmodel,
+        config.path(),
+        &[
+            "--no-template",
+            "--prompt",
+            &whole,
+            "--image",
+            photo.to_str().unwrap(),
+            "--max-tokens",
+            "3",
+        ],
+    );
+    assert_eq!(ids(&g["prompt_ids"]), p2);
+    assert_eq!(ids(&g["tokens"]), ids(&turns[1]["tokens"]));
+}
+
+/// `bench --image` times the vit apart from prefill (text and JSON); `--image` on a text-only
+/// bmodel, and a second `--image` for chat, are usage errors (exit 2) that say why.
+#[test]
+fn bench_image_reports_the_vit_and_bad_image_uses_exit_2() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_chat();
+    let photo = photo();
+    let bench = |bmodel: &Path, config: &Path, json: bool| {
+        let mut args = vec![
+            "bench",
+            bmodel.to_str().unwrap(),
+            "-m",
+            config.to_str().unwrap(),
+            "--image",
+            photo.to_str().unwrap(),
+            "--prompt-tokens",
+            "4",
+            "--decode-tokens",
+            "2",
+        ];
+        if json {
+            args.push("--json");
+        }
+        common::llm_convert(&args)
+    };
+    let _sim = simulator();
+    let o = bench(bmodel, config.path(), true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["vit"]["total_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["vit"]["tiles"], 1, "{r}");
+    assert_eq!(r["vit"]["image_tokens"], 35, "{r}");
+    // The prefill holds the image (35 tokens in its frame) and the 4 text tokens.
+    assert_eq!(r["prompt_tokens"], 4 + 37, "{r}");
+    assert!(r["nets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["net"] != "vit"));
+    let text = bench(bmodel, config.path(), false);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("vit: ") && text.contains("per tile"),
+        "{text}"
+    );
+
+    let (text_bmodel, text_config) = do_sample_bmodel();
+    let text_config = tokenizer_config_dir(text_config);
+    let text_config = text_config.path();
+    let o = bench(text_bmodel, text_config, false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--image needs a vision-language model"),
+        "{err}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["chat", text_bmodel.to_str().unwrap(), "-m"])
+        .arg(text_config)
+        .arg("--image")
+        .arg(&photo)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--image needs a vision-language model"),
+        "{err}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(["chat", bmodel.to_str().unwrap(), "-m"])
+        .arg(config.path())
+        .arg("--image")
+        .arg(&photo)
+        .arg("--image")
+        .arg(&photo)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("one --image"), "{err}");
+}

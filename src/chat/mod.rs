@@ -1,6 +1,7 @@
 //! `chat` and `generate`: a bmodel plus its config folder (tokenizer, chat template,
 //! generation_config.json) as a text generator, on the simulator or a device.
 
+pub mod chat_image;
 pub mod command;
 pub mod config;
 pub mod conversation;

@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
 
+use super::chat_image::{self, ChatImage};
 use super::command::{TextGen, TextGenArgs};
 use super::conversation::Conversation;
 use super::generate::StopReason;
@@ -18,6 +19,17 @@ pub struct ChatArgs {
     /// One JSON report per turn, a line each (as generate --json), instead of streamed text.
     #[arg(long)]
     pub json: bool,
+    /// An image for a vision-language bmodel (JPEG/PNG/WebP), part of the conversation: it
+    /// goes into the first user turn, its vit runs once. One image per chat for now.
+    #[arg(long)]
+    pub image: Vec<std::path::PathBuf>,
+}
+
+/// What one turn works on besides the line.
+struct Turn<'a> {
+    conversation: &'a mut Conversation,
+    image: Option<&'a ChatImage>,
+    templated: bool,
 }
 
 /// "> " on stderr, after the simulator's chatter.
@@ -30,8 +42,21 @@ fn prompt_mark() {
 impl ChatArgs {
     pub fn run(&self, layout: &Layout) -> Result<()> {
         let args = &self.common;
+        let image = chat_image::single(&self.image, &args.bmodel)?;
         let (mut tg, rt) = TextGen::open(args, layout)?;
         let mut pipeline = tg.pipeline(args, &rt)?;
+        let image = match image {
+            Some(path) => {
+                let ci = ChatImage::open(&rt, &args.config, &tg.cfg, &path)?;
+                status(format!(
+                    "image: {} tokens (vit {:.2} s), in the first user turn",
+                    ci.tokens(),
+                    ci.vit_seconds()
+                ));
+                Some(ci)
+            }
+            None => None,
+        };
         let limit = TextGen::limit(&pipeline);
         let templated = tg.cfg.template.is_some() && !args.no_template;
         if !templated {
@@ -52,6 +77,9 @@ impl ChatArgs {
             ));
         }
         let mut conversation = Conversation::new(args.system.clone());
+        if let Some(ci) = &image {
+            conversation = conversation.with_image(ci.placeholder.clone(), ci.extra_tokens());
+        }
         prompt_mark();
         for line in std::io::stdin().lock().lines() {
             let line = line.context("reading stdin")?;
@@ -60,7 +88,12 @@ impl ChatArgs {
                 conversation.clear();
                 status("(conversation cleared)");
             } else if !line.is_empty() {
-                self.turn(&mut tg, &mut pipeline, &mut conversation, templated, line)?;
+                let turn = Turn {
+                    conversation: &mut conversation,
+                    image: image.as_ref(),
+                    templated,
+                };
+                self.turn(&mut tg, &mut pipeline, turn, line)?;
             }
             prompt_mark();
         }
@@ -74,11 +107,16 @@ impl ChatArgs {
         &self,
         tg: &mut TextGen,
         pipeline: &mut Pipeline,
-        conversation: &mut Conversation,
-        templated: bool,
+        turn: Turn,
         line: &str,
     ) -> Result<()> {
+        let Turn {
+            conversation,
+            image,
+            templated,
+        } = turn;
         let limit = TextGen::limit(pipeline);
+        let mut with_image = image.is_some();
         let ids = if templated {
             conversation.push_user(line);
             match conversation.prompt(&tg.cfg, limit) {
@@ -89,6 +127,10 @@ impl ChatArgs {
                             p.dropped_exchanges
                         ));
                     }
+                    if with_image && !p.has_image {
+                        status("(the image went with the first exchange)");
+                    }
+                    with_image = p.has_image;
                     p.ids
                 }
                 Err(e) => {
@@ -98,14 +140,25 @@ impl ChatArgs {
             }
         } else {
             let ids = tg.cfg.encode(line, true)?;
-            if ids.len() > limit {
+            let image_tokens = image.map_or(0, |i| i.tokens() + 2);
+            if ids.len() + image_tokens > limit {
                 status(format!(
                     "this line is {} tokens; the bmodel takes at most {limit} (MAX_INPUT_LENGTH): send a shorter one",
-                    ids.len()
+                    ids.len() + image_tokens
                 ));
                 return Ok(());
             }
             ids
+        };
+        // The image's tokens and embeddings (and M-RoPE positions) at the placeholder: the
+        // same placement every turn, so a re-prefill sees the image where the first did.
+        let ids = match image.filter(|_| with_image) {
+            Some(ci) => {
+                let (ids, extras) = ci.place(&ids)?;
+                pipeline.set_extras(extras);
+                ids
+            }
+            None => ids,
         };
         let g = tg.reply(pipeline, &ids, self.common.max_tokens, self.json)?;
         if self.json {

@@ -7,8 +7,38 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::image_prompt::ImagePrompt;
 use super::pipeline::Pipeline;
 use crate::bmrt::Runtime;
+
+/// Runs the image through the vit and places it in the text prompt it gets.
+pub type PrepareImage<'a> = &'a dyn Fn(&[u32]) -> Result<ImagePrompt>;
+
+/// The vit's share of a bench with `--image`: apart from prefill and decode.
+#[derive(Debug, Serialize)]
+pub struct VitTiming {
+    pub images: usize,
+    /// vit launches: 1 per Qwen image, one per InternVL tile.
+    pub tiles: usize,
+    pub image_tokens: usize,
+    pub total_s: f64,
+    pub per_image_ms: f64,
+    pub per_tile_ms: f64,
+}
+
+impl VitTiming {
+    pub fn of(ip: &ImagePrompt) -> VitTiming {
+        let s = ip.vit.seconds;
+        VitTiming {
+            images: 1,
+            tiles: ip.vit_launches,
+            image_tokens: ip.placement.tokens,
+            total_s: s,
+            per_image_ms: 1e3 * s,
+            per_tile_ms: 1e3 * s / ip.vit_launches.max(1) as f64,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct NetTiming {
@@ -35,21 +65,42 @@ pub struct BenchReport {
     pub max_input_length: usize,
     pub seq_length: usize,
     pub dynamic: bool,
+    /// With `--image`: the vit time (the prompt then holds the image's tokens too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vit: Option<VitTiming>,
 }
 
-/// Prefill `prompt_tokens` tokens, then decode `decode_tokens` greedily.
+/// Prefill `prompt_tokens` tokens, then decode `decode_tokens` greedily. `image` runs the
+/// image through the vit (timed apart) and puts it before those tokens; it gets the text
+/// prompt and returns the image prompt.
 pub fn bench(
     rt: &Runtime,
     load_s: f64,
     prompt_tokens: usize,
     decode_tokens: usize,
     simulated: bool,
+    image: Option<PrepareImage>,
 ) -> Result<BenchReport> {
     let mut p = Pipeline::new(rt)?;
     let limit = p.nets.max_input_length.min(p.nets.seq_length - 1);
     let len = prompt_tokens.clamp(1, limit);
     // Any valid ids work for timing; small ones are valid for every vocabulary.
-    let prompt: Vec<u32> = (0..len as u32).map(|i| 1 + i % 100).collect();
+    let mut prompt: Vec<u32> = (0..len as u32).map(|i| 1 + i % 100).collect();
+    let mut vit = None;
+    if let Some(prepare) = image {
+        let ip = prepare(&prompt)?;
+        // The image's tokens come first; the text is cut to what still fits.
+        let keep = ip.ids.len().min(limit).saturating_sub(ip.ids.len() - len);
+        anyhow::ensure!(
+            keep >= 1,
+            "the image's {} tokens do not fit MAX_INPUT_LENGTH {limit} with a text token",
+            ip.placement.tokens
+        );
+        let (ids, extras) = ip.place(&prompt[..keep])?;
+        p.set_extras(extras);
+        prompt = ids;
+        vit = Some(VitTiming::of(&ip));
+    }
     let mut per_net: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     let mut record = |launches: &[(String, f64)]| {
         for (net, s) in launches {
@@ -76,7 +127,7 @@ pub fn bench(
     Ok(BenchReport {
         simulated,
         runtime: rt.describe().to_string(),
-        prompt_tokens: len,
+        prompt_tokens: prompt.len(),
         decode_tokens: steps,
         load_s,
         first_token_s,
@@ -99,5 +150,6 @@ pub fn bench(
         max_input_length: p.nets.max_input_length,
         seq_length: p.nets.seq_length,
         dynamic: p.nets.dynamic,
+        vit,
     })
 }

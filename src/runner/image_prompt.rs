@@ -27,6 +27,53 @@ pub struct ImagePrompt {
     pub row_width: usize,
     pub grid: [usize; 3],
     pub image_token_id: u32,
+    /// vit launches: 1 for Qwen, one per tile for InternVL.
+    pub vit_launches: usize,
+    /// How the image goes into a prompt (again, for each chat turn).
+    pub placement: Placement,
+}
+
+/// How an image's tokens go into a prompt: the token run, its frame, and for M-RoPE models
+/// the grid its 3-D positions come from.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub image_token: u32,
+    pub tokens: usize,
+    pub vision_start: Option<u32>,
+    pub vision_end: Option<u32>,
+    /// Qwen: the patch grid and the merge size (None: 1-D positions, InternVL).
+    pub mrope: Option<(vision::Grid, usize)>,
+}
+
+impl ImagePrompt {
+    /// `prompt` with this image's tokens in place  and the
+    /// extras for its prefill: the vit's embeddings at the image's rows, M-RoPE positions.
+    /// The vit does not run again: chat places one image into every turn's prompt.
+    pub fn place(&self, prompt: &[u32]) -> Result<(Vec<u32>, PromptExtras)> {
+        let p = &self.placement;
+        let ids = place_tokens(prompt, p);
+        let at = ids
+            .iter()
+            .position(|&t| t == p.image_token)
+            .context("no image token in the prompt")?;
+        let positions = match p.mrope {
+            Some((grid, merge)) => {
+                let pos = vision::mrope_position_ids(&ids, p.image_token, &[grid], merge)?;
+                Some(
+                    (0..pos.len)
+                        .map(|i| [pos.row(0)[i], pos.row(1)[i], pos.row(2)[i]])
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        // InternVL's tiles are contiguous: one write covers every tile's rows.
+        let extras = PromptExtras {
+            positions,
+            embeds: vec![(at, self.vit.bytes.clone())],
+        };
+        Ok((ids, extras))
+    }
 }
 
 /// The model's VLM part, or an input error naming the model.
@@ -44,12 +91,9 @@ pub fn vlm_of<'c>(cfg: &'c ModelConfig, model: &Path) -> Result<&'c VlmConfig> {
 /// Puts the image's tokens into `prompt`: a run of the image token (or one of them) becomes
 /// the image's token count; without one, `<vision_start> image tokens <vision_end>` goes
 /// first.
-pub(super) fn place_image(
-    prompt: &[u32],
-    vlm: &VlmConfig,
-    image_token: u32,
-    tokens: usize,
-) -> Vec<u32> {
+fn place_tokens(prompt: &[u32], frame: &Placement) -> Vec<u32> {
+    let tokens = frame.tokens;
+    let image_token = frame.image_token;
     let image = std::iter::repeat_n(image_token, tokens);
     match prompt.iter().position(|&t| t == image_token) {
         Some(at) => {
@@ -65,11 +109,11 @@ pub(super) fn place_image(
                 .chain(prompt[end..].iter().copied())
                 .collect()
         }
-        None => vlm
-            .vision_start_token_id
+        None => frame
+            .vision_start
             .into_iter()
             .chain(image)
-            .chain(vlm.vision_end_token_id)
+            .chain(frame.vision_end)
             .chain(prompt.iter().copied())
             .collect(),
     }
@@ -125,33 +169,24 @@ pub fn prepare(
             reverse_index: inputs.reverse_index.as_deref().unwrap_or(&[]),
         },
     )?;
-    let ids = place_image(prompt, vlm, image_token, inputs.tokens);
-    let at = ids
-        .iter()
-        .position(|&t| t == image_token)
-        .context("no image token in the prompt")?;
     let grid = pixels.grid;
-    let merge = params.merge_size;
-    let positions = vision::mrope_position_ids(&ids, image_token, &[grid], merge)?;
-    let rows: Vec<[i32; 3]> = (0..positions.len)
-        .map(|i| {
-            [
-                positions.row(0)[i],
-                positions.row(1)[i],
-                positions.row(2)[i],
-            ]
-        })
-        .collect();
-    Ok(ImagePrompt {
-        extras: PromptExtras {
-            positions: Some(rows),
-            embeds: vec![(at, out.bytes.clone())],
-        },
-        ids,
+    let mut ip = ImagePrompt {
+        ids: Vec::new(),
+        extras: PromptExtras::default(),
         vit: out,
         pixel_rows: pixels.rows,
         row_width: pixels.dim,
         grid: [grid.t, grid.h, grid.w],
         image_token_id: image_token,
-    })
+        vit_launches: 1,
+        placement: Placement {
+            image_token,
+            tokens: inputs.tokens,
+            vision_start: vlm.vision_start_token_id,
+            vision_end: vlm.vision_end_token_id,
+            mrope: Some((grid, params.merge_size)),
+        },
+    };
+    (ip.ids, ip.extras) = ip.place(prompt)?;
+    Ok(ip)
 }

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-use super::image_prompt::{place_image, ImagePrompt};
+use super::image_prompt::{ImagePrompt, Placement};
 use super::multimodal::PromptExtras;
 use super::vision::{VitInput, VitNet, VitOutput};
 use crate::bmrt::Runtime;
@@ -86,13 +86,6 @@ pub(super) fn prepare(
         )?);
     }
     let tokens = per_tile * pixels.tiles;
-    let ids = place_image(prompt, vlm, token, tokens);
-    let at = ids.iter().position(|&t| t == token).unwrap_or(0);
-    let embeds = outs
-        .iter()
-        .enumerate()
-        .map(|(k, o)| (at + k * per_tile, o.bytes.clone()))
-        .collect();
     let dtype = outs[0].dtype;
     let vit_out = VitOutput {
         bytes: outs.iter().flat_map(|o| o.bytes.iter().copied()).collect(),
@@ -101,18 +94,26 @@ pub(super) fn prepare(
         seconds: outs.iter().map(|o| o.seconds).sum(),
     };
     let s = pixels.image_size;
-    Ok(ImagePrompt {
-        ids,
-        extras: PromptExtras {
-            positions: None,
-            embeds,
-        },
+    let mut ip = ImagePrompt {
+        ids: Vec::new(),
+        extras: PromptExtras::default(),
         vit: vit_out,
         row_width: 3 * s * s,
         grid: [pixels.tiles, s, s],
         pixel_rows: pixels.data,
         image_token_id: token,
-    })
+        vit_launches: pixels.tiles,
+        placement: Placement {
+            image_token: token,
+            tokens,
+            vision_start: vlm.vision_start_token_id,
+            vision_end: vlm.vision_end_token_id,
+            mrope: None,
+        },
+    };
+    // Tile k's rows start at first + k·T: the tiles' bytes back to back are one write.
+    (ip.ids, ip.extras) = ip.place(prompt)?;
+    Ok(ip)
 }
 
 /// The reference's input for an InternVL image prompt: the tiles as `[tiles, 3, S, S]`; None

@@ -12,6 +12,25 @@ pub struct PromptExtras {
     pub embeds: Vec<(usize, Vec<u8>)>,
 }
 
+impl PromptExtras {
+    /// The extras for a prompt's tokens from `cached` on, when the ones before are already
+    /// in the KV cache (a history-KV chat turn): positions from there, and only the images
+    /// that start there or later (an image in the cached part is in the cache already).
+    pub fn after(self, cached: usize) -> PromptExtras {
+        PromptExtras {
+            positions: self
+                .positions
+                .map(|p| p.get(cached..).unwrap_or(&[]).to_vec()),
+            embeds: self
+                .embeds
+                .into_iter()
+                .filter(|(at, _)| *at >= cached)
+                .map(|(at, bytes)| (at - cached, bytes))
+                .collect(),
+        }
+    }
+}
+
 /// The `[3, rows]` position_ids of a prefill of `len` tokens at `old..` (row-major: every t,
 /// then every h, then every w; zero-padded to `rows`), and the decode offset: decode step
 /// positions are `history_slot + delta` (max + 1 - len after an image, else 0).
@@ -22,7 +41,8 @@ pub fn mrope_positions(
     rows: usize,
 ) -> (Vec<i32>, i32) {
     let mut out = vec![0i32; 3 * rows];
-    let mut max = old as i32 - 1;
+    // Given positions (after an image) may sit below the slots: only they count.
+    let mut max = if extras.is_some() { -1 } else { old as i32 - 1 };
     for i in 0..len {
         let p = match extras {
             Some(p) => p[i],
@@ -64,5 +84,24 @@ mod tests {
         assert_eq!(&p[7..14], &[0, 1, 2, 2, 3, 3, 4]);
         // The next token is at 5, its slot is 7.
         assert_eq!(delta, 5 - 7);
+    }
+
+    #[test]
+    fn a_cached_image_keeps_its_positions_for_the_new_tokens() {
+        use super::PromptExtras;
+        let pos: Vec<[i32; 3]> = (0..7).map(|i| [i.min(3), i, i]).collect();
+        let e = PromptExtras {
+            positions: Some(pos),
+            embeds: vec![(1, vec![1, 2]), (5, vec![3])],
+        };
+        let tail = e.after(4);
+        assert_eq!(
+            tail.positions.as_deref(),
+            Some(&[[3, 4, 4], [3, 5, 5], [3, 6, 6]][..])
+        );
+        assert_eq!(tail.embeds, vec![(1, vec![3])]);
+        // Decode continues after the largest given position, not after the slots.
+        let (_, delta) = mrope_positions(tail.positions.as_deref(), 10, 3, 3);
+        assert_eq!(delta, 7 - 13);
     }
 }

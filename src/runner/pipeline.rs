@@ -190,6 +190,8 @@ impl<'rt> Pipeline<'rt> {
             && prompt.len() > cached
             && self.visited.get(..cached) == Some(&prompt[..cached]);
         if reusable {
+            // Extras describe the whole prompt; only its new part is prefilled.
+            self.extras = self.extras.take().map(|e| e.after(cached));
             Ok((self.extend(&prompt[cached..])?, cached))
         } else {
             Ok((self.prefill(prompt)?, 0))
