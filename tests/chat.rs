@@ -391,36 +391,38 @@ fn generate_json_is_the_runners_greedy_output() {
     println!("generate test: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// `llm-convert chat BMODEL -m CONFIG ARGS...` with `input` as the user's lines on stdin.
+fn run_chat(bmodel: &Path, config: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .arg("chat")
+        .arg(bmodel)
+        .arg("-m")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// `chat` on stdin: turns, /clear, and a conversation that outgrows MAX_INPUT_LENGTH.
 #[test]
 fn chat_turns_clear_and_overflow() {
     let (bmodel, config) = do_sample_bmodel();
     let config = tokenizer_config_dir(config);
     let _sim = simulator();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-        .args([
-            "chat",
-            bmodel.to_str().unwrap(),
-            "-m",
-            config.path().to_str().unwrap(),
-            "--max-tokens",
-            "2",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Each 25-digit turn is ~35 tokens with the template: the second one overflows 63.
     let digits = "1234567890".repeat(3);
     let input = format!("hello\n/clear\n{d}\n{d}\n{d}{d}{d}\n", d = &digits[..25]);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_chat(
+        bmodel,
+        config.path(),
+        &["--max-tokens", "2"],
+        input.as_bytes(),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("(conversation cleared)"), "{err}");
@@ -605,22 +607,12 @@ fn chat_json_on_history_kv_bmodel() {
     let (bmodel, config) = convert("history_kv_chat", &["--use_history_kv"]);
     let config = tokenizer_config_dir(&config);
     let _sim = simulator();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-        .args(["chat", bmodel.to_str().unwrap(), "-m"])
-        .arg(config.path())
-        .args(["--max-tokens", "2", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello\nhow are you\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_chat(
+        &bmodel,
+        config.path(),
+        &["--max-tokens", "2", "--json"],
+        b"hello\nhow are you\n",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
@@ -717,24 +709,19 @@ fn chat_image_keeps_the_image_in_the_conversation() {
     common::toolchain();
     let (bmodel, config) = qwen25vl_chat();
     let _sim = simulator();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-        .args(["chat", bmodel.to_str().unwrap(), "-m"])
-        .arg(config.path())
-        .arg("--image")
-        .arg(photo())
-        .args(["--max-tokens", "3", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"what is it\nand the colour\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let image = photo();
+    let o = run_chat(
+        bmodel,
+        config.path(),
+        &[
+            "--image",
+            image.to_str().unwrap(),
+            "--max-tokens",
+            "3",
+            "--json",
+        ],
+        b"what is it\nand the colour\n",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("image: 35 tokens"), "{err}");
