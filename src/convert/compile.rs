@@ -29,7 +29,7 @@ impl scheduler::Job for PieceJob {
 
     /// A piece's transform + deploy hold a few copies of its weights (steps run one by one).
     fn mem(&self) -> u64 {
-        4 * self.files.iter().map(|f| f.onnx_bytes).max().unwrap_or(0)
+        4 * self.files.iter().map(|f| f.weight_bytes).max().unwrap_or(0)
     }
 }
 
@@ -87,7 +87,7 @@ pub fn compile_piece(
     let mut produced = Vec::with_capacity(job.files.len());
     for (step, files) in job.plan.steps.iter().zip(&job.files) {
         let paths = StepPaths {
-            onnx: files.onnx.display().to_string(),
+            model_def: files.model_def.display().to_string(),
             io_alone_config: io_alone.display().to_string(),
             quantize_table: files
                 .quantize_table

@@ -31,7 +31,7 @@ pub fn print(plan: &Plan, model: &Model, bmodel: &Path, backend: Backend) -> Res
         for step in &job.steps {
             let stem = step.piece.file_stem();
             let (transform, deploy) = step.filled(&StepPaths {
-                onnx: backend.export_path(dir, step.piece).display().to_string(),
+                model_def: backend.export_path(dir, step.piece).display().to_string(),
                 io_alone_config: format!("{}/{IO_ALONE_FILE}", job.piece().file_stem()),
                 quantize_table: format!("{}/{stem}.qtable", dir.display()),
             });

@@ -134,7 +134,7 @@ pub fn run_mode(
         .clone()
         .unwrap_or_else(PieceCache::default_root);
     let cache = PieceCache::open(&cache_root)?;
-    let onnx_dir = folder.join(opts.backend.export_dir());
+    let export_dir = folder.join(opts.backend.export_dir());
     let run = Run {
         layout,
         opts: &opts,
@@ -146,7 +146,7 @@ pub fn run_mode(
         cache_only: mode != Mode::Convert,
     };
     let finished = (|| -> Result<Option<(Manifest, PathBuf)>> {
-        let done = run.compile(&plan, &model, &piece_opts, &onnx_dir)?;
+        let done = run.compile(&plan, &model, &piece_opts, &export_dir)?;
         match mode {
             Mode::Plan { shards } => {
                 shard_report::print_plan(&done.jobs, &cache, &cache_root, shards, quiet)?;
@@ -203,7 +203,7 @@ pub fn run_mode(
     if !opts.debug {
         match &finished {
             Ok(done) => {
-                let _ = std::fs::remove_dir_all(&onnx_dir);
+                let _ = std::fs::remove_dir_all(&export_dir);
                 if done.is_none() {
                     // `plan` leaves nothing behind (a shard keeps its logs).
                     let _ = std::fs::remove_dir(&folder);
@@ -252,7 +252,7 @@ impl Run<'_> {
         plan: &Plan,
         model: &Model,
         piece_opts: &PieceOptions,
-        onnx_dir: &Path,
+        export_dir: &Path,
     ) -> Result<Done> {
         let workers = compile::worker_count(self.opts, plan.piece_count());
         // Workers start on their first job, so their ~6-10 s import overlaps the rest of the
@@ -269,7 +269,7 @@ impl Run<'_> {
         let prepare = Prepare {
             model,
             piece_opts,
-            onnx_dir,
+            export_dir,
             backend: self.opts.backend,
             cache: self.cache,
             compile_cached: self.opts.only_mlir,

@@ -51,7 +51,7 @@ pub struct StepPlan {
 
 /// The paths a step's placeholders stand for.
 pub struct StepPaths {
-    pub onnx: String,
+    pub model_def: String,
     pub io_alone_config: String,
     pub quantize_table: String,
 }
@@ -137,7 +137,7 @@ impl StepPlan {
 fn fill(argv: &[String], paths: &StepPaths) -> Vec<String> {
     argv.iter()
         .map(|a| match a.as_str() {
-            ONNX_PLACEHOLDER => paths.onnx.clone(),
+            ONNX_PLACEHOLDER => paths.model_def.clone(),
             IO_ALONE_PLACEHOLDER => paths.io_alone_config.clone(),
             QTABLE_PLACEHOLDER => paths.quantize_table.clone(),
             _ => a.clone(),
@@ -240,7 +240,7 @@ mod tests {
             .map(String::from)
             .collect();
         let paths = StepPaths {
-            onnx: "a.onnx".into(),
+            model_def: "a.onnx".into(),
             io_alone_config: "b/io.json".into(),
             quantize_table: "a.qtable".into(),
         };

@@ -30,8 +30,10 @@ pub struct PieceJob {
 /// What the export wrote for one step (absolute paths: the tools run in the step's work dir).
 #[derive(Clone)]
 pub struct StepFiles {
-    pub onnx: PathBuf,
-    pub onnx_bytes: u64,
+    /// What the export wrote for `--model_def` (the ONNX file, or the native origin MLIR).
+    pub model_def: PathBuf,
+    /// Bytes of weights it holds (a compile needs a few times this much memory).
+    pub weight_bytes: u64,
     pub quantize_table: Option<PathBuf>,
 }
 
@@ -39,7 +41,7 @@ pub struct StepFiles {
 pub struct Prepare<'a> {
     pub model: &'a Model,
     pub piece_opts: &'a PieceOptions,
-    pub onnx_dir: &'a Path,
+    pub export_dir: &'a Path,
     /// What the export writes: ONNX, or the native backend's Top MLIR + npz.
     pub backend: Backend,
     pub cache: &'a PieceCache,
@@ -116,12 +118,12 @@ impl Prepare<'_> {
                 Backend::Onnx => crate::export::export_piece,
                 Backend::Native => crate::export::export_piece_native,
             };
-            let e = export(self.model, step.piece, self.piece_opts, self.onnx_dir)?;
+            let e = export(self.model, step.piece, self.piece_opts, self.export_dir)?;
             *seconds += e.seconds;
             step.check_export(&e)?;
             files.push(StepFiles {
-                onnx_bytes: std::fs::metadata(&e.path).map(|m| m.len()).unwrap_or(0),
-                onnx: std::path::absolute(&e.path)?,
+                weight_bytes: e.weight_bytes,
+                model_def: std::path::absolute(&e.path)?,
                 quantize_table: e
                     .quantize_table
                     .as_ref()
@@ -143,11 +145,13 @@ impl Prepare<'_> {
             let digest = graph_key::graph_digest(&graph, &stem, self.model.weights.as_ref())?;
             let quantize_table = graph.quantize_table();
             files.push(StepFiles {
-                onnx: std::path::absolute(self.backend.export_path(self.onnx_dir, step.piece))?,
-                onnx_bytes: 0,
+                model_def: std::path::absolute(
+                    self.backend.export_path(self.export_dir, step.piece),
+                )?,
+                weight_bytes: 0,
                 quantize_table: quantize_table
                     .as_ref()
-                    .map(|_| std::path::absolute(self.onnx_dir.join(format!("{stem}.qtable"))))
+                    .map(|_| std::path::absolute(self.export_dir.join(format!("{stem}.qtable"))))
                     .transpose()?,
             });
             inputs.push((digest, quantize_table));
