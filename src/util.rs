@@ -37,7 +37,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .context("path has no file name")?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call, not only per process: two threads of one run may write the same file
+    // (e.g. the worker script on first use) and must not rename each other's temp away.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
     let written = (|| -> Result<()> {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -81,4 +85,35 @@ pub fn flush_c_stdio() {
 pub fn status(line: impl std::fmt::Display) {
     flush_c_stdio();
     eprintln!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of one process writing the same file at once (the worker script on a fresh
+    /// toolchain, under `--jobs 2`) all succeed and leave the whole file.
+    #[test]
+    fn write_atomic_from_many_threads_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("f.txt");
+        let data = vec![7u8; 1 << 16];
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        write_atomic(&path, &data)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temp files left behind");
+    }
 }
