@@ -26,9 +26,9 @@ fn simulator() -> MutexGuard<'static, ()> {
     SIM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Test files kept across runs under the target dir (the piece cache makes re-runs quick).
+/// This test process's outputs (removed once it has ended; pieces go to the run's shared cache).
 fn work_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-tests")
+    common::scratch().to_path_buf()
 }
 
 /// Converts the fixture (bf16, seq 64, static, extra flags) into `work_dir()/<name>`; returns
@@ -40,7 +40,7 @@ fn convert(name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let mut flags = vec!["-q", "bf16"];
     flags.extend_from_slice(extra);
     let model = common::fixtures().join(FIXTURE);
-    let m = common::convert_seq64(&model, &out, &work_dir().join("cache"), &flags);
+    let m = common::convert_seq64(&model, &out, &common::run_dir().join("cache"), &flags);
     let bmodel = PathBuf::from(m["bmodel"].as_str().expect("manifest names the bmodel"));
     (bmodel, out.join("config"))
 }
@@ -657,7 +657,7 @@ fn qwen25vl_chat() -> &'static (PathBuf, tempfile::TempDir) {
     static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
     B.get_or_init(|| {
         let src = common::vlm::vlm_fixtures().join("qwen25vl");
-        let model = common::run_dir().join("chat-vlm-qwen25vl");
+        let model = common::scratch().join("chat-vlm-qwen25vl");
         std::fs::create_dir_all(&model).unwrap();
         for f in ["config.json", "model.safetensors", "generation_config.json"] {
             if src.join(f).exists() {

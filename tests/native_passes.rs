@@ -34,8 +34,8 @@ fn debug_conversion(model: &Path, flags: &[&str]) -> PathBuf {
         .clone();
     slot.get_or_init(|| {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let out = common::run_dir().join(format!("npass-out-{n}"));
-        let cache = common::run_dir().join(format!("npass-cache-{n}"));
+        let out = common::scratch().join(format!("npass-out-{n}"));
+        let cache = common::scratch().join(format!("npass-cache-{n}"));
         let _ = std::fs::remove_dir_all(&out);
         let (o, c) = (out.display().to_string(), cache.display().to_string());
         let mut args = vec!["-m", model.to_str().unwrap(), "-s", "64", "-o", &o];
@@ -259,7 +259,7 @@ fn spans(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
 
 /// Reruns model_deploy natively on a copy of the piece's Top MLIR and its weights.
 fn redeploy(p: &Piece) -> (PathBuf, f64) {
-    let dir = common::run_dir().join(format!("npass-redeploy-{}", p.stem));
+    let dir = common::scratch().join(format!("npass-redeploy-{}", p.stem));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mlir = format!("{}.mlir", p.name);
@@ -357,8 +357,8 @@ fn native_transform_places_the_origin_and_writes_model_transforms_weights() {
     let ps = pieces(&qwen2_history());
     let p = ps.iter().find(|p| p.stem == "block_1").unwrap();
     // The origin MLIR and its npz elsewhere, as nemit's write_origin leaves them.
-    let src = common::run_dir().join("npass-origin-block_1");
-    let cwd = common::run_dir().join("npass-transform-block_1");
+    let src = common::scratch().join("npass-origin-block_1");
+    let cwd = common::scratch().join("npass-transform-block_1");
     for d in [&src, &cwd] {
         let _ = std::fs::remove_dir_all(d);
         std::fs::create_dir_all(d).unwrap();

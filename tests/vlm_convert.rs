@@ -22,7 +22,7 @@ use serde_json::Value;
 /// The fixture's model files only (a folder of its own for the conversion's cache key).
 fn model_copy(name: &str) -> PathBuf {
     let src = common::vlm::vlm_fixtures().join(name);
-    let dst = common::run_dir().join(format!("vlm-model-{name}"));
+    let dst = common::scratch().join(format!("vlm-model-{name}"));
     if !dst.join("model.safetensors").exists() {
         std::fs::create_dir_all(&dst).unwrap();
         for f in ["config.json", "model.safetensors", "generation_config.json"] {
@@ -267,9 +267,9 @@ fn verify_image_passes_and_bad_images_exit_2() {
     assert!(report["vit_cosine"].as_f64().unwrap() >= 0.999, "{report}");
     assert!(report["min_cosine"].as_f64().unwrap() >= 0.999, "{report}");
     assert_eq!(report["pass"], Value::Bool(true));
-    let broken = common::run_dir().join("broken.png");
+    let broken = common::scratch().join("broken.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    for bad in [common::run_dir().join("missing.png"), broken] {
+    for bad in [common::scratch().join("missing.png"), broken] {
         let out = run(&bad, "2");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", bad.display());

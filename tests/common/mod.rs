@@ -170,7 +170,7 @@ pub fn converted(model: &Path, seq: usize, flags: &[&str]) -> Arc<Converted> {
     // Outside the map's lock: conversions of other (model, flags) run meanwhile.
     slot.get_or_init(|| {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let out = run_dir().join(format!("out-{}-{n}", std::process::id()));
+        let out = scratch().join(format!("out-{n}"));
         let _ = std::fs::remove_dir_all(&out);
         let manifest = run_convert(model, seq, &out, &run_dir().join("cache"), flags);
         let bmodel = PathBuf::from(
@@ -208,6 +208,37 @@ pub fn run_dir() -> &'static Path {
         let parent = std::os::unix::process::parent_id();
         let dir = root.join(run_name(parent).expect("reading the parent's /proc entry"));
         std::fs::create_dir_all(&dir).expect("creating the test run's folder");
+        dir
+    })
+}
+
+/// This test process's own folder inside [`run_dir`], for what only it uses (conversion
+/// outputs, copied models). The next test binary of the run removes the folders of processes
+/// that have ended, so a run's disk use follows one binary's outputs plus the shared piece
+/// cache, not every binary's outputs at once (CI ran out of disk).
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let run = run_dir();
+        for e in std::fs::read_dir(run).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((pid, start)) = name.strip_prefix("proc-").and_then(|r| r.split_once('-'))
+            else {
+                continue;
+            };
+            let alive = pid
+                .parse()
+                .ok()
+                .and_then(process_start)
+                .is_some_and(|t| t == start);
+            if !alive {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let pid = std::process::id();
+        let me = process_start(pid).expect("reading this process's /proc entry");
+        let dir = run.join(format!("proc-{pid}-{me}"));
+        std::fs::create_dir_all(&dir).expect("creating the test process's folder");
         dir
     })
 }
