@@ -36,14 +36,19 @@ def main():
     child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     proc = psutil.Process(child.pid)
     peak = 0
-    while child.poll() is None:
+    while True:
         peak = max(peak, tree_rss(proc))
-        time.sleep(0.1)
+        # Returns as soon as the child ends: a sub-second run is timed to the millisecond.
+        try:
+            child.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
     wall = time.time() - t0
     if child.returncode != 0:
         log.seek(0)
         sys.stderr.write(log.read().decode(errors="replace")[-3000:])
-    print(json.dumps({"label": label, "ok": child.returncode == 0, "wall_s": round(wall, 1),
+    print(json.dumps({"label": label, "ok": child.returncode == 0, "wall_s": round(wall, 2),
                       "peak_rss_mb": round(peak / 2**20)}), flush=True)
 
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exit;
 pub mod export;
 pub mod family;
+pub mod file_stamp;
 pub mod golden;
 pub mod graph;
 pub mod model;

@@ -31,6 +31,16 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Writes `data` to `path` via a temporary file in the same folder and a rename, so readers
 /// never see a half-written file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_renamed(path, data, true)
+}
+
+/// [`write_atomic`] without the fsync, for records a crash may lose (they are derived again
+/// when missing or torn).
+pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<()> {
+    write_renamed(path, data, false)
+}
+
+fn write_renamed(path: &Path, data: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path
@@ -46,7 +56,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(data)
-            .and_then(|_| f.sync_all())
+            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
     })();

@@ -84,11 +84,22 @@ fn damaged_entries_are_compiled_again() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
+    // The first run left stamps, so the second trusts unchanged entries without hashing them:
+    // each damage below must show in the stamp. This one keeps the size and puts the mtime
+    // back.
     let flipped = entry("lm_head");
+    assert!(Path::new(&format!("{}.stamp", flipped.display())).is_file());
+    let mtime = std::fs::metadata(&flipped).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&flipped).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&flipped, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&flipped)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     let unrecorded = entry("embedding");
     std::fs::remove_file(format!("{}.sha256", unrecorded.display())).unwrap();
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use llm_convert::arch::{self, Piece, PieceOptions};
 use llm_convert::convert::graph_key;
@@ -174,23 +174,62 @@ fn pieces(m: &Value) -> &Vec<Value> {
     m["pieces"].as_array().unwrap()
 }
 
+/// The names of the pieces a run compiled.
+fn compiled(m: &Value) -> Vec<&str> {
+    pieces(m)
+        .iter()
+        .filter(|p| p["cached"] == false)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
+/// What a rewrite of a file would change: its inode (outputs are renamed into place) and its
+/// mtime.
+fn identity(path: &Path) -> (u64, std::time::SystemTime) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.modified().unwrap())
+}
+
+/// The manifest of a run that combined again: it describes the bmodel now in place, and
+/// that bmodel is the cold one's, create time aside.
+fn assert_rebuilt(m: &Value, cold: &Value, what: &str) {
+    assert_eq!(m["up_to_date"], false, "{what}");
+    let bmodel = Path::new(m["bmodel"].as_str().unwrap());
+    assert_eq!(
+        m["bmodel_sha256"].as_str().unwrap(),
+        llm_convert::util::sha256_file(bmodel).unwrap(),
+        "{what}: the manifest's sha256 is the file's"
+    );
+    assert_eq!(
+        m["bmodel_sha256_without_create_time"], cold["bmodel_sha256_without_create_time"],
+        "{what}"
+    );
+}
+
 /// A cold run exports and compiles every piece; an unchanged rerun (another process) exports
-/// none and compiles none, and says so; `plan` in a third process computes the same keys;
-/// `--do_sample` re-exports and recompiles only the heads it changes or adds.
+/// none and compiles none, and says so; the same command again finds its own bmodel current
+/// and runs no model_tool, while an edited, truncated or deleted bmodel is combined again;
+/// `plan` in a third process computes the same keys; `--do_sample` re-exports and recompiles
+/// only the heads it changes or adds; one changed weight byte only the pieces reading it.
 #[test]
 fn an_unchanged_rerun_exports_nothing_and_one_flag_only_its_pieces() {
     common::toolchain();
-    let model = common::fixtures().join("qwen2");
+    // A copy: its weights are changed at the end.
+    let model_dir = common::copy_model("qwen2");
+    let model = model_dir.path();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let flags = ["-q", "bf16"];
-    let cold = common::convert_seq64(&model, &dir.path().join("cold"), &cache, &flags);
+    let out = dir.path().join("out");
+    let cold = common::convert_seq64(model, &out, &cache, &flags);
     for p in pieces(&cold) {
         assert!(p["exported"] == true && p["cached"] == false, "cold: {p}");
     }
+    assert_eq!(cold["up_to_date"], false);
 
-    // The rerun, as a user sees it (the summary line) and in its manifest.
-    let out = dir.path().join("warm");
+    // The rerun into another folder, as a user sees it (the summary line) and in its manifest.
+    let warm_out = dir.path().join("warm");
     let m = model.to_str().unwrap();
     let run = common::llm_convert(&[
         "-m",
@@ -200,7 +239,7 @@ fn an_unchanged_rerun_exports_nothing_and_one_flag_only_its_pieces() {
         "-q",
         "bf16",
         "-o",
-        out.to_str().unwrap(),
+        warm_out.to_str().unwrap(),
         "--cache-dir",
         cache.to_str().unwrap(),
     ]);
@@ -209,12 +248,14 @@ fn an_unchanged_rerun_exports_nothing_and_one_flag_only_its_pieces() {
     let n = pieces(&cold).len();
     assert!(
         stdout.contains(&format!("{n} pieces (0 compiled, {n} from cache)"))
-            && stdout.contains("export 0.0 s (0 exported)"),
+            && stdout.contains("export 0.0 s (0 exported)")
+            && stdout.contains("combine "),
         "{stdout}"
     );
     let warm: Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(warm_out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(warm["timings"]["export_s"], 0.0);
+    assert_eq!(warm["up_to_date"], false, "another folder holds no bmodel");
     for (c, w) in pieces(&cold).iter().zip(pieces(&warm)) {
         assert!(w["exported"] == false && w["cached"] == true, "rerun: {w}");
         assert_eq!(c["cache_key"], w["cache_key"]);
@@ -223,6 +264,59 @@ fn an_unchanged_rerun_exports_nothing_and_one_flag_only_its_pieces() {
         warm["bmodel_sha256_without_create_time"],
         cold["bmodel_sha256_without_create_time"]
     );
+
+    // The same command again: nothing is combined; the bmodel and model.log are the cold
+    // run's files, untouched (a combine writes a new file and renames it into place).
+    let bmodel = PathBuf::from(cold["bmodel"].as_str().unwrap());
+    let log = out.join("model.log");
+    let before = (identity(&bmodel), identity(&log));
+    let again = common::convert_seq64(model, &out, &cache, &flags);
+    assert_eq!(again["up_to_date"], true);
+    assert_eq!((identity(&bmodel), identity(&log)), before);
+    assert!(compiled(&again).is_empty());
+    assert!(pieces(&again).iter().all(|p| p["exported"] == false));
+    for key in ["bmodel_sha256", "bmodel_bytes", "bmodel_file"] {
+        assert_eq!(again[key], cold[key], "{key}");
+    }
+    assert_eq!(again["timings"]["export_s"], 0.0);
+
+    // The bmodel changed behind the run's back: combined again, each time.
+    let mtime = std::fs::metadata(&bmodel).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&bmodel).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&bmodel, &bytes).unwrap();
+    // Same size, and the mtime put back (`touch -r`): the ctime still tells.
+    std::fs::File::options()
+        .write(true)
+        .open(&bmodel)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let edited = common::convert_seq64(model, &out, &cache, &flags);
+    assert_rebuilt(&edited, &cold, "edited");
+    let len = std::fs::metadata(&bmodel).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&bmodel)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_rebuilt(
+        &common::convert_seq64(model, &out, &cache, &flags),
+        &cold,
+        "truncated",
+    );
+    std::fs::remove_file(&bmodel).unwrap();
+    let recreated = common::convert_seq64(model, &out, &cache, &flags);
+    assert_rebuilt(&recreated, &cold, "deleted");
+    for m in [&edited, &recreated] {
+        assert!(compiled(m).is_empty(), "only combined: {m}");
+    }
+    // And current again after a rebuild.
+    let again = common::convert_seq64(model, &out, &cache, &flags);
+    assert_eq!(again["up_to_date"], true);
+    assert_eq!(again["bmodel_sha256"], recreated["bmodel_sha256"]);
 
     // Keys are the same in another process, and `plan` finds every piece without exporting.
     let plan = common::llm_convert(&[
@@ -246,19 +340,31 @@ fn an_unchanged_rerun_exports_nothing_and_one_flag_only_its_pieces() {
     assert_eq!(planned, built);
     assert!(pieces(&plan).iter().all(|p| p["cached"] == true));
 
-    // --do_sample changes the lm_head (it returns logits) and adds two heads; nothing else.
-    let sampled = common::convert_seq64(
-        &model,
-        &dir.path().join("sample"),
-        &cache,
-        &["-q", "bf16", "--do_sample"],
-    );
-    let mut redone = Vec::new();
+    // --do_sample (same bmodel name) changes the lm_head (it returns logits) and adds two
+    // heads; nothing else.
+    let sample_flags = ["-q", "bf16", "--do_sample"];
+    let sampled = common::convert_seq64(model, &out, &cache, &sample_flags);
+    assert_eq!(sampled["bmodel"], cold["bmodel"]);
+    assert_eq!(sampled["up_to_date"], false);
     for p in pieces(&sampled) {
         assert_eq!(p["exported"], p["cached"] == false, "{p}");
-        if p["cached"] == false {
-            redone.push(p["name"].as_str().unwrap());
-        }
     }
-    assert_eq!(redone, ["lm_head", "greedy_head", "sample_head"]);
+    assert_eq!(
+        compiled(&sampled),
+        ["lm_head", "greedy_head", "sample_head"]
+    );
+
+    // One weight byte of layer 1: its two pieces are compiled again and the bmodel combined.
+    let file = model.join("model.safetensors");
+    flip_middle_byte(
+        &file,
+        safetensors_range(&file, "model.layers.1.mlp.down_proj.weight"),
+    );
+    let before = identity(&bmodel);
+    let reweighted = common::convert_seq64(model, &out, &cache, &sample_flags);
+    assert_eq!(reweighted["up_to_date"], false);
+    assert_eq!(compiled(&reweighted), ["block_1", "block_cache_1"]);
+    // Combined again (a new file; the flipped low bit of an f32 weight may vanish in bf16, so
+    // its bytes may be the old ones).
+    assert_ne!(identity(&bmodel), before);
 }

@@ -54,12 +54,19 @@ fn tables_from(cfg: &ModelConfig, seq: usize, freqs: &[f64], a: f64) -> (Vec<f32
         RotaryPairs::HalfSplit => (0..d).map(|j| j % (d / 2)).collect(),
         RotaryPairs::Interleaved => (0..d).map(|j| j / 2).collect(),
     };
+    // Each frequency's values once per position (a row holds each twice): every piece with
+    // rotary builds these tables, an unchanged rerun too, to key it.
+    let mut row = Vec::with_capacity(freqs.len());
     for pos in 0..seq {
-        for &i in &order {
+        row.clear();
+        row.extend(freqs.iter().map(|&f| {
             // f32 product, like the checkpoint's framework computes position * inv_freq.
-            let angle = (pos as f32 * freqs[i] as f32) as f64;
-            cos.push((angle.cos() * a) as f32);
-            sin.push((angle.sin() * a) as f32);
+            let angle = (pos as f32 * f as f32) as f64;
+            ((angle.cos() * a) as f32, (angle.sin() * a) as f32)
+        }));
+        for &i in &order {
+            cos.push(row[i].0);
+            sin.push(row[i].1);
         }
     }
     (cos, sin)

@@ -42,8 +42,13 @@ fn print_outcome(outcome: &Outcome, json: bool) -> Result<()> {
         m.bmodel_bytes as f64 / 1e6
     );
     println!("manifest: {}", outcome.manifest_path.display());
+    let combine = if m.up_to_date {
+        "bmodel up to date (not combined again)".to_string()
+    } else {
+        format!("combine {:.1} s", m.timings.combine_s)
+    };
     println!(
-        "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s ({} exported), compile {:.1} s on {} workers, combine {:.1} s",
+        "{} pieces ({} compiled, {} from cache) in {:.1} s: export {:.1} s ({} exported), compile {:.1} s on {} workers, {combine}",
         m.pieces.len(),
         m.pieces.len() - cached,
         cached,
@@ -52,7 +57,6 @@ fn print_outcome(outcome: &Outcome, json: bool) -> Result<()> {
         exported,
         m.timings.compile_s,
         m.timings.workers,
-        m.timings.combine_s
     );
     Ok(())
 }

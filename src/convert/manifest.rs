@@ -1,11 +1,11 @@
 //! `manifest.json`: what was built, from what, with which flags and tools, and how long it took.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Result;
 use serde::Serialize;
 
 use super::options::ConvertOptions;
+use crate::file_stamp::FileStamp;
 use crate::model::Model;
 
 #[derive(Debug, Serialize)]
@@ -46,36 +46,66 @@ pub struct Manifest {
     pub bmodel_sha256: String,
     /// sha256 with TPU-MLIR's `create time` header string zeroed: equal across rebuilds.
     pub bmodel_sha256_without_create_time: String,
+    /// The bmodel file's identity once published (`None`: it could not be taken, e.g. a
+    /// filesystem keeping whole seconds). A rerun with equal pieces and flags leaves the
+    /// bmodel alone only while the file still has it (see `up_to_date`).
+    pub bmodel_file: Option<FileStamp>,
+    pub model_log_sha256: String,
+    /// This run found the bmodel and model.log already current (same pieces, flags and
+    /// tools, files unchanged) and ran no model_tool: it wrote config/ and this manifest only.
+    pub up_to_date: bool,
     pub config_files: Vec<String>,
     pub pieces: Vec<PieceRecord>,
     pub timings: Timings,
+}
+
+/// Size and hashes of a combined bmodel.
+#[derive(Debug, Clone)]
+pub struct BmodelFacts {
+    pub bytes: u64,
+    pub sha256: String,
+    pub sha256_without_create_time: String,
+}
+
+/// What a manifest's outputs are.
+pub struct Outputs {
+    pub bmodel: PathBuf,
+    pub facts: BmodelFacts,
+    pub bmodel_file: Option<FileStamp>,
+    pub model_log_sha256: String,
+    pub up_to_date: bool,
+    pub config_files: Vec<String>,
+}
+
+/// The `tool` a manifest names.
+pub fn tool() -> String {
+    format!("llm-convert {}", env!("CARGO_PKG_VERSION"))
 }
 
 impl Manifest {
     pub fn new(
         opts: &ConvertOptions,
         model: &Model,
-        (bmodel, hashed_from): (&Path, &Path),
-        bmodel_bytes: u64,
+        outputs: Outputs,
         pieces: Vec<PieceRecord>,
-        config_files: Vec<String>,
         timings: Timings,
-    ) -> Result<Manifest> {
-        // The bytes are hashed where they are staged; `bmodel` is where they will be.
-        let (sha, masked) = super::combine::sha256_both(hashed_from)?;
-        Ok(Manifest {
-            tool: format!("llm-convert {}", env!("CARGO_PKG_VERSION")),
+    ) -> Manifest {
+        Manifest {
+            tool: tool(),
             tpu_mlir_version: crate::toolchain::TPU_MLIR_VERSION.into(),
             model: model.source.clone(),
             family: model.config.family.name().into(),
             options: opts.clone(),
-            bmodel: bmodel.to_path_buf(),
-            bmodel_bytes,
-            bmodel_sha256: sha,
-            bmodel_sha256_without_create_time: masked,
-            config_files,
+            bmodel: outputs.bmodel,
+            bmodel_bytes: outputs.facts.bytes,
+            bmodel_sha256: outputs.facts.sha256,
+            bmodel_sha256_without_create_time: outputs.facts.sha256_without_create_time,
+            bmodel_file: outputs.bmodel_file,
+            model_log_sha256: outputs.model_log_sha256,
+            up_to_date: outputs.up_to_date,
+            config_files: outputs.config_files,
             pieces,
             timings,
-        })
+        }
     }
 }

@@ -23,12 +23,14 @@ mod records;
 mod scheduler;
 pub mod shard;
 mod shard_report;
+mod up_to_date;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use sha2::Digest;
 
 pub use compile::WrapRunner;
 pub use manifest::{Manifest, PieceRecord};
@@ -168,38 +170,57 @@ pub fn run_mode(
         }
         let t_combine = Instant::now();
         let mut staging = publish::Staging::new(&opts.out_dir);
-        let bmodel_name = format!("{}.bmodel", opts.folder_name());
-        let staged_bmodel = staging.file(&bmodel_name);
-        let combined_bytes = combine_pieces(layout, &records, &staged_bmodel)?;
-        let info = combine::info(layout, &staged_bmodel)?;
-        std::fs::write(staging.file("model.log"), info.as_bytes())
-            .with_context(|| format!("writing model.log in {}", opts.out_dir.display()))?;
-        let config_files = config_dir::write(&model, &staging.dir("config")?)?;
+        let current = up_to_date::check(&opts.out_dir, &opts, &records, &bmodel_path);
+        let up_to_date = current.is_some();
+        let (facts, model_log_sha256) = match current {
+            Some(c) => (c.bmodel, c.model_log_sha256),
+            None => {
+                let staged = staging.file(&format!("{}.bmodel", opts.folder_name()));
+                let bytes = combine_pieces(layout, &records, &staged)?;
+                let info = combine::info(layout, &staged)?;
+                std::fs::write(staging.file("model.log"), info.as_bytes())
+                    .with_context(|| format!("writing model.log in {}", opts.out_dir.display()))?;
+                // Hashed where staged; the manifest names where it is published.
+                let (sha256, sha256_without_create_time) = combine::sha256_both(&staged)?;
+                let facts = manifest::BmodelFacts {
+                    bytes,
+                    sha256,
+                    sha256_without_create_time,
+                };
+                (
+                    facts,
+                    crate::util::hex(&sha2::Sha256::digest(info.as_bytes())),
+                )
+            }
+        };
         let combine_s = t_combine.elapsed().as_secs_f64();
-        let manifest = Manifest::new(
-            &opts,
-            &model,
-            (&bmodel_path, &staged_bmodel),
-            combined_bytes,
-            records,
-            config_files,
-            manifest::Timings {
-                export_s: done.export_s,
-                compile_s: done.compile_s,
-                combine_s,
-                total_s: t_start.elapsed().as_secs_f64(),
-                workers: done.workers,
-            },
-        )?;
-        let manifest_path = opts.out_dir.join("manifest.json");
-        std::fs::write(
-            staging.file("manifest.json"),
-            serde_json::to_vec_pretty(&manifest)?,
-        )
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+        // Written every run: the model folder's config and tokenizer files key no piece.
+        let config_files = config_dir::write(&model, &staging.dir("config")?)?;
         staging.publish()?;
+        let outputs = manifest::Outputs {
+            // Taken after the rename, which moves the file's ctime.
+            bmodel_file: crate::file_stamp::FileStamp::settled(&bmodel_path),
+            bmodel: bmodel_path.clone(),
+            facts,
+            model_log_sha256,
+            up_to_date,
+            config_files,
+        };
+        let timings = manifest::Timings {
+            export_s: done.export_s,
+            compile_s: done.compile_s,
+            combine_s,
+            total_s: t_start.elapsed().as_secs_f64(),
+            workers: done.workers,
+        };
+        let manifest = Manifest::new(&opts, &model, outputs, records, timings);
+        // Last: a run stopped before this leaves the earlier manifest, whose bmodel stamp no
+        // longer matches a bmodel this run replaced.
+        let manifest_path = opts.out_dir.join("manifest.json");
+        crate::util::write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)?;
         Ok(Some((manifest, manifest_path)))
     })();
+    cache.record_stamps();
     if !opts.debug {
         match &finished {
             Ok(done) => {

@@ -1,7 +1,8 @@
-//! A run's outputs (the bmodel, `model.log`, `config/`, `manifest.json`) are written under
-//! temporary names in the output folder and renamed into place together at the end, the
-//! manifest last: they appear together or not at all, and a failed run leaves the previous
-//! run's outputs as they were.
+//! A run's outputs (the bmodel, `model.log`, `config/`) are written under temporary names in
+//! the output folder and renamed into place together at the end; the caller writes
+//! `manifest.json` after them (it records the published bmodel's file stamp). A failed run
+//! leaves the previous run's outputs as they were; one stopped between the renames and the
+//! manifest leaves an earlier manifest whose stamp no longer matches the new bmodel.
 
 use std::path::{Path, PathBuf};
 

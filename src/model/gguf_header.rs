@@ -12,6 +12,8 @@ use candle_core::quantized::GgmlDType;
 const MAX_DEPTH: usize = 8;
 /// GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
+/// Values longer than this are skipped with a seek, shorter ones read past.
+const SEEK_BEYOND: u64 = 64 * 1024;
 
 /// Sizes of the header's length prefixes (v1 wrote u32, later versions u64).
 #[derive(Clone, Copy)]
@@ -198,10 +200,23 @@ impl<R: Read + Seek> Walker<R> {
                 self.pos
             ));
         }
-        let to = i64::try_from(n).map_err(|_| "a value too large to skip".to_string())?;
-        self.reader
-            .seek(SeekFrom::Current(to))
-            .map_err(|e| format!("seeking: {e}"))?;
+        // Short values (the tokenizer's ~50k tokens) are read past: a BufReader drops its
+        // buffer on every seek, which made each token an lseek and an 8 KiB read.
+        if n <= SEEK_BEYOND {
+            let read = std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink())
+                .map_err(|e| format!("reading: {e}"))?;
+            if read != n {
+                return Err(format!(
+                    "the header ends early (at byte {}): truncated",
+                    self.pos + read
+                ));
+            }
+        } else {
+            let to = i64::try_from(n).map_err(|_| "a value too large to skip".to_string())?;
+            self.reader
+                .seek(SeekFrom::Current(to))
+                .map_err(|e| format!("seeking: {e}"))?;
+        }
         self.pos += n;
         Ok(())
     }
