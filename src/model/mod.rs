@@ -85,7 +85,7 @@ impl Model {
         let stored: Box<dyn WeightSource> =
             Box::new(safetensors::SafetensorsWeights::open_dir(dir)?);
         // GPTQ / AWQ layers read as their exactly dequantized weights (`quant`).
-        let stored = quant::view(config.quantization_config.as_ref(), stored, dir)?;
+        let stored = quant::view(config.quant.as_ref(), stored, dir)?;
         // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
         let stored = match &config.vlm {
             Some(v) => Box::new(renamed::RenamedWeights::new(

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::error::InputError;
 
 /// How a linear layer's integers are packed into int32 words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Packing {
     /// AutoGPTQ: `qweight [K/8, N]`, 8 rows (input features) per word, nibble i = row 8r+i;
     /// `qzeros [K/g, N/8]` packed the same way along N; zeros stored minus one (v1 format).
@@ -19,7 +19,7 @@ pub enum Packing {
     AwqGemm,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QuantConfig {
     /// `quant_method` as written (`gptq`, `awq`, `auto-round`), for messages.
     pub method: String,

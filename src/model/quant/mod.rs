@@ -74,12 +74,13 @@ impl QuantizedLinear {
 /// `inner` with its quantized layers checked and dequantized on read (`inner` itself when
 /// config.json has no `quantization_config`). `dir` names errors.
 pub fn view(
-    qc: Option<&serde_json::Value>,
+    cfg: Option<&QuantConfig>,
     inner: Box<dyn WeightSource>,
     dir: &Path,
 ) -> Result<Box<dyn WeightSource>, InputError> {
-    let Some(qc) = qc else { return Ok(inner) };
-    let cfg = QuantConfig::parse(qc, &dir.join("config.json"))?;
+    let Some(cfg) = cfg.cloned() else {
+        return Ok(inner);
+    };
     let mut layers = BTreeMap::new();
     for name in inner.names() {
         if let Some(prefix) = name.strip_suffix(".qweight") {
@@ -203,10 +204,58 @@ struct Dequantized {
     dir: PathBuf,
 }
 
+/// What the native backend's `A16MatMul` reads of a layer, as virtual tensors
+/// `<prefix>.a16_*` whose f32 values are the bytes (exact: 0..=255).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    /// The dequantized float weight `<prefix>.weight`.
+    Weight,
+    /// `[N, K/2]`: two 4-bit integers per byte, the even input feature in the low nibble.
+    A16Qweight,
+    /// `[N, K/g]` f32.
+    A16Scales,
+    /// `[N, K/g]` zero points (offset applied), one per byte.
+    A16Qzeros,
+}
+
+const PARTS: [(&str, Part); 4] = [
+    ("weight", Part::Weight),
+    ("a16_qweight", Part::A16Qweight),
+    ("a16_scales", Part::A16Scales),
+    ("a16_qzeros", Part::A16Qzeros),
+];
+
 impl Dequantized {
-    fn layer_of<'n>(&self, name: &'n str) -> Option<(&'n str, Shape)> {
-        let prefix = name.strip_suffix(".weight")?;
-        Some((prefix, *self.layers.get(prefix)?))
+    fn layer_of<'n>(&self, name: &'n str) -> Option<(&'n str, Shape, Part)> {
+        PARTS.iter().find_map(|&(suffix, part)| {
+            let prefix = name.strip_suffix(suffix)?.strip_suffix('.')?;
+            Some((prefix, *self.layers.get(prefix)?, part))
+        })
+    }
+
+    /// The values of `part` of layer `prefix`, and their shape.
+    fn part(&self, prefix: &str, s: Shape, part: Part) -> Result<(Vec<f32>, Vec<usize>)> {
+        let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
+            .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
+        let groups = layer.groups();
+        if part != Part::Weight && layer.g_idx.is_some() {
+            return Err(InputError::invalid(
+                &self.dir,
+                format!(
+                    "tensor \"{prefix}.g_idx\" groups the input features out of order (desc_act); \
+                     TPU-MLIR's A16MatMul takes contiguous groups and the rows are not reordered yet"
+                ),
+                "use a checkpoint quantized without desc_act (or with static_groups)",
+            )
+            .into());
+        }
+        let bytes = |v: Vec<u8>| v.into_iter().map(f32::from).collect::<Vec<f32>>();
+        Ok(match part {
+            Part::Weight => (layer.dequantize(), vec![s.n, s.k]),
+            Part::A16Qweight => (bytes(unpack::pair_nibbles(&layer.q)), vec![s.n, s.k / 2]),
+            Part::A16Scales => (layer.scales, vec![s.n, groups]),
+            Part::A16Qzeros => (bytes(layer.zeros), vec![s.n, groups]),
+        })
     }
 
     fn tensor(&self, prefix: &str, t: &str) -> String {
@@ -276,13 +325,17 @@ pub fn read_layer(
 
 impl WeightSource for Dequantized {
     fn meta(&self, name: &str) -> Option<TensorMeta> {
-        match self.layer_of(name) {
-            Some((_, s)) => Some(TensorMeta {
-                shape: vec![s.n, s.k],
-                dtype: s.scale_dtype,
-            }),
-            None => self.inner.meta(name),
-        }
+        let (_, s, part) = match self.layer_of(name) {
+            Some(found) => found,
+            None => return self.inner.meta(name),
+        };
+        let groups = s.k / self.cfg.group_size;
+        let (shape, dtype) = match part {
+            Part::Weight => (vec![s.n, s.k], s.scale_dtype),
+            Part::A16Qweight => (vec![s.n, s.k / 2], StoredDtype::F32),
+            Part::A16Scales | Part::A16Qzeros => (vec![s.n, groups], StoredDtype::F32),
+        };
+        Some(TensorMeta { shape, dtype })
     }
 
     fn names(&self) -> Vec<String> {
@@ -293,21 +346,17 @@ impl WeightSource for Dequantized {
     }
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
-        let Some((prefix, s)) = self.layer_of(name) else {
+        let Some((prefix, s, part)) = self.layer_of(name) else {
             return self.inner.read_f32(name);
         };
-        let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
-            .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
-        Ok(Tensor::from_vec(
-            layer.dequantize(),
-            (s.n, s.k),
-            &Device::Cpu,
-        )?)
+        let (values, shape) = self.part(prefix, s, part)?;
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
+
 
     /// The dequantized weight stands for its packed tensors' stored bytes and the rule.
     fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
-        let Some((prefix, _)) = self.layer_of(name) else {
+        let Some((prefix, _, part)) = self.layer_of(name) else {
             return self.inner.fingerprint(name);
         };
         let mut inputs = Vec::new();
@@ -322,6 +371,7 @@ impl WeightSource for Dequantized {
             Packing::AwqGemm => 1,
         };
         let params = [
+            part as u64,
             packing,
             self.cfg.bits as u64,
             self.cfg.group_size as u64,
