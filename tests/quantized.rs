@@ -291,3 +291,203 @@ fn malformed_checkpoints_exit_2_naming_the_tensor() {
         assert!(err.contains(says) && err.contains("config.json"), "{err}");
     }
 }
+
+/// An `.npy` member of an npz, parsed here: (descr, shape, data bytes).
+fn npy_member(npz: &Path, key: &str) -> (String, Vec<usize>, Vec<u8>) {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(npz).unwrap()).unwrap();
+    let mut bytes = Vec::new();
+    zip.by_name(&format!("{key}.npy"))
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    let field = |name: &str| {
+        let at = header.find(name).unwrap() + name.len();
+        header[at..].trim_start_matches([':', ' ']).to_string()
+    };
+    let descr = field("'descr'")[1..]
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let shape_text = field("'shape'");
+    let shape = shape_text[1..shape_text.find(')').unwrap()]
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    (descr, shape, bytes[10 + hlen..].to_vec())
+}
+
+/// The native backend's block_0 npz holds the checkpoint's own integers: A16MatMul's packed
+/// weight is the checkpoint's 4-bit values two per byte (even input feature low), its zero
+/// points and scales the checkpoint's, decoded here independently of `model::quant`.
+#[test]
+fn native_block_npz_holds_the_checkpoint_integers() {
+    use llm_convert::arch::{self, PieceOptions};
+    for name in ["gptq_sym_g128", "awq_g64"] {
+        let dir = fixture(name);
+        let model = Model::open(&dir).unwrap();
+        let opts = PieceOptions::new(64, None).unwrap();
+        let piece = arch::pieces(&model.config, &opts)
+            .into_iter()
+            .find(|p| p.name() == "block_0")
+            .unwrap();
+        let graph = arch::build(piece, &model.config, &opts);
+        let out = tempfile::tempdir().unwrap();
+        let origin =
+            llm_convert::native::emit::write_origin(&graph, &model.weights, out.path()).unwrap();
+        let mlir = std::fs::read_to_string(&origin.mlir).unwrap();
+        assert_eq!(mlir.matches("\"top.A16MatMul\"").count(), 7, "{name}");
+        assert!(
+            !mlir.contains("\"top.MatMul\"(%1, %"),
+            "{name}: no float linear"
+        );
+
+        let stored = load(&dir.join("model.safetensors"));
+        let awq = name.starts_with("awq");
+        for lin in ["self_attn.q_proj", "mlp.down_proj"] {
+            let prefix = format!("model.layers.0.{lin}");
+            let get = |s: &str| &stored[&format!("{prefix}.{s}")];
+            let qw = i32s(get("qweight"));
+            let n = get("scales").1[1];
+            let k = if awq {
+                get("qweight").1[0]
+            } else {
+                get("qweight").1[0] * 8
+            };
+            let nib = |word: i32, pos: usize| (((word as u32) >> (4 * pos)) & 0xF) as u8;
+            let q = |row: usize, col: usize| {
+                if awq {
+                    nib(
+                        qw[col * (n / 8) + row / 8],
+                        [0, 4, 1, 5, 2, 6, 3, 7][row % 8],
+                    )
+                } else {
+                    nib(qw[(col / 8) * n + row], col % 8)
+                }
+            };
+            let (descr, shape, bytes) = npy_member(&origin.npz, &format!("{prefix}.a16_qweight"));
+            assert_eq!(
+                (descr.as_str(), shape.as_slice()),
+                ("|u1", &[n, k / 2][..]),
+                "{name} {lin}"
+            );
+            for row in 0..n {
+                for j in 0..k / 2 {
+                    let b = bytes[row * k / 2 + j];
+                    assert_eq!(
+                        (b & 0xF, b >> 4),
+                        (q(row, 2 * j), q(row, 2 * j + 1)),
+                        "{name} {lin} [{row}, {j}]"
+                    );
+                }
+            }
+            let (descr, shape, zeros) = npy_member(&origin.npz, &format!("{prefix}.a16_qzeros"));
+            let groups = get("scales").1[0];
+            assert_eq!(
+                (descr.as_str(), shape.as_slice()),
+                ("|u1", &[n, groups][..])
+            );
+            let qz = i32s(get("qzeros"));
+            let scales = floats(get("scales"));
+            let (_, _, s_bytes) = npy_member(&origin.npz, &format!("{prefix}.a16_scales"));
+            for row in 0..n {
+                for g in 0..groups {
+                    let z = if awq {
+                        nib(qz[g * (n / 8) + row / 8], [0, 4, 1, 5, 2, 6, 3, 7][row % 8])
+                    } else {
+                        nib(qz[g * (n / 8) + row / 8], row % 8) + 1
+                    };
+                    assert_eq!(zeros[row * groups + g], z, "{name} {lin} zero [{row}, {g}]");
+                    let at = 4 * (row * groups + g);
+                    let s = f32::from_le_bytes(s_bytes[at..at + 4].try_into().unwrap());
+                    assert_eq!(s, scales[g * n + row], "{name} {lin} scale [{row}, {g}]");
+                }
+            }
+        }
+    }
+}
+
+/// `convert` of what the native backend cannot express yet, or with a -q that contradicts
+/// the checkpoint: exit 2 saying why.
+#[test]
+fn convert_refuses_what_it_cannot_keep_exact() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+    let run = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "-m",
+            model.to_str().unwrap(),
+            "-s",
+            "64",
+            "-o",
+            o.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = common::llm_convert(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!err.contains("panicked"), "{err}");
+        (out.status.code().unwrap_or(-1), err)
+    };
+    let (code, err) = run(&fixture("awq_g64"), &["-q", "bf16"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("-q bf16 contradicts the checkpoint"), "{err}");
+    let (code, err) = run(&fixture("gptq_sym_g128"), &["--backend", "onnx"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ONNX cannot express"), "{err}");
+    let (code, err) = run(&fixture("gptq_asym_desc_g32"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(".g_idx\" groups the input features out of order"),
+        "{err}"
+    );
+}
+
+/// A GPTQ (qwen2, biases, sym, g128) and an AWQ (llama, asym, g64) checkpoint convert on the
+/// real toolchain and the bmodel matches the exactly dequantized reference at f16 thresholds
+/// (not w4 ones), with transformers' tokens on the dequantized weights. (That the blocks get
+/// the checkpoint's own integers is shown by `native_block_npz_holds_the_checkpoint_integers`.)
+#[test]
+fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
+    for name in ["gptq_sym_g128", "awq_g64"] {
+        let dir = fixture(name);
+        let c = common::converted(&dir, 64, &[]);
+        assert_eq!(c.manifest["options"]["quantize"], "w4f16", "{name}");
+        let exp: Expected =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let out = common::llm_convert(&[
+            "verify",
+            c.bmodel.to_str().unwrap(),
+            "-m",
+            dir.to_str().unwrap(),
+            "--tokens",
+            &common::tokens_arg(&exp.prompt),
+            "--steps",
+            "8",
+            "-q",
+            "f16",
+            "--json",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: verify failed\n{err}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cos = report["min_cosine"].as_f64().unwrap();
+        println!(
+            "{name}: min block cosine {cos:.7}, tokens {}",
+            report["tokens"]
+        );
+        assert_eq!(report["pass"], true, "{name}");
+        // f16 rounding of the activations only.
+        assert!(cos > 0.9999, "{name}: min cosine {cos}");
+        let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
+        assert_eq!(
+            tokens,
+            exp.tokens[..8],
+            "{name}: tokens differ from transformers'"
+        );
+    }
+}

@@ -436,7 +436,10 @@ impl ConvertArgs {
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
         // A pre-quantized checkpoint brings its own group size.
-        let q_group_size = cfg.quant.as_ref().map_or(self.q_group_size, |q| q.group_size);
+        let q_group_size = cfg
+            .quant
+            .as_ref()
+            .map_or(self.q_group_size, |q| q.group_size);
         if quantize.is_weight_only() {
             let g = q_group_size;
             for (what, k) in [
@@ -531,8 +534,8 @@ fn checkpoint_quantize(
     cfg: &ModelConfig,
     model: &Path,
 ) -> Result<Quantize, InputError> {
-    use crate::model::quant::Packing;
     use crate::family::Projections;
+    use crate::model::quant::Packing;
     let layer = &cfg.layer;
     let unsupported = if cfg.vlm.is_some() {
         Some("a vision-language model")
@@ -543,6 +546,27 @@ fn checkpoint_quantize(
     } else {
         None
     };
+    // A float linear inside a block would be re-quantized by TPU-MLIR's w4 mode.
+    let float_linear = crate::model::layout::expected_tensors(cfg)
+        .into_iter()
+        .filter_map(|(name, shape)| {
+            let prefix = name.strip_suffix(".weight")?;
+            (shape.len() == 2 && prefix.contains("layers.")).then(|| prefix.to_string())
+        })
+        .find(|prefix| {
+            qc.modules_to_not_convert
+                .iter()
+                .any(|m| prefix.contains(m.as_str()))
+        });
+    if let Some(prefix) = float_linear {
+        return Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "modules_to_not_convert keeps {prefix} float inside a block, which the w4 compile would re-quantize"
+            ),
+            "convert the model's unquantized checkpoint with -q",
+        ));
+    }
     if let Some(what) = unsupported {
         return Err(refuse(
             &model.join("config.json"),

@@ -63,7 +63,10 @@ pub struct WeightOnly {
 impl WeightOnly {
     /// Whether linear layer `prefix` is stored quantized.
     pub fn covers(&self, prefix: &str) -> bool {
-        !self.not_converted.iter().any(|m| prefix.contains(m.as_str()))
+        !self
+            .not_converted
+            .iter()
+            .any(|m| prefix.contains(m.as_str()))
     }
 }
 
@@ -252,7 +255,14 @@ impl Graph {
     /// `x Wᵀ` for a linear layer stored quantized: `A16MatMul(x, qweight [out, in/2] uint8,
     /// scales [out, in/g], zero points [out, in/g] uint8)`, the tensors being the checkpoint's
     /// own integers as `model::quant` presents them (`<prefix>.a16_*`).
-    pub fn a16_matmul(&mut self, x: &str, prefix: &str, inp: usize, out: usize, wo: &WeightOnly) -> String {
+    pub fn a16_matmul(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+        wo: &WeightOnly,
+    ) -> String {
         let groups = inp / wo.group_size;
         let per_byte = 8 / wo.bits;
         let mut names = Vec::new();

@@ -61,7 +61,11 @@ pub fn write_origin(graph: &Graph, weights: &dyn WeightSource, dir: &Path) -> Re
         let values = tensor_values(graph, weights, &emitted.tensors, tensor)
             .with_context(|| format!("weight {} of piece {}", tensor.name, graph.name))?;
         if tensor.uint8(graph) {
-            w.add_u8(&tensor.name, &tensor.dims, &super::npz::bytes_of(&tensor.name, &values)?)?;
+            w.add_u8(
+                &tensor.name,
+                &tensor.dims,
+                &super::npz::bytes_of(&tensor.name, &values)?,
+            )?;
         } else {
             w.add(&tensor.name, &tensor.dims, &values)?;
         }

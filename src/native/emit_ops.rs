@@ -246,7 +246,10 @@ fn matmul(e: &mut Emitter, n: &Node) -> Result<()> {
 /// A pre-quantized linear (not an ONNX op): `top.A16MatMul` as llm_convert.py's `linear()`
 /// creates it, weight `[N, K/2]` uint8 used transposed, scales and zero points `[N, K/g]`.
 fn a16_matmul(e: &mut Emitter, n: &Node) -> Result<()> {
-    ensure!(n.inputs.len() == 4, "A16MatMul takes x, qweight, scales, zeros");
+    ensure!(
+        n.inputs.len() == 4,
+        "A16MatMul takes x, qweight, scales, zeros"
+    );
     let x = e.get_op(&n.inputs[0])?;
     let w = e.get_weight_op(&n.inputs[1])?;
     let s = e.get_weight_op(&n.inputs[2])?;

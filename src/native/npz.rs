@@ -85,12 +85,16 @@ impl NpzWriter {
         self.add_raw(key, "|u1", dims, data.len(), data)
     }
 
-    fn add_raw(&mut self, key: &str, descr: &str, dims: &[usize], n: usize, data: &[u8]) -> Result<()> {
+    fn add_raw(
+        &mut self,
+        key: &str,
+        descr: &str,
+        dims: &[usize],
+        n: usize,
+        data: &[u8],
+    ) -> Result<()> {
         let want: usize = dims.iter().product();
-        anyhow::ensure!(
-            n == want,
-            "npz member {key}: {n} values for shape {dims:?}"
-        );
+        anyhow::ensure!(n == want, "npz member {key}: {n} values for shape {dims:?}");
         let header = npy_header_of(descr, dims);
         let bytes = header.len() as u64 + data.len() as u64;
         let options = SimpleFileOptions::default()

@@ -49,15 +49,16 @@ impl QuantConfig {
                 )
             })?
             .to_string();
-        let packing = match method.as_str() {
-            "gptq" => Packing::Gptq,
-            "awq" => Packing::AwqGemm,
-            "auto-round" => {
-                let format = qc
-                    .get("packing_format")
-                    .and_then(Value::as_str)
-                    .unwrap_or("auto_round:auto_gptq");
-                match format {
+        let packing =
+            match method.as_str() {
+                "gptq" => Packing::Gptq,
+                "awq" => Packing::AwqGemm,
+                "auto-round" => {
+                    let format = qc
+                        .get("packing_format")
+                        .and_then(Value::as_str)
+                        .unwrap_or("auto_round:auto_gptq");
+                    match format {
                     "auto_round:auto_gptq" | "auto_gptq" => Packing::Gptq,
                     "auto_round:auto_awq" | "auto_awq" => Packing::AwqGemm,
                     other => return Err(bad(
@@ -65,20 +66,18 @@ impl QuantConfig {
                         "use a checkpoint packed as auto_round:auto_gptq or auto_round:auto_awq",
                     )),
                 }
-            }
-            "compressed-tensors" | "fp8" => return Err(bad(
-                format!(
+                }
+                "compressed-tensors" | "fp8" => return Err(bad(
+                    format!(
                     "quant_method {method:?} is not supported yet (GPTQ, AWQ and auto-round are)"
                 ),
-                "use the model's GPTQ or AWQ release, or its unquantized checkpoint with -q",
-            )),
-            other => {
-                return Err(bad(
+                    "use the model's GPTQ or AWQ release, or its unquantized checkpoint with -q",
+                )),
+                other => return Err(bad(
                     format!("unknown quant_method {other:?} in quantization_config"),
                     "supported: gptq, awq, auto-round; or use the unquantized checkpoint with -q",
-                ))
-            }
-        };
+                )),
+            };
         let int = |key: &str| qc.get(key).and_then(Value::as_i64);
         let bits = int("bits").or_else(|| int("w_bit")).ok_or_else(|| {
             bad(

@@ -353,7 +353,6 @@ impl WeightSource for Dequantized {
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
 
-
     /// The dequantized weight stands for its packed tensors' stored bytes and the rule.
     fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
         let Some((prefix, _, part)) = self.layer_of(name) else {
