@@ -491,3 +491,49 @@ fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
         );
     }
 }
+
+/// TPU-MLIR's own llm_convert.py reads the same tiny GPTQ and AWQ checkpoints (its own
+/// unpacking: a check of the fixtures' packing by a third reader) and its bmodels run in our
+/// runner with the tokens ours give.
+#[test]
+fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
+    for name in ["gptq_sym_g128", "awq_g64"] {
+        let dir = fixture(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = common::llm_convert_py(
+            &dir,
+            &tmp.path().join("theirs"),
+            &["-s", "64", "-q", "w4f16", "-c", "bm1684x"],
+        );
+        let exp: Expected =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let out = common::llm_convert(&[
+            "verify",
+            theirs.to_str().unwrap(),
+            "-m",
+            dir.to_str().unwrap(),
+            "--tokens",
+            &common::tokens_arg(&exp.prompt),
+            "--steps",
+            "8",
+            "-q",
+            "f16",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
+        let cos = report["min_cosine"].as_f64().unwrap();
+        println!(
+            "{name}: llm_convert.py's bmodel: min block cosine {cos:.7}, tokens {}",
+            report["tokens"]
+        );
+        let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
+        assert_eq!(
+            tokens,
+            exp.tokens[..8],
+            "{name}: llm_convert.py's tokens differ"
+        );
+        assert_eq!(report["pass"], true, "{name}: {report}");
+    }
+}
