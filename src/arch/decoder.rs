@@ -137,6 +137,7 @@ fn layer_body(
         bits: q.bits,
         group_size: q.group_size,
         not_converted: q.modules_to_not_convert.clone(),
+        permuted: q.desc_act,
     });
     let (h, nh, kvh, d) = (
         cfg.hidden_size,

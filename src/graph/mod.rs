@@ -58,6 +58,8 @@ pub struct WeightOnly {
     pub group_size: usize,
     /// Module names (or name parts) the checkpoint keeps in float.
     pub not_converted: Vec<String>,
+    /// GPTQ desc_act: each linear first gathers its input features into group order.
+    pub permuted: bool,
 }
 
 impl WeightOnly {
@@ -263,6 +265,24 @@ impl Graph {
         out: usize,
         wo: &WeightOnly,
     ) -> String {
+        let permuted;
+        let x = if wo.permuted {
+            // x's last axis (of [1, L, K]) in the order the quantized rows were sorted into.
+            let perm = format!("{prefix}.a16_perm");
+            self.initializers.push(Initializer {
+                name: perm.clone(),
+                dims: vec![inp],
+                data: InitData::Weight {
+                    name: perm.clone(),
+                    transpose: false,
+                },
+                uint8: false,
+            });
+            permuted = self.op("Gather", &[x, &perm], vec![("axis", Attr::Int(2))]);
+            permuted.as_str()
+        } else {
+            x
+        };
         let groups = inp / wo.group_size;
         let per_byte = 8 / wo.bits;
         let mut names = Vec::new();

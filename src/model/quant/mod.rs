@@ -2,8 +2,10 @@
 //! ([`config`]), the unpacking of each packing ([`unpack`]), and a [`WeightSource`] view that
 //! checks every quantized layer's tensors against bits and group size when it is opened, and
 //! presents `<layer>.weight` as the exactly dequantized `(q - z) · s` (per `g_idx` group), so
-//! the reference and every float reader see what the quantized model computes. The packed
-//! tensors stay readable as they are ([`QuantizedLinear`]) for the native backend.
+//! the reference and every float reader see what the quantized model computes. For the native
+//! backend's A16MatMul it also presents `<layer>.a16_{qweight,scales,qzeros,perm}`: the
+//! checkpoint's integers two per byte, its scales and zero points, and (desc_act) the input
+//! features in group order, the rows permuted to match.
 
 pub mod config;
 pub mod unpack;
@@ -216,13 +218,16 @@ enum Part {
     A16Scales,
     /// `[N, K/g]` zero points (offset applied), one per byte.
     A16Qzeros,
+    /// `[K]`: the input features in group order (desc_act), as f32 indices for a Gather.
+    A16Perm,
 }
 
-const PARTS: [(&str, Part); 4] = [
+const PARTS: [(&str, Part); 5] = [
     ("weight", Part::Weight),
     ("a16_qweight", Part::A16Qweight),
     ("a16_scales", Part::A16Scales),
     ("a16_qzeros", Part::A16Qzeros),
+    ("a16_perm", Part::A16Perm),
 ];
 
 impl Dequantized {
@@ -238,24 +243,66 @@ impl Dequantized {
         let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
             .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
         let groups = layer.groups();
-        if part != Part::Weight && layer.g_idx.is_some() {
-            return Err(InputError::invalid(
-                &self.dir,
-                format!(
-                    "tensor \"{prefix}.g_idx\" groups the input features out of order (desc_act); \
-                     TPU-MLIR's A16MatMul takes contiguous groups and the rows are not reordered yet"
-                ),
-                "use a checkpoint quantized without desc_act (or with static_groups)",
-            )
-            .into());
+        if part == Part::Weight {
+            return Ok((layer.dequantize(), vec![s.n, s.k]));
         }
+        // A16MatMul takes contiguous groups: with desc_act the input features are reordered
+        // into group order (an exact permutation; the graph gathers x the same way).
+        let perm = self.group_order(prefix, &layer)?;
         let bytes = |v: Vec<u8>| v.into_iter().map(f32::from).collect::<Vec<f32>>();
         Ok(match part {
-            Part::Weight => (layer.dequantize(), vec![s.n, s.k]),
-            Part::A16Qweight => (bytes(unpack::pair_nibbles(&layer.q)), vec![s.n, s.k / 2]),
+            Part::Weight => unreachable!("returned above"),
+            Part::A16Qweight => {
+                let q = match &perm {
+                    Some(p) => layer
+                        .q
+                        .chunks_exact(s.k)
+                        .flat_map(|row| p.iter().map(|&k| row[k]))
+                        .collect(),
+                    None => layer.q,
+                };
+                (bytes(unpack::pair_nibbles(&q)), vec![s.n, s.k / 2])
+            }
             Part::A16Scales => (layer.scales, vec![s.n, groups]),
             Part::A16Qzeros => (bytes(layer.zeros), vec![s.n, groups]),
+            Part::A16Perm => {
+                let p = perm.unwrap_or_else(|| (0..s.k).collect());
+                (p.into_iter().map(|k| k as f32).collect(), vec![s.k])
+            }
         })
+    }
+
+    /// The input features in group order (stable), when `g_idx` is not already in order:
+    /// each group must hold exactly group_size features. Refused without desc_act (the graph
+    /// gathers x only for desc_act checkpoints).
+    fn group_order(&self, prefix: &str, layer: &QuantizedLinear) -> Result<Option<Vec<usize>>> {
+        let Some(g_idx) = &layer.g_idx else {
+            return Ok(None);
+        };
+        let refuse = |why: String| -> anyhow::Error {
+            InputError::invalid(
+                &self.dir,
+                format!("tensor \"{prefix}.g_idx\" {why}"),
+                "use a checkpoint quantized with desc_act false (or static_groups)",
+            )
+            .into()
+        };
+        if !self.cfg.desc_act {
+            return Err(refuse(
+                "groups the input features out of order but desc_act is false in quantization_config".into(),
+            ));
+        }
+        let mut perm: Vec<usize> = (0..layer.k).collect();
+        perm.sort_by_key(|&k| g_idx[k]);
+        if let Some(j) = (0..layer.k).find(|&j| g_idx[perm[j]] != j / layer.group_size) {
+            return Err(refuse(format!(
+                "does not give every group exactly {} input features (group {} at sorted row {j}), \
+                 which A16MatMul's contiguous groups need",
+                layer.group_size,
+                g_idx[perm[j]]
+            )));
+        }
+        Ok(Some(perm))
     }
 
     fn tensor(&self, prefix: &str, t: &str) -> String {
@@ -334,6 +381,7 @@ impl WeightSource for Dequantized {
             Part::Weight => (vec![s.n, s.k], s.scale_dtype),
             Part::A16Qweight => (vec![s.n, s.k / 2], StoredDtype::F32),
             Part::A16Scales | Part::A16Qzeros => (vec![s.n, groups], StoredDtype::F32),
+            Part::A16Perm => (vec![s.k], StoredDtype::F32),
         };
         Some(TensorMeta { shape, dtype })
     }
