@@ -441,6 +441,22 @@ fn convert_refuses_what_it_cannot_keep_exact() {
     let (code, err) = run(&fixture("gptq_sym_g128"), &["--backend", "onnx"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ONNX cannot express"), "{err}");
+    let awq = fixture("awq_g64");
+    let export = common::llm_convert(&[
+        "export-onnx",
+        "-m",
+        awq.to_str().unwrap(),
+        "-s",
+        "64",
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&export.stderr);
+    assert_eq!(export.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ONNX cannot express") && err.contains("export-onnx"),
+        "{err}"
+    );
     // A g_idx out of group order where the config says desc_act false: the graph would not
     // gather x into that order.
     let copy = tempfile::tempdir().unwrap();
