@@ -39,12 +39,19 @@ pub fn along_cols(words: &[i32], rows: usize, cols: usize, order: &[usize; 8]) -
     out
 }
 
-/// `[rows, cols]` → `[cols, rows]` (the checkpoint's `[K, N]` to A16MatMul's `[N, K]`).
+/// `[rows, cols]` → `[cols, rows]` (the checkpoint's `[K, N]` to A16MatMul's `[N, K]`), in
+/// cache-sized tiles (a plain strided loop was 3x slower on a 4096² layer).
 pub fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 64;
     let mut out = vec![T::default(); src.len()];
-    for (r, row) in src.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = row[c];
+                }
+            }
         }
     }
     out
