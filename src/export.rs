@@ -30,6 +30,17 @@ pub struct ExportArgs {
 impl ExportArgs {
     pub fn run(&self, installed: &BundledModels) -> Result<()> {
         let mut model = Model::open_with(&self.model, Some(installed))?;
+        if let Some(q) = &model.config.quant {
+            return Err(crate::error::InputError::invalid(
+                self.model.join("config.json"),
+                format!(
+                    "a pre-quantized ({}) checkpoint's linears are TPU-MLIR A16MatMul ops, which ONNX cannot express",
+                    q.method
+                ),
+                "convert it with the native backend (llm-convert -m MODEL ...) instead of export-onnx",
+            )
+            .into());
+        }
         if self.pieces.allow_non_finite {
             model.allow_non_finite();
         }

@@ -133,6 +133,12 @@ fn layer_body(
     attn: Attn,
     len: usize,
 ) {
+    g.weight_only = cfg.quant.as_ref().map(|q| crate::graph::WeightOnly {
+        bits: q.bits,
+        group_size: q.group_size,
+        not_converted: q.modules_to_not_convert.clone(),
+        permuted: q.desc_act,
+    });
     let (h, nh, kvh, d) = (
         cfg.hidden_size,
         cfg.num_attention_heads,
@@ -368,8 +374,13 @@ pub(super) fn linear(
     out: usize,
     bias: bool,
 ) -> String {
-    let w = g.weight(&format!("{prefix}.weight"), &[inp, out], true);
-    let y = g.op("MatMul", &[x, &w], vec![]);
+    let y = match g.weight_only.clone().filter(|wo| wo.covers(prefix)) {
+        Some(wo) => g.a16_matmul(x, prefix, inp, out, &wo),
+        None => {
+            let w = g.weight(&format!("{prefix}.weight"), &[inp, out], true);
+            g.op("MatMul", &[x, &w], vec![])
+        }
+    };
     if bias {
         let b = g.weight(&format!("{prefix}.bias"), &[out], false);
         g.add(&y, &b)

@@ -143,8 +143,17 @@ fn initializer_into(
     init: &Initializer,
     weights: &dyn WeightSource,
 ) -> Result<()> {
-    let Initializer { name, dims, data } = init;
+    let Initializer {
+        name,
+        dims,
+        data,
+        uint8,
+    } = init;
     h.str(name).usizes(dims);
+    // Only uint8 ones say so (float initializers keep the keys they had).
+    if *uint8 {
+        h.str("uint8");
+    }
     match data {
         InitData::Weight {
             name: tensor,

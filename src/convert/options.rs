@@ -423,10 +423,25 @@ impl ConvertArgs {
     pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
         let (model_path, seq_length) = self.validate()?;
         let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
+        if let (Some(qc), super::backend::Backend::Onnx) = (&cfg.quant, self.backend) {
+            return Err(refuse(
+                &model_path.join("config.json"),
+                &format!(
+                    "a pre-quantized ({}) checkpoint needs TPU-MLIR's weight-only A16MatMul, which ONNX cannot express",
+                    qc.method
+                ),
+                "use the native backend (the default: drop --backend onnx)",
+            ));
+        }
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
+        // A pre-quantized checkpoint brings its own group size.
+        let q_group_size = cfg
+            .quant
+            .as_ref()
+            .map_or(self.q_group_size, |q| q.group_size);
         if quantize.is_weight_only() {
-            let g = self.q_group_size;
+            let g = q_group_size;
             for (what, k) in [
                 ("hidden_size", cfg.hidden_size),
                 ("intermediate_size", cfg.intermediate_size),
@@ -465,7 +480,7 @@ impl ConvertArgs {
             seq_length,
             max_input_length: shape.max_input_length,
             quantize,
-            q_group_size: self.q_group_size,
+            q_group_size,
             chip,
             num_device: self.num_device,
             num_core,
@@ -490,18 +505,8 @@ impl ConvertArgs {
 }
 
 fn resolve_quantize(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize, InputError> {
-    if let Some(qc) = &cfg.quantization_config {
-        let method = qc
-            .get("quant_method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("unknown");
-        return Err(refuse(
-            &model.join("config.json"),
-            &format!(
-                "pre-quantized checkpoints (quantization_config: {method}) are not supported yet"
-            ),
-            "convert the unquantized model and pick -q (e.g. -q w4bf16)",
-        ));
+    if let Some(qc) = &cfg.quant {
+        return checkpoint_quantize(q, qc, cfg, model);
     }
     if q != Quantize::Auto {
         return Ok(q);
@@ -516,6 +521,79 @@ fn resolve_quantize(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quan
                 other.unwrap_or("none")
             ),
             "pass -q explicitly, e.g. -q w4bf16",
+        )),
+    }
+}
+
+/// A pre-quantized checkpoint's mode: its 4-bit weights with the checkpoint's activation dtype
+/// (AWQ: f16, as llm_convert.py forces w4f16); `-q auto` picks it, any other -q but a w4 mode
+/// contradicts the checkpoint.
+fn checkpoint_quantize(
+    q: Quantize,
+    qc: &crate::model::quant::QuantConfig,
+    cfg: &ModelConfig,
+    model: &Path,
+) -> Result<Quantize, InputError> {
+    use crate::family::Projections;
+    use crate::model::quant::Packing;
+    let layer = &cfg.layer;
+    let unsupported = if cfg.vlm.is_some() {
+        Some("a vision-language model")
+    } else if layer.moe.is_some() {
+        Some("a mixture of experts")
+    } else if layer.attention.qkv == Projections::Fused || layer.mlp.gate_up == Projections::Fused {
+        Some("fused qkv / gate_up projections")
+    } else {
+        None
+    };
+    // A float linear inside a block would be re-quantized by TPU-MLIR's w4 mode.
+    let float_linear = crate::model::layout::expected_tensors(cfg)
+        .into_iter()
+        .filter_map(|(name, shape)| {
+            let prefix = name.strip_suffix(".weight")?;
+            (shape.len() == 2 && prefix.contains("layers.")).then(|| prefix.to_string())
+        })
+        .find(|prefix| {
+            qc.modules_to_not_convert
+                .iter()
+                .any(|m| prefix.contains(m.as_str()))
+        });
+    if let Some(prefix) = float_linear {
+        return Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "modules_to_not_convert keeps {prefix} float inside a block, which the w4 compile would re-quantize"
+            ),
+            "convert the model's unquantized checkpoint with -q",
+        ));
+    }
+    if let Some(what) = unsupported {
+        return Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "pre-quantized ({}) checkpoints of {what} are not supported yet (plain decoders with separate projections are)",
+                qc.method
+            ),
+            "convert the model's unquantized checkpoint with -q",
+        ));
+    }
+    let own = match (qc.packing, cfg.torch_dtype.as_deref()) {
+        (Packing::Gptq, Some("bfloat16")) => Quantize::W4bf16,
+        _ => Quantize::W4f16,
+    };
+    match q {
+        Quantize::Auto => Ok(own),
+        Quantize::W4bf16 | Quantize::W4f16 => Ok(q),
+        other => Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "-q {} contradicts the checkpoint: it is {}-bit {} (group_size {}), whose weights convert as they are",
+                other.name(),
+                qc.bits,
+                qc.method,
+                qc.group_size
+            ),
+            &format!("omit -q (or pass -q auto, or -q {})", own.name()),
         )),
     }
 }

@@ -46,6 +46,30 @@ pub struct Initializer {
     pub name: String,
     pub dims: Vec<usize>,
     pub data: InitData,
+    /// Stored as uint8 (A16MatMul's packed weights and zero points; the values are bytes).
+    pub uint8: bool,
+}
+
+/// The linear layers of a pre-quantized checkpoint: which are quantized and how, so a linear
+/// becomes `A16MatMul` on the checkpoint's own integers (see `model::quant`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightOnly {
+    pub bits: usize,
+    pub group_size: usize,
+    /// Module names (or name parts) the checkpoint keeps in float.
+    pub not_converted: Vec<String>,
+    /// GPTQ desc_act: each linear first gathers its input features into group order.
+    pub permuted: bool,
+}
+
+impl WeightOnly {
+    /// Whether linear layer `prefix` is stored quantized.
+    pub fn covers(&self, prefix: &str) -> bool {
+        !self
+            .not_converted
+            .iter()
+            .any(|m| prefix.contains(m.as_str()))
+    }
 }
 
 /// A graph input/output: name, element type, shape.
@@ -74,6 +98,8 @@ pub struct Graph {
     /// --quantize_table`), named as TPU-MLIR's ONNX front end names its ops:
     /// `<first output>_<op type>`.
     pub f32_ops: Vec<String>,
+    /// Set for the blocks of a pre-quantized checkpoint.
+    pub weight_only: Option<WeightOnly>,
     counter: usize,
 }
 
@@ -222,9 +248,69 @@ impl Graph {
                     name: name.into(),
                     transpose,
                 },
+                uint8: false,
             });
         }
         id
+    }
+
+    /// `x Wᵀ` for a linear layer stored quantized: `A16MatMul(x, qweight [out, in/2] uint8,
+    /// scales [out, in/g], zero points [out, in/g] uint8)`, the tensors being the checkpoint's
+    /// own integers as `model::quant` presents them (`<prefix>.a16_*`).
+    pub fn a16_matmul(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+        wo: &WeightOnly,
+    ) -> String {
+        let permuted;
+        let x = if wo.permuted {
+            // x's last axis (of [1, L, K]) in the order the quantized rows were sorted into.
+            let perm = format!("{prefix}.a16_perm");
+            self.initializers.push(Initializer {
+                name: perm.clone(),
+                dims: vec![inp],
+                data: InitData::Weight {
+                    name: perm.clone(),
+                    transpose: false,
+                },
+                uint8: false,
+            });
+            permuted = self.op("Gather", &[x, &perm], vec![("axis", Attr::Int(2))]);
+            permuted.as_str()
+        } else {
+            x
+        };
+        let groups = inp / wo.group_size;
+        let per_byte = 8 / wo.bits;
+        let mut names = Vec::new();
+        for (part, dims, uint8) in [
+            ("a16_qweight", [out, inp / per_byte], true),
+            ("a16_scales", [out, groups], false),
+            ("a16_qzeros", [out, groups], true),
+        ] {
+            let name = format!("{prefix}.{part}");
+            self.initializers.push(Initializer {
+                name: name.clone(),
+                dims: dims.to_vec(),
+                data: InitData::Weight {
+                    name: name.clone(),
+                    transpose: false,
+                },
+                uint8,
+            });
+            names.push(name);
+        }
+        self.op(
+            "A16MatMul",
+            &[x, &names[0], &names[1], &names[2]],
+            vec![
+                ("q_group_size", Attr::Int(wo.group_size as i64)),
+                ("weight_bits", Attr::Int(wo.bits as i64)),
+            ],
+        )
     }
 
     pub fn const_f32(&mut self, hint: &str, dims: &[usize], values: Vec<f32>) -> String {
@@ -233,6 +319,7 @@ impl Graph {
             name: name.clone(),
             dims: dims.to_vec(),
             data: InitData::F32(values),
+            uint8: false,
         });
         name
     }
@@ -243,6 +330,7 @@ impl Graph {
             name: name.clone(),
             dims: vec![values.len()],
             data: InitData::I64(values.to_vec()),
+            uint8: false,
         });
         name
     }

@@ -55,8 +55,8 @@ pub struct ModelConfig {
     pub layer: LayerSpec,
     /// `torch_dtype` (or transformers 5 `dtype`), e.g. "bfloat16".
     pub torch_dtype: Option<String>,
-    /// Kept verbatim: pre-quantized checkpoints (AWQ/GPTQ/…) describe themselves here.
-    pub quantization_config: Option<Value>,
+    /// A pre-quantized checkpoint's `quantization_config` (GPTQ / AWQ / auto-round).
+    pub quant: Option<super::quant::QuantConfig>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The vision tower and image tokens, when the config is a VLM's.
@@ -206,7 +206,10 @@ impl ModelConfig {
                 Some(d) => Some(d),
                 None => r.opt_str("dtype")?,
             },
-            quantization_config: r.raw("quantization_config").cloned(),
+            quant: match r.raw("quantization_config").filter(|v| !v.is_null()) {
+                Some(qc) => Some(super::quant::QuantConfig::parse(qc, r.path())?),
+                None => None,
+            },
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
             vlm: None,

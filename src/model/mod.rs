@@ -10,6 +10,7 @@ pub mod gguf_tokenizer;
 pub mod layout;
 pub mod layout_moe;
 pub mod path;
+pub mod quant;
 pub mod renamed;
 pub mod repack;
 pub mod safetensors;
@@ -83,6 +84,8 @@ impl Model {
         )?;
         let stored: Box<dyn WeightSource> =
             Box::new(safetensors::SafetensorsWeights::open_dir(dir)?);
+        // GPTQ / AWQ layers read as their exactly dequantized weights (`quant`).
+        let stored = quant::view(config.quant.as_ref(), stored, dir)?;
         // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
         let stored = match &config.vlm {
             Some(v) => Box::new(renamed::RenamedWeights::new(

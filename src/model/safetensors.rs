@@ -269,7 +269,7 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), Inpu
             InputError::invalid(
                 path,
                 format!("tensor \"{name}\" has unsupported dtype {:?}", info.dtype),
-                "supported dtypes: F32, F16, BF16",
+                "supported dtypes: F32, F16, BF16 (and I32 for GPTQ / AWQ packed weights)",
             )
         })?;
     }
@@ -316,6 +316,7 @@ fn stored_dtype(d: Dtype) -> Option<StoredDtype> {
         Dtype::F32 => Some(StoredDtype::F32),
         Dtype::F16 => Some(StoredDtype::F16),
         Dtype::BF16 => Some(StoredDtype::Bf16),
+        Dtype::I32 => Some(StoredDtype::I32),
         _ => None,
     }
 }
@@ -325,6 +326,8 @@ fn candle_dtype(d: StoredDtype) -> DType {
         StoredDtype::F32 => DType::F32,
         StoredDtype::F16 => DType::F16,
         StoredDtype::Bf16 | StoredDtype::Quantized => DType::BF16,
+        // Never read as floats (read_f32 refuses them first).
+        StoredDtype::I32 => DType::U32,
     }
 }
 
@@ -344,6 +347,11 @@ impl WeightSource for SafetensorsWeights {
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
         let (shard, bytes, dtype, shape) = self.stored_bytes(name)?;
+        anyhow::ensure!(
+            dtype != StoredDtype::I32,
+            "{}: tensor \"{name}\" holds packed int32 values, not weights to read as floats",
+            shard.path.display()
+        );
         let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;
         // The data is copied: its pages can go.
@@ -361,6 +369,7 @@ impl WeightSource for SafetensorsWeights {
                 StoredDtype::F16 => "F16",
                 StoredDtype::Bf16 => "BF16",
                 StoredDtype::Quantized => "quantized",
+                StoredDtype::I32 => "I32",
             };
             fingerprint::stored("safetensors", dtype, &shape, bytes.len() as u64, |h| {
                 for chunk in bytes.chunks(16 << 20) {
@@ -370,6 +379,21 @@ impl WeightSource for SafetensorsWeights {
                 Ok(())
             })
         })
+    }
+
+    fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
+        let (shard, bytes, dtype, _) = self.stored_bytes(name)?;
+        anyhow::ensure!(
+            dtype == StoredDtype::I32,
+            "{}: tensor \"{name}\" is {dtype:?}, not int32",
+            shard.path.display()
+        );
+        let v = bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        shard.release(bytes);
+        Ok(v)
     }
 
     fn describe(&self) -> String {

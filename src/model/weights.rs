@@ -17,6 +17,9 @@ pub enum StoredDtype {
     Bf16,
     /// A GGUF block-quantized type (Q4_1, Q8_0, …), dequantized on read.
     Quantized,
+    /// Packed integers of a pre-quantized checkpoint (GPTQ / AWQ `qweight`, `qzeros`,
+    /// `g_idx`): read only as integers ([`WeightSource::read_i32`]), never as floats.
+    I32,
 }
 
 /// Name, torch-order shape and stored dtype of one tensor.
@@ -40,6 +43,14 @@ pub trait WeightSource: Send + Sync {
     fn fingerprint(&self, name: &str) -> Result<Fingerprint>;
     /// Where the weights come from, for messages.
     fn describe(&self) -> String;
+    /// Reads an int32 tensor's values exactly (packed quantized weights). Sources without
+    /// integer tensors have none.
+    fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
+        anyhow::bail!(
+            "tensor \"{name}\" is not an int32 tensor of {}",
+            self.describe()
+        )
+    }
 }
 
 /// A [`WeightSource`] whose reads refuse NaN / Inf values (naming the tensor and `source`),

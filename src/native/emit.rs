@@ -60,7 +60,15 @@ pub fn write_origin(graph: &Graph, weights: &dyn WeightSource, dir: &Path) -> Re
         let tensor = &emitted.tensors[t];
         let values = tensor_values(graph, weights, &emitted.tensors, tensor)
             .with_context(|| format!("weight {} of piece {}", tensor.name, graph.name))?;
-        w.add(&tensor.name, &tensor.dims, &values)?;
+        if tensor.uint8(graph) {
+            w.add_u8(
+                &tensor.name,
+                &tensor.dims,
+                &super::npz::bytes_of(&tensor.name, &values)?,
+            )?;
+        } else {
+            w.add(&tensor.name, &tensor.dims, &values)?;
+        }
     }
     let weight_bytes = w.finish()?;
     let mlir = origin_path(dir, &graph.name);
@@ -365,10 +373,12 @@ impl<'a> Emitter<'a> {
             self.add_operand(name, v.clone())?;
             return Ok(v);
         }
-        let dims = self.tensor(name)?.dims.clone();
+        let t = self.tensor(name)?;
+        let dims = t.dims.clone();
+        let elem = if t.uint8(self.graph) { "ui8" } else { "f32" };
         let id = self.number();
         let loc = self.locs.name(name);
-        let ty = ranked(&dims, "f32");
+        let ty = ranked(&dims, elem);
         self.body
             .push((format!("{id} = \"top.Weight\"() : () -> {ty}"), loc));
         let v = Value { name: id, ty, loc };

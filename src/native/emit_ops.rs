@@ -58,6 +58,7 @@ pub fn defaults(op: &str) -> &'static [(&'static str, &'static str)] {
             ("q_group_size", "0 : i64"),
         ],
         "top.Reshape" => &[("flatten_start_dim", "-1 : i64")],
+        "top.A16MatMul" => &[("dq_type", "\"NONE\"")],
         "top.Slice" => &[("axes", "[]"), ("hasparamConvert_axes", "[]")],
         "top.Concat" => &[
             ("axis", "1 : si32"),
@@ -108,6 +109,7 @@ pub fn convert(e: &mut Emitter, n: &Node) -> Result<()> {
         "Sub" => sub(e, n),
         "Div" => div(e, n),
         "MatMul" => matmul(e, n),
+        "A16MatMul" => a16_matmul(e, n),
         "Reshape" => reshape(e, n),
         "Transpose" => transpose(e, n),
         "Slice" => super::emit_slice::slice(e, n),
@@ -238,6 +240,31 @@ fn matmul(e: &mut Emitter, n: &Node) -> Result<()> {
         vec![("do_relu", b(false))],
         &loc(n),
     );
+    e.add_operand(&n.name, v)
+}
+
+/// A pre-quantized linear (not an ONNX op): `top.A16MatMul` as llm_convert.py's `linear()`
+/// creates it, weight `[N, K/2]` uint8 used transposed, scales and zero points `[N, K/g]`.
+fn a16_matmul(e: &mut Emitter, n: &Node) -> Result<()> {
+    ensure!(
+        n.inputs.len() == 4,
+        "A16MatMul takes x, qweight, scales, zeros"
+    );
+    let x = e.get_op(&n.inputs[0])?;
+    let w = e.get_weight_op(&n.inputs[1])?;
+    let s = e.get_weight_op(&n.inputs[2])?;
+    let z = e.get_weight_op(&n.inputs[3])?;
+    let none = e.none();
+    let int = |name| match n.attr(name) {
+        Some(Attr::Int(v)) => Ok(*v),
+        _ => bail!("A16MatMul needs {name}"),
+    };
+    let attrs = vec![
+        ("right_transpose", b(true)),
+        ("q_group_size", i64a(int("q_group_size")?)),
+        ("weight_bits", i64a(int("weight_bits")?)),
+    ];
+    let v = e.op("top.A16MatMul", &[&x, &w, &s, &z, &none], attrs, &loc(n));
     e.add_operand(&n.name, v)
 }
 

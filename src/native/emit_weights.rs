@@ -32,6 +32,13 @@ pub enum TensorData {
     },
 }
 
+impl Tensor {
+    /// Stored as uint8 in the npz (`tensor<…xui8>`): A16MatMul's packed integers.
+    pub fn uint8(&self, graph: &Graph) -> bool {
+        matches!(self.data, TensorData::Init(i) if graph.initializers[i].uint8)
+    }
+}
+
 /// The f32 values of a converter weight, as OnnxConverter's `astype(np.float32)` makes them.
 pub fn tensor_values<'g>(
     graph: &'g Graph,

@@ -21,6 +21,11 @@ const GROWTH_AXIS_MAX_DIGITS: usize = 21;
 
 /// The `.npy` (format 1.0) header of an f32 C-order array of shape `dims`, as numpy writes it.
 pub fn npy_header(dims: &[usize]) -> Vec<u8> {
+    npy_header_of("<f4", dims)
+}
+
+/// The header for element type `descr` (`<f4`, `|u1`).
+fn npy_header_of(descr: &str, dims: &[usize]) -> Vec<u8> {
     let shape = match dims {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
@@ -29,7 +34,7 @@ pub fn npy_header(dims: &[usize]) -> Vec<u8> {
             format!("({})", parts.join(", "))
         }
     };
-    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     if let Some(first) = dims.first() {
         let digits = first.to_string().len();
         dict.push_str(&" ".repeat(GROWTH_AXIS_MAX_DIGITS.saturating_sub(digits)));
@@ -72,14 +77,26 @@ impl NpzWriter {
 
     /// Adds `<key>.npy` holding `data` (C order) of shape `dims`.
     pub fn add(&mut self, key: &str, dims: &[usize], data: &[f32]) -> Result<()> {
+        self.add_raw(key, "<f4", dims, data.len(), le_bytes(data))
+    }
+
+    /// Adds a uint8 array (A16MatMul's packed weights and zero points).
+    pub fn add_u8(&mut self, key: &str, dims: &[usize], data: &[u8]) -> Result<()> {
+        self.add_raw(key, "|u1", dims, data.len(), data)
+    }
+
+    fn add_raw(
+        &mut self,
+        key: &str,
+        descr: &str,
+        dims: &[usize],
+        n: usize,
+        data: &[u8],
+    ) -> Result<()> {
         let want: usize = dims.iter().product();
-        anyhow::ensure!(
-            data.len() == want,
-            "npz member {key}: {} values for shape {dims:?}",
-            data.len()
-        );
-        let header = npy_header(dims);
-        let bytes = header.len() as u64 + 4 * data.len() as u64;
+        anyhow::ensure!(n == want, "npz member {key}: {n} values for shape {dims:?}");
+        let header = npy_header_of(descr, dims);
+        let bytes = header.len() as u64 + data.len() as u64;
         let options = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Stored)
             .last_modified_time(zip::DateTime::default())
@@ -88,8 +105,8 @@ impl NpzWriter {
             .start_file(format!("{key}.npy"), options)
             .with_context(|| format!("npz member {key}"))?;
         self.zip.write_all(&header)?;
-        self.zip.write_all(le_bytes(data))?;
-        self.data_bytes += 4 * data.len() as u64;
+        self.zip.write_all(data)?;
+        self.data_bytes += data.len() as u64;
         Ok(())
     }
 
@@ -109,6 +126,20 @@ impl NpzWriter {
             .with_context(|| format!("renaming {} into place", self.tmp.display()))?;
         Ok(self.data_bytes)
     }
+}
+
+/// Byte values carried as f32 (exact for 0..=255) back to bytes; anything else is a bug upstream.
+pub fn bytes_of(key: &str, values: &[f32]) -> Result<Vec<u8>> {
+    values
+        .iter()
+        .map(|&v| {
+            anyhow::ensure!(
+                (0.0..=255.0).contains(&v) && v.fract() == 0.0,
+                "npz member {key}: {v} is not a byte"
+            );
+            Ok(v as u8)
+        })
+        .collect()
 }
 
 #[cfg(target_endian = "big")]

@@ -43,37 +43,54 @@ pub fn smollm2_gguf() -> PathBuf {
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let script = repo().join("scripts/make_fixtures.py");
-        let text = std::fs::read(&script).expect("reading make_fixtures.py");
-        let key = llm_convert::util::hex(&sha2_digest(&text))[..16].to_string();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{key}"));
-        if dir.join("done").exists() {
-            return dir;
-        }
-        let layout = toolchain();
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let out = Command::new(layout.python())
-            .arg(&script)
-            .arg(&tmp)
-            .arg("--smollm2")
-            .arg(smollm2_gguf())
-            .env("HF_HUB_OFFLINE", "1")
-            .env("TQDM_DISABLE", "1")
-            .env("TRANSFORMERS_VERBOSITY", "error")
-            .output()
-            .expect("running make_fixtures.py");
-        assert!(
-            out.status.success(),
-            "make_fixtures.py failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(tmp.join("done"), b"").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).expect("publishing fixtures");
-        dir
+        let gguf = smollm2_gguf();
+        generated(
+            "make_fixtures.py",
+            "fixtures",
+            &["--smollm2".as_ref(), gguf.as_os_str()],
+        )
     })
+}
+
+/// GPTQ / AWQ checkpoints written by scripts/make_quant_fixtures.py, kept like [`fixtures`].
+#[allow(dead_code)]
+pub fn quant_fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| generated("make_quant_fixtures.py", "quant-fixtures", &[]))
+}
+
+/// Runs `scripts/<script> DIR ARGS...` with the toolchain's python into a folder keyed by the
+/// script's hash (reused while the script is unchanged).
+fn generated(script: &str, stem: &str, args: &[&std::ffi::OsStr]) -> PathBuf {
+    let path = repo().join("scripts").join(script);
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {script}: {e}"));
+    let key = llm_convert::util::hex(&sha2_digest(&text))[..16].to_string();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{stem}-{key}"));
+    if dir.join("done").exists() {
+        return dir;
+    }
+    let layout = toolchain();
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = Command::new(layout.python())
+        .arg(&path)
+        .arg(&tmp)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TQDM_DISABLE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(tmp.join("done"), b"").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).expect("publishing fixtures");
+    dir
 }
 
 fn sha2_digest(data: &[u8]) -> Vec<u8> {

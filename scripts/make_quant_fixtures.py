@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Pre-quantized test fixtures: GPTQ and AWQ checkpoints written by us (transformers cannot
+write these formats without their packages). Run with the toolchain venv's python.
+
+    make_quant_fixtures.py OUT_DIR
+
+Each fixture is a tiny random model whose linear layers (q/k/v/o/gate/up/down of every layer)
+are quantized with a known rule and stored in the method's exact packing:
+
+  rule     per group of `group_size` input features of each output row: asym: s = (max-min)/15,
+           z = clamp(round(-min/s), 0, 15); sym: s = max|w|/7.5 (rounded to f16 first), z = 8;
+           q = clamp(round(w/s) + z, 0, 15); scales stored as f16 and used as stored.
+  gptq     qweight int32 [K/8, N]: row 8r+i of q^T in bits 4i..4i+4 of row r; qzeros int32
+           [K/g, N/8]: (z - 1) packed along N the same way; scales f16 [K/g, N]; g_idx int32 [K].
+           With desc_act the groups follow g_idx, a random permutation of k // group_size.
+  awq      AutoAWQ GEMM: qweight int32 [K, N/8]: column 8c+j of q^T in bits 4*ORDER[j] of
+           column c, ORDER = [0, 4, 1, 5, 2, 6, 3, 7]; qzeros int32 [K/g, N/8]: z packed the
+           same way; scales f16 [K/g, N]; no g_idx.
+
+Every fixture also gets
+  dequantized.safetensors  each quantized layer's float weight (q - z) * s, torch order [N, K]
+  expected.json            what transformers computes (float32, eager attention) with those
+                           weights: prompt, prefill_logits, 16 greedy tokens, step_logits
+"""
+import json
+import os
+import sys
+import zlib
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+STEPS = 16
+PROMPT = [3, 17, 256, 999, 42, 7, 511, 128]
+AWQ_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
+LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+# name: (config class, method, group_size, sym, desc_act)
+FIXTURES = {
+    "gptq_sym_g128": (Qwen2Config, "gptq", 128, True, False),
+    "gptq_asym_desc_g32": (LlamaConfig, "gptq", 32, False, True),
+    "awq_g64": (LlamaConfig, "awq", 64, False, False),
+}
+
+
+def dims():
+    return dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                rms_norm_eps=1e-6, initializer_range=0.1, rope_theta=10000.0,
+                tie_word_embeddings=False)
+
+
+def quantize(w, group_size, sym, g_idx):
+    """w [N, K] f32 → q [N, K] (0..15), z [N, G], s [N, G] f16, by the rule above."""
+    n, k = w.shape
+    groups = k // group_size
+    q = np.zeros((n, k), np.int64)
+    z = np.zeros((n, groups), np.int64)
+    s = np.zeros((n, groups), np.float16)
+    for g in range(groups):
+        cols = np.nonzero(g_idx == g)[0]
+        wg = w[:, cols]
+        if sym:
+            sg = (np.abs(wg).max(axis=1) / 7.5).astype(np.float16)
+            zg = np.full(n, 8)
+        else:
+            lo, hi = np.minimum(wg.min(axis=1), 0), np.maximum(wg.max(axis=1), 0)
+            sg = ((hi - lo) / 15).astype(np.float16)
+            zg = np.clip(np.round(-lo / sg.astype(np.float32)), 0, 15).astype(np.int64)
+        sf = sg.astype(np.float32)[:, None]
+        q[:, cols] = np.clip(np.round(wg / sf) + zg[:, None], 0, 15)
+        z[:, g], s[:, g] = zg, sg
+    return q, z, s
+
+
+def pack(values, axis, order):
+    """Packs 4-bit values 8 per int32 along `axis`; value j of a word at shift 4*order[j]."""
+    v = np.moveaxis(values.astype(np.uint32), axis, -1)
+    v = v.reshape(*v.shape[:-1], v.shape[-1] // 8, 8)
+    word = np.zeros(v.shape[:-1], np.uint32)
+    for j in range(8):
+        word |= v[..., j] << np.uint32(4 * order[j])
+    return np.moveaxis(word, -1, axis).view(np.int32)
+
+
+def make(out_dir, name, cls, method, group_size, sym, desc_act):
+    d = os.path.join(out_dir, name)
+    torch.manual_seed(zlib.crc32(name.encode()))
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    cfg = cls(**dims())
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    model.half().save_pretrained(d, safe_serialization=True)
+    from safetensors.torch import load_file
+    stored = load_file(os.path.join(d, "model.safetensors"))
+    dequantized = {}
+    for layer in range(cfg.num_hidden_layers):
+        for lin in LINEARS:
+            prefix = f"model.layers.{layer}.{lin}"
+            w = stored.pop(prefix + ".weight").float().numpy()
+            n, k = w.shape
+            g_idx = np.arange(k) // group_size
+            if desc_act:
+                g_idx = g_idx[rng.permutation(k)]
+            q, z, s = quantize(w, group_size, sym, g_idx)
+            deq = (q - z[:, g_idx]) * s.astype(np.float32)[:, g_idx]
+            dequantized[prefix + ".weight"] = torch.from_numpy(deq.astype(np.float32))
+            if method == "gptq":
+                stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 0, range(8)))
+                stored[prefix + ".qzeros"] = torch.from_numpy(pack((z - 1).T, 1, range(8)))
+                stored[prefix + ".g_idx"] = torch.from_numpy(g_idx.astype(np.int32))
+            else:
+                stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 1, AWQ_ORDER))
+                stored[prefix + ".qzeros"] = torch.from_numpy(pack(z.T, 1, AWQ_ORDER))
+            stored[prefix + ".scales"] = torch.from_numpy(np.ascontiguousarray(s.T))
+    save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(d, "model.safetensors"),
+              metadata={"format": "pt"})
+    save_file(dequantized, os.path.join(d, "dequantized.safetensors"))
+    path = os.path.join(d, "config.json")
+    c = json.load(open(path))
+    if method == "gptq":
+        qc = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "sym": sym,
+              "desc_act": desc_act, "checkpoint_format": "gptq", "true_sequential": True}
+    else:
+        qc = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
+              "version": "gemm", "modules_to_not_convert": None}
+    c["quantization_config"] = qc
+    json.dump(c, open(path, "w"), indent=2)
+
+    # The expectation: the model in f32 with the stored float tensors and the dequantized ones.
+    with torch.no_grad():
+        model.float()
+        params = dict(model.named_parameters())
+        for k, v in stored.items():
+            if k in params:
+                params[k].copy_(v.float())
+        for k, v in dequantized.items():
+            params[k].copy_(v)
+    json.dump(expected(model, PROMPT), open(os.path.join(d, "expected.json"), "w"))
+
+
+@torch.no_grad()
+def expected(model, prompt):
+    out = model(torch.tensor([prompt]), use_cache=True)
+    result = {"prompt": prompt, "prefill_logits": out.logits[0, -1].tolist(), "tokens": [],
+              "step_logits": []}
+    past, logits = out.past_key_values, out.logits[0, -1]
+    for _ in range(STEPS):
+        tok = int(torch.argmax(logits))
+        result["tokens"].append(tok)
+        out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+        result["step_logits"].append(logits.tolist())
+    return result
+
+
+def main():
+    out_dir = sys.argv[1]
+    for name, spec in FIXTURES.items():
+        make(out_dir, name, *spec)
+
+
+if __name__ == "__main__":
+    main()
