@@ -97,9 +97,39 @@ pub fn status(line: impl std::fmt::Display) {
     eprintln!("{line}");
 }
 
+/// `[rows, cols]` → `[cols, rows]`, in cache-sized tiles (a plain strided loop, and candle's
+/// strided copy, were 3x slower on a 4096² layer).
+pub fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 64;
+    let mut out = vec![T::default(); src.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_matches_the_definition() {
+        let (rows, cols) = (37, 70);
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = transpose(&src, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], src[r * cols + c]);
+            }
+        }
+    }
 
     /// Threads of one process writing the same file at once (the worker script on a fresh
     /// toolchain, under `--jobs 2`) all succeed and leave the whole file.

@@ -166,6 +166,33 @@ fn model_reads_the_exactly_dequantized_weights() {
     }
 }
 
+/// What transformers computes on the dequantized weights (written by the fixture script).
+fn expected(dir: &std::path::Path) -> Expected {
+    let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `verify BMODEL` against the fixture's reference on its prompt, 4 steps, at f16 thresholds.
+fn verify_f16(
+    bmodel: &std::path::Path,
+    dir: &std::path::Path,
+    exp: &Expected,
+) -> std::process::Output {
+    common::llm_convert(&[
+        "verify",
+        bmodel.to_str().unwrap(),
+        "-m",
+        dir.to_str().unwrap(),
+        "--tokens",
+        &common::tokens_arg(&exp.prompt),
+        "--steps",
+        "4",
+        "-q",
+        "f16",
+        "--json",
+    ])
+}
+
 #[derive(serde::Deserialize)]
 struct Expected {
     prompt: Vec<u32>,
@@ -186,9 +213,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn reference_equals_transformers_on_the_dequantized_weights() {
     for name in FIXTURES {
         let dir = fixture(name);
-        let exp: Expected =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .unwrap();
+        let exp = expected(&dir);
         let model = Model::open(&dir).unwrap();
         let mut r = Reference::new(&model).unwrap();
         let out = r.prefill(&exp.prompt).unwrap();
@@ -488,22 +513,8 @@ fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
         let dir = fixture(name);
         let c = common::converted(&dir, 64, &[]);
         assert_eq!(c.manifest["options"]["quantize"], "w4f16", "{name}");
-        let exp: Expected =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .unwrap();
-        let out = common::llm_convert(&[
-            "verify",
-            c.bmodel.to_str().unwrap(),
-            "-m",
-            dir.to_str().unwrap(),
-            "--tokens",
-            &common::tokens_arg(&exp.prompt),
-            "--steps",
-            "4",
-            "-q",
-            "f16",
-            "--json",
-        ]);
+        let exp = expected(&dir);
+        let out = verify_f16(&c.bmodel, &dir, &exp);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: verify failed\n{err}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -537,22 +548,8 @@ fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
             &tmp.path().join("theirs"),
             &["-s", "64", "-q", "w4f16", "-c", "bm1684x"],
         );
-        let exp: Expected =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .unwrap();
-        let out = common::llm_convert(&[
-            "verify",
-            theirs.to_str().unwrap(),
-            "-m",
-            dir.to_str().unwrap(),
-            "--tokens",
-            &common::tokens_arg(&exp.prompt),
-            "--steps",
-            "4",
-            "-q",
-            "f16",
-            "--json",
-        ]);
+        let exp = expected(&dir);
+        let out = verify_f16(&theirs, &dir, &exp);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
         let cos = report["min_cosine"].as_f64().unwrap();

@@ -324,8 +324,8 @@ pub fn read_layer(
     let words = w.read_i32(&name("qweight"))?;
     // Both packings end as [N, K].
     let q = match cfg.packing {
-        Packing::Gptq => unpack::transpose(&unpack::along_rows(&words, k / per, n), k, n),
-        Packing::AwqGemm => unpack::transpose(
+        Packing::Gptq => crate::util::transpose(&unpack::along_rows(&words, k / per, n), k, n),
+        Packing::AwqGemm => crate::util::transpose(
             &unpack::along_cols(&words, k, n / per, &unpack::AWQ_ORDER),
             k,
             n,
@@ -341,12 +341,12 @@ pub fn read_layer(
         // v1 GPTQ stores zero - 1, so a stored 15 is 16: kept in a byte, as TPU-MLIR does.
         *z = z.wrapping_add(cfg.zero_offset);
     }
-    let zeros = unpack::transpose(&zeros, groups, n);
+    let zeros = crate::util::transpose(&zeros, groups, n);
     let scales = w
         .read_f32(&name("scales"))?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let scales = unpack::transpose(&scales, groups, n);
+    let scales = crate::util::transpose(&scales, groups, n);
     let g_idx = match w.meta(&name("g_idx")) {
         None => None,
         Some(_) => {
