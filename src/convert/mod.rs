@@ -19,6 +19,7 @@ mod plan;
 mod prepare;
 mod progress;
 mod publish;
+mod quantize_choice;
 mod records;
 mod scheduler;
 pub mod shard;

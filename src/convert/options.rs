@@ -349,7 +349,7 @@ pub struct ConvertOptions {
     pub shard: Option<super::shard::Shard>,
 }
 
-fn refuse(path: &Path, what: &str, fix: &str) -> InputError {
+pub(super) fn refuse(path: &Path, what: &str, fix: &str) -> InputError {
     InputError::invalid(path, what.to_string(), fix.to_string())
 }
 
@@ -422,17 +422,12 @@ impl ConvertArgs {
     /// Full normalisation once the model's config is known.
     pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
         let (model_path, seq_length) = self.validate()?;
-        let quantize = resolve_quantize(self.quantize.unwrap_or(Quantize::Auto), cfg, &model_path)?;
-        if let (Some(qc), super::backend::Backend::Onnx) = (&cfg.quant, self.backend) {
-            return Err(refuse(
-                &model_path.join("config.json"),
-                &format!(
-                    "a pre-quantized ({}) checkpoint needs TPU-MLIR's weight-only A16MatMul, which ONNX cannot express",
-                    qc.method
-                ),
-                "use the native backend (the default: drop --backend onnx)",
-            ));
-        }
+        let quantize = super::quantize_choice::resolve(
+            self.quantize.unwrap_or(Quantize::Auto),
+            cfg,
+            &model_path,
+        )?;
+        super::quantize_choice::check_backend(cfg, self.backend, &model_path)?;
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
         // A pre-quantized checkpoint brings its own group size.
@@ -501,100 +496,6 @@ impl ConvertArgs {
             backend: self.backend,
             shard: self.shard,
         })
-    }
-}
-
-fn resolve_quantize(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize, InputError> {
-    if let Some(qc) = &cfg.quant {
-        return checkpoint_quantize(q, qc, cfg, model);
-    }
-    if q != Quantize::Auto {
-        return Ok(q);
-    }
-    match cfg.torch_dtype.as_deref() {
-        Some("bfloat16") => Ok(Quantize::W4bf16),
-        Some("float16") => Ok(Quantize::W4f16),
-        other => Err(refuse(
-            model,
-            &format!(
-                "-q auto needs torch_dtype bfloat16 or float16 in config.json, found {}",
-                other.unwrap_or("none")
-            ),
-            "pass -q explicitly, e.g. -q w4bf16",
-        )),
-    }
-}
-
-/// A pre-quantized checkpoint's mode: its 4-bit weights with the checkpoint's activation dtype
-/// (AWQ: f16, as llm_convert.py forces w4f16); `-q auto` picks it, any other -q but a w4 mode
-/// contradicts the checkpoint.
-fn checkpoint_quantize(
-    q: Quantize,
-    qc: &crate::model::quant::QuantConfig,
-    cfg: &ModelConfig,
-    model: &Path,
-) -> Result<Quantize, InputError> {
-    use crate::family::Projections;
-    use crate::model::quant::Packing;
-    let layer = &cfg.layer;
-    let unsupported = if cfg.vlm.is_some() {
-        Some("a vision-language model")
-    } else if layer.moe.is_some() {
-        Some("a mixture of experts")
-    } else if layer.attention.qkv == Projections::Fused || layer.mlp.gate_up == Projections::Fused {
-        Some("fused qkv / gate_up projections")
-    } else {
-        None
-    };
-    // A float linear inside a block would be re-quantized by TPU-MLIR's w4 mode.
-    let float_linear = crate::model::layout::expected_tensors(cfg)
-        .into_iter()
-        .filter_map(|(name, shape)| {
-            let prefix = name.strip_suffix(".weight")?;
-            (shape.len() == 2 && prefix.contains("layers.")).then(|| prefix.to_string())
-        })
-        .find(|prefix| {
-            qc.modules_to_not_convert
-                .iter()
-                .any(|m| prefix.contains(m.as_str()))
-        });
-    if let Some(prefix) = float_linear {
-        return Err(refuse(
-            &model.join("config.json"),
-            &format!(
-                "modules_to_not_convert keeps {prefix} float inside a block, which the w4 compile would re-quantize"
-            ),
-            "convert the model's unquantized checkpoint with -q",
-        ));
-    }
-    if let Some(what) = unsupported {
-        return Err(refuse(
-            &model.join("config.json"),
-            &format!(
-                "pre-quantized ({}) checkpoints of {what} are not supported yet (plain decoders with separate projections are)",
-                qc.method
-            ),
-            "convert the model's unquantized checkpoint with -q",
-        ));
-    }
-    let own = match (qc.packing, cfg.torch_dtype.as_deref()) {
-        (Packing::Gptq, Some("bfloat16")) => Quantize::W4bf16,
-        _ => Quantize::W4f16,
-    };
-    match q {
-        Quantize::Auto => Ok(own),
-        Quantize::W4bf16 | Quantize::W4f16 => Ok(q),
-        other => Err(refuse(
-            &model.join("config.json"),
-            &format!(
-                "-q {} contradicts the checkpoint: it is {}-bit {} (group_size {}), whose weights convert as they are",
-                other.name(),
-                qc.bits,
-                qc.method,
-                qc.group_size
-            ),
-            &format!("omit -q (or pass -q auto, or -q {})", own.name()),
-        )),
     }
 }
 
