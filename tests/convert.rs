@@ -603,7 +603,7 @@ fn failing_piece_stops_the_run() {
     let stderr = format!("error: {err:#}"); // as main prints it
     assert_eq!(
         llm_convert::exit::ExitStatus::of_error(&err).code(),
-        1,
+        2,
         "{stderr}"
     );
     assert!(

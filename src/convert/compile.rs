@@ -176,11 +176,18 @@ fn compile_step(
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let _ = std::fs::remove_file(&log);
+    // A compiler step that fails is reported as bad input (exit 2, as the brief's contract for
+    // "a failing compiler step" says): the log is the file to read, and the fix says what to try.
     let fail = |tool: &str, e: anyhow::Error| {
-        e.context(format!(
-            "piece {stem}: {tool} failed; log {}:\n{}",
-            log.display(),
-            worker::tail(&log, 20)
+        anyhow::Error::new(crate::error::InputError::invalid(
+            &log,
+            format!(
+                "piece {stem}: {tool} failed ({e:#}); the log's last lines:\n{}",
+                worker::tail(&log, 20)
+            ),
+            "the log says where TPU-MLIR stopped: a config value it cannot compile (change it, \
+             or convert with other flags), memory (rerun with --jobs 1), or a broken toolchain \
+             (llm-convert doctor; llm-convert toolchain install)",
         ))
     };
     let (transform_argv, deploy_argv) = step.filled(paths);
