@@ -84,9 +84,11 @@ pub fn with_window(
     let one = g.scalar("one", 1.0);
     let too_old = g.op("Min", &[&over, &one], vec![]);
     let hidden = g.scale(&too_old, MASK_VALUE);
-    let out = g.add(mask, &hidden);
     g.keep_f32_since(first);
-    out
+    // The add itself stays out of the f32 set: when `mask` is the runtime's `attention_mask`
+    // input, an f32 consumer would make TPU-MLIR keep that input in f32, and LLM-TPU's runtime
+    // writes 16-bit masks. Only the sum's sign matters, which 16 bits keep.
+    g.add(mask, &hidden)
 }
 
 /// Positions of a decode step's keys, f32 `[1, kv+1]`: history slot j holds position j, the

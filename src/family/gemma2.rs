@@ -26,8 +26,7 @@ pub static FAMILY: Family = Family {
               default 30), optional `attention_bias`",
     verified: "reference f32/bf16 (window, layer types, score cap, score scale each change the \
                tokens; the logit cap the logits); ONNX chain (static, dynamic, do_sample with \
-               capped logits, history KV); verify bf16 (static, dynamic); contract w4bf16 \
-               (attention_mask input f32, as mistral's)",
+               capped logits, history KV); verify bf16 (static, dynamic); contract w4bf16",
     tie_word_embeddings: true,
     head_dim: Some(256),
     rms_norm_eps: 1e-6,
