@@ -31,6 +31,11 @@ MiniCPM is not in transformers: it is a llama whose math gets MiniCPM's three sc
 module hooks (embedding x scale_emb, residual branches x scale_depth/sqrt(L), lm_head input
 / (hidden/dim_model_base)), exactly as the upstream modeling_minicpm.py computes them.
 
+gemma3 is Gemma 3's vision-language layout (Gemma3ForConditionalGeneration) around the gemma3_text
+fixture's weights: `language_model.model.*` names, a tiny SigLIP tower, and a text_config that
+keeps only the keys differing from Gemma3TextConfig's defaults (as the hub's Gemma 3 configs do);
+its expectation is transformers' VLM run on text tokens only.
+
 With --smollm2, transformers loads the GGUF itself (its own dequantisation and q/k un-permute)
 and writes OUT_DIR/smollm2/expected.json with the greedy continuation of a chat prompt.
 """
@@ -410,7 +415,7 @@ def use_native_embed_scale(reloaded, d, dtype):
 def expected(model, prompt):
     ids = torch.tensor([prompt])
     out = model(ids, use_cache=True, output_hidden_states=True)
-    n_layers = model.config.num_hidden_layers
+    n_layers = model.config.get_text_config().num_hidden_layers
     # hidden_states[i] is the input of layer i; the last one is after the final norm.
     hidden = [out.hidden_states[i][0].tolist() for i in range(1, n_layers)]
     result = {"prompt": prompt, "prefill_logits": out.logits[0, -1].tolist(), "hidden": hidden,
@@ -488,6 +493,33 @@ def make_family(out_dir, name, cls, kwargs, dtype, minicpm):
 
 
 @torch.no_grad()
+def make_gemma3(out_dir):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    text_dir, d = os.path.join(out_dir, "gemma3_text"), os.path.join(out_dir, "gemma3")
+    text = AutoModelForCausalLM.from_pretrained(text_dir, dtype=torch.float32).eval()
+    defaults = Gemma3TextConfig().to_dict()
+    full = text.config.to_dict()
+    minimal = {k: v for k, v in full.items()
+               if k == "model_type" or (k not in ("transformers_version", "architectures", "dtype",
+                                                  "_name_or_path") and defaults.get(k) != v)}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    torch.manual_seed(zlib.crc32(b"gemma3"))
+    vlm = Gemma3ForConditionalGeneration(Gemma3Config(text_config=minimal, vision_config=vision,
+                                                      mm_tokens_per_image=4)).eval()
+    vlm.model.language_model.load_state_dict(text.model.state_dict())
+    vlm.save_pretrained(d, safe_serialization=True)
+    path = os.path.join(d, "config.json")
+    c = json.load(open(path))
+    c["text_config"] = minimal
+    json.dump(c, open(path, "w"), indent=2)
+    # transformers fills the dropped keys with its defaults when it reads the file back.
+    reloaded = Gemma3ForConditionalGeneration.from_pretrained(d, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    json.dump(expected(reloaded, PROMPT), open(os.path.join(d, "expected.json"), "w"))
+
+
+@torch.no_grad()
 def make_smollm2(out_dir, gguf):
     d = os.path.join(out_dir, "smollm2")
     os.makedirs(d, exist_ok=True)
@@ -514,6 +546,8 @@ def main():
     for name, (cls, kwargs, dtype, minicpm) in FAMILIES.items():
         make_family(out_dir, name, cls, kwargs, dtype, minicpm)
         print("fixture", name, flush=True)
+    make_gemma3(out_dir)
+    print("fixture gemma3", flush=True)
     if "--smollm2" in sys.argv:
         make_smollm2(out_dir, sys.argv[sys.argv.index("--smollm2") + 1])
         print("fixture smollm2", flush=True)

@@ -531,6 +531,36 @@ fn gemma3_text_static() {
     check("gemma3_text_bf16", 32, 16);
 }
 
+/// Gemma 3's vision-language layout (`gemma3`: `language_model.model.*` names, a text_config
+/// with only the non-default keys) exports every piece byte for byte as its `gemma3_text`
+/// twin: the same bmodel as the verified text family.
+#[test]
+fn gemma3_exports_the_gemma3_text_pieces() {
+    let opts = PieceOptions::new(32, Some(16)).unwrap();
+    let export = |name: &str| {
+        let model = Model::open(&common::fixtures().join(name)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        llm_convert::export::export_onnx(&model, &opts, dir.path(), true).unwrap();
+        // Every file written (graphs, external weights, quantize tables), by name.
+        let mut bytes: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        bytes.sort();
+        bytes
+    };
+    let (vlm, text) = (export("gemma3"), export("gemma3_text"));
+    assert_eq!(vlm.len(), text.len());
+    for ((a, x), (b, y)) in vlm.iter().zip(&text) {
+        assert_eq!(a, b);
+        assert!(x == y, "{a}: the gemma3 layout exports other bytes");
+    }
+}
+
 #[test]
 fn gemma3_text_dynamic() {
     check_variant("gemma3_text", 32, 16, true);

@@ -222,6 +222,14 @@ fn gemma_one_plus_norm_gelu_tanh_scaled_embedding() {
 }
 
 /// bf16: the embedding scale is sqrt(128) rounded to bf16 (11.3125), as transformers runs it.
+/// `gemma3` (Gemma3ForConditionalGeneration's config and names, a hub-style text_config whose
+/// default keys transformers dropped): its language model against transformers' VLM run on
+/// text tokens.
+#[test]
+fn gemma3_language_model_with_defaults_filled() {
+    check_family("gemma3");
+}
+
 #[test]
 fn gemma_bf16() {
     let model = Model::open(&common::fixtures().join("gemma_bf16")).unwrap();

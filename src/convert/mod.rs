@@ -97,6 +97,12 @@ pub fn run_mode(
         model.allow_non_finite();
     }
     let opts = args.resolve(&model.config)?;
+    if let (Some(vlm), false) = (model.config.text_only_of, quiet) {
+        eprintln!(
+            "note: {vlm} converts as its language model only: the vision tower is not \
+             converted, so the bmodel takes text (no --image)"
+        );
+    }
     let template = DeployTemplate::builtin()?;
     let piece_opts = opts.piece_options()?;
     let folder = opts.out_dir.join(opts.folder_name());

@@ -5,7 +5,8 @@
 //! without scaling (`rope_local_base_freq`, default 10000, or transformers 5's
 //! `rope_parameters.sliding_attention`); global layers see everything with the model's rotary
 //! (`rope_theta` with `rope_scaling`, or `rope_parameters.full_attention`). Soft caps are off
-//! by default. The nested `gemma3` (vision-language) config is not read here.
+//! by default. The nested `gemma3` (vision-language) config reaches this family through
+//! `model::vlm::text_only`.
 
 use serde_json::Value;
 
@@ -20,11 +21,12 @@ pub static FAMILY: Family = Family {
               layers (`layer_types`, else `sliding_window_pattern` default 6); local layers turn \
               rotary at `rope_local_base_freq` (default 10000) unscaled, global ones at \
               `rope_theta` with `rope_scaling` (or per-layer-type `rope_parameters`); soft caps \
-              off by default; `gemma3` (nested vision-language config) not supported",
+              off by default; `gemma3` (the vision-language config) converts as its text part (defaults \
+              filled as transformers does; vision tower not converted)",
     verified: "reference f32/bf16 (window, layer types, local rope base, global rope scaling, \
                score scale each change the tokens); ONNX chain (static, dynamic, history KV); \
-               verify bf16 (static, dynamic); contract w4bf16 (attention_mask input f32, as \
-               mistral's)",
+               verify bf16 (static, dynamic); contract w4bf16; gemma3 layout: reference vs \
+               transformers' Gemma3ForConditionalGeneration, same pieces as gemma3_text",
     tie_word_embeddings: true,
     head_dim: Some(256),
     rms_norm_eps: 1e-6,

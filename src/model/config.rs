@@ -61,6 +61,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// The vision tower and image tokens, when the config is a VLM's.
     pub vlm: Option<super::vlm::VlmConfig>,
+    /// The vision-language `model_type` whose language model this is, converted without its
+    /// vision tower (`vlm::text_only`): `Some("gemma3")`.
+    pub text_only_of: Option<&'static str>,
 }
 
 impl ModelConfig {
@@ -104,6 +107,14 @@ impl ModelConfig {
             cfg.vlm = Some(split.vlm);
             return Ok(cfg);
         }
+        if let Some(text) = super::vlm::text_only::text_only_part(&top, &model_type)? {
+            let mut cfg = Self::from_keys(&top.nested(&text, "text_config"))?;
+            cfg.text_only_of = super::vlm::text_only::TEXT_ONLY_TYPES
+                .iter()
+                .copied()
+                .find(|t| *t == model_type);
+            return Ok(cfg);
+        }
         // Families whose configs name the common keys their own way (chatglm).
         let renamed = crate::family::canonical_config(&model_type, obj);
         Self::from_keys(&ConfigKeys::new(renamed.as_ref().unwrap_or(obj), path))
@@ -117,9 +128,11 @@ impl ModelConfig {
                 r.path(),
                 format!("unsupported model_type \"{model_type}\""),
                 format!(
-                    "supported model types: {}; vision-language: {}",
+                    "supported model types: {}; vision-language: {}; vision-language as text \
+                     only: {}",
                     crate::family::supported(),
-                    super::vlm::VLM_TYPES.join(", ")
+                    super::vlm::VLM_TYPES.join(", "),
+                    super::vlm::text_only::TEXT_ONLY_TYPES.join(", ")
                 ),
             )
         })?;
@@ -213,6 +226,7 @@ impl ModelConfig {
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
             vlm: None,
+            text_only_of: None,
         };
         Ok(cfg)
     }

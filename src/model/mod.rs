@@ -87,12 +87,16 @@ impl Model {
         // GPTQ / AWQ layers read as their exactly dequantized weights (`quant`).
         let stored = quant::view(config.quant.as_ref(), stored, dir)?;
         // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
-        let stored = match &config.vlm {
-            Some(v) => Box::new(renamed::RenamedWeights::new(
+        let stored = match (&config.vlm, config.text_only_of) {
+            (Some(v), _) => Box::new(renamed::RenamedWeights::new(
                 stored,
                 vlm::text_renames(v.kind),
             )),
-            None => stored,
+            (None, Some(_)) => Box::new(renamed::RenamedWeights::new(
+                stored,
+                vlm::text_only::TEXT_RENAMES,
+            )),
+            (None, None) => stored,
         };
         let weights = repack::view(&config, stored);
         let tok = dir.join("tokenizer.json");

@@ -15,6 +15,7 @@ use crate::model::config::ConfigKeys;
 pub mod intern_names;
 mod intern_vision;
 mod qwen_vision;
+pub mod text_only;
 
 use intern_vision::intern_vision;
 use qwen_vision::qwen_vision;
