@@ -13,6 +13,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use llm_convert::bmrt::Runtime;
 use llm_convert::chat::{ChatConfig, IncrementalDecoder, Message};
+use llm_convert::model::ModelConfig;
+use llm_convert::runner::image_prompt;
+use llm_convert::runner::multimodal::PromptExtras;
 use llm_convert::runner::{Pipeline, SamplingConfig};
 use llm_convert::toolchain::RuntimeLibs;
 use serde_json::{json, Value};
@@ -655,46 +658,60 @@ fn chat_json_on_history_kv_bmodel() {
 /// tokens, with the ChatML template.
 fn qwen25vl_chat() -> &'static (PathBuf, tempfile::TempDir) {
     static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
-    B.get_or_init(|| {
-        let src = common::vlm::vlm_fixtures().join("qwen25vl");
-        let model = common::scratch().join("chat-vlm-qwen25vl");
-        std::fs::create_dir_all(&model).unwrap();
-        for f in ["config.json", "model.safetensors", "generation_config.json"] {
-            if src.join(f).exists() {
-                std::fs::copy(src.join(f), model.join(f)).unwrap();
-            }
+    B.get_or_init(|| qwen25vl_chat_bmodel(&[]))
+}
+
+/// The same with `--use_history_kv --chunk_length 128`: block_kv nets, and a MAX_INPUT_LENGTH
+/// (128) that holds a two-turn conversation with the image in one block_i prefill, the
+/// re-prefill the block_kv continuation is compared with.
+fn qwen25vl_history_chat() -> &'static (PathBuf, tempfile::TempDir) {
+    static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    B.get_or_init(|| qwen25vl_chat_bmodel(&["--use_history_kv", "--chunk_length", "128"]))
+}
+
+/// The tiny Qwen2.5-VL at bf16, seq 256, `--max_pixels 140,224` and `extra`: the bmodel, and
+/// its config folder with the vision tokens in the tokenizer.
+fn qwen25vl_chat_bmodel(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
+    let src = common::vlm::vlm_fixtures().join("qwen25vl");
+    let model = common::scratch().join("chat-vlm-qwen25vl");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        if src.join(f).exists() && !model.join(f).exists() {
+            std::fs::copy(src.join(f), model.join(f)).unwrap();
         }
-        let c = common::converted(&model, 256, &["-q", "bf16", "--max_pixels", "140,224"]);
-        let dir = tokenizer_config_dir(&c.out.join("config"));
-        let path = dir.path().join("tokenizer.json");
-        let mut tok: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let special = [
-            (1000, "<|vision_start|>"),
-            (1001, "<|vision_end|>"),
-            (1002, "<|image_pad|>"),
-        ];
-        let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
-        let taken: Vec<String> = vocab
-            .iter()
-            .filter(|(_, v)| special.iter().any(|(id, _)| v.as_u64() == Some(*id)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &taken {
-            vocab.remove(k);
-        }
-        for (id, content) in special {
-            vocab.insert(content.into(), json!(id));
-        }
-        let merges = tok["model"]["merges"].as_array_mut().unwrap();
-        merges.retain(|m| !taken.contains(&m.as_str().unwrap().replace(' ', "")));
-        for (id, content) in special {
-            tok["added_tokens"].as_array_mut().unwrap().push(json!({
-                "id": id, "content": content, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true}));
-        }
-        std::fs::write(&path, tok.to_string()).unwrap();
-        (c.bmodel.clone(), dir)
-    })
+    }
+    let mut flags = vec!["-q", "bf16", "--max_pixels", "140,224"];
+    flags.extend_from_slice(extra);
+    let c = common::converted(&model, 256, &flags);
+    let dir = tokenizer_config_dir(&c.out.join("config"));
+    let path = dir.path().join("tokenizer.json");
+    let mut tok: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let special = [
+        (1000, "<|vision_start|>"),
+        (1001, "<|vision_end|>"),
+        (1002, "<|image_pad|>"),
+    ];
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let taken: Vec<String> = vocab
+        .iter()
+        .filter(|(_, v)| special.iter().any(|(id, _)| v.as_u64() == Some(*id)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &taken {
+        vocab.remove(k);
+    }
+    for (id, content) in special {
+        vocab.insert(content.into(), json!(id));
+    }
+    let merges = tok["model"]["merges"].as_array_mut().unwrap();
+    merges.retain(|m| !taken.contains(&m.as_str().unwrap().replace(' ', "")));
+    for (id, content) in special {
+        tok["added_tokens"].as_array_mut().unwrap().push(json!({
+            "id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}));
+    }
+    std::fs::write(&path, tok.to_string()).unwrap();
+    (c.bmodel.clone(), dir)
 }
 
 fn photo() -> PathBuf {
@@ -755,6 +772,201 @@ fn chat_image_keeps_the_image_in_the_conversation() {
         ],
     );
     assert_eq!(ids(&g["prompt_ids"]), p2);
+    assert_eq!(ids(&g["tokens"]), ids(&turns[1]["tokens"]));
+}
+
+/// `--use_history_kv` for an M-RoPE model (issue 12): block_kv_i takes the runtime's
+/// inputs (vlm.md §1.2) in the runtime's dtypes: input_states `[1, MIL, H]` bf16,
+/// position_ids `[3, MIL]` INT32 as block_i's, history_k/v `[1, S, KVH, D]` bf16, and gives
+/// block_i's outputs; all dynamic.
+#[test]
+fn qwen25vl_history_kv_contract() {
+    common::toolchain();
+    let (bmodel, _) = qwen25vl_history_chat();
+    let out = bmodel.parent().unwrap();
+    let max = |dims: &[usize]| {
+        let d: Vec<String> = dims.iter().map(|d| format!("max:{d}")).collect();
+        format!("[{}]", d.join(", "))
+    };
+    // model_tool prints a dynamic net's input shapes as their maxima.
+    let input =
+        |name: &str, dims: &[usize], dtype: &str| format!("input: {name}, {}, {dtype}", max(dims));
+    let output = |name: &str, dims: &[usize]| format!("output: {name}, {dims:?}, bfloat16");
+    assert_eq!(
+        common::net_io(out, "block_kv_0"),
+        [
+            input("input_states", &[1, 128, 128], "bfloat16"),
+            input("position_ids", &[3, 128], "int32"),
+            input("history_k", &[1, 256, 2, 32], "bfloat16"),
+            input("history_v", &[1, 256, 2, 32], "bfloat16"),
+            output("output_states", &[1, 128, 128]),
+            output("k_cache", &[1, 128, 2, 32]),
+            output("v_cache", &[1, 128, 2, 32]),
+        ]
+    );
+    assert_eq!(
+        common::net_io(out, "block_0")[1],
+        input("position_ids", &[3, 128], "int32")
+    );
+    // Every layer's block_kv has that I/O.
+    assert_eq!(
+        common::net_io(out, "block_kv_1"),
+        common::net_io(out, "block_kv_0")
+    );
+}
+
+/// An image conversation on a `--use_history_kv` bmodel (issue 12): turn 2 (turn 1's prompt
+/// with the image, its reply, new tokens) prefills only its new tokens, through block_kv at
+/// the whole conversation's M-RoPE positions (the text after the image continues at its
+/// largest position + 1, not at the history slot), and decodes on from there: the same
+/// tokens and new rows as one block_i prefill of turn 2. At the slot positions (the text
+/// models' rule) the continuation is different.
+#[test]
+fn image_conversation_continues_through_block_kv() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_history_chat();
+    let _sim = simulator();
+    let rt = load(bmodel);
+    let model = ModelConfig::from_file(&config.path().join("config.json")).unwrap();
+    let turn1 = [3, 17, 1002, 42, 7];
+    let image = image_prompt::prepare(&rt, &model, config.path(), &photo(), &turn1).unwrap();
+    assert_eq!(image.placement.tokens, 35);
+    let mut p = Pipeline::new(&rt).unwrap();
+    assert!(p.nets.history_kv());
+    p.capture = true;
+    p.set_extras(image.extras.clone());
+    let reply = run(&mut p, &image.ids, 3, |_, _| {});
+    assert!(
+        reply.iter().all(|t| !(1000..=1002).contains(t)),
+        "{reply:?}"
+    );
+    let mut turn2 = turn1.to_vec();
+    turn2.extend_from_slice(&reply);
+    turn2.extend_from_slice(&[5, 6, 7, 8, 9]);
+    let (ids, extras) = image.place(&turn2).unwrap();
+    let in_cache = image.ids.len() + 2;
+    let continued = |p: &mut Pipeline, extras: PromptExtras| {
+        p.set_extras(extras);
+        let (first, cached) = p.prefill_reusing(&ids).unwrap();
+        assert_eq!(cached, in_cache, "turn 1's prompt and the fed reply tokens");
+        assert!(
+            first.launches.iter().any(|(n, _)| n == "block_kv_0"),
+            "the new tokens go through block_kv"
+        );
+        let rows = new_rows(p, &first, 6);
+        let tokens = decode_on(p, first.token, 3);
+        // Back to turn 1's end for the next continuation.
+        p.clear().unwrap();
+        (rows, tokens)
+    };
+    let (reused_rows, after_reuse) = continued(&mut p, extras.clone());
+
+    // Slot positions instead (0..L on every row, as for text), from turn 1's end again.
+    p.set_extras(image.extras.clone());
+    run(&mut p, &image.ids, 3, |_, _| {});
+    let slots = PromptExtras {
+        positions: Some((0..ids.len() as i32).map(|i| [i; 3]).collect()),
+        ..extras.clone()
+    };
+    let (slot_rows, after_slots) = continued(&mut p, slots);
+
+    p.set_extras(extras);
+    let fresh = p.prefill(&ids).unwrap();
+    assert!(!fresh.launches.iter().any(|(n, _)| n == "block_kv_0"));
+    let fresh_rows = new_rows(&p, &fresh, 6);
+    let after_fresh = decode_on(&mut p, fresh.token, 3);
+    let cos = llm_convert::runner::verify::cosine(&reused_rows, &fresh_rows);
+    let cos_slots = llm_convert::runner::verify::cosine(&slot_rows, &fresh_rows);
+    println!("turn 2 ({} tokens, {in_cache} cached): new rows' cosine {cos:.6} (slot positions {cos_slots:.6}); tokens {after_reuse:?}, fresh {after_fresh:?}, slots {after_slots:?}", ids.len());
+    assert!(cos > 0.999, "reused vs fresh: cosine {cos}");
+    assert_eq!(after_reuse, after_fresh, "same continuation");
+    assert!(
+        cos_slots < cos && after_slots != after_fresh,
+        "slot positions: cosine {cos_slots}, tokens {after_slots:?}"
+    );
+}
+
+/// The last block's output rows of a step's last `n` tokens.
+fn new_rows(p: &Pipeline, r: &llm_convert::runner::StepResult, n: usize) -> Vec<f32> {
+    let h = p.nets.hidden_size;
+    let rows = &r.block_outputs[p.nets.layers() - 1];
+    rows[rows.len() - n * h..].to_vec()
+}
+
+/// `first`, then `steps - 1` greedy decode steps from it.
+fn decode_on(p: &mut Pipeline, first: u32, steps: usize) -> Vec<u32> {
+    let mut out = vec![first];
+    while out.len() < steps {
+        let t = p.decode(*out.last().unwrap()).unwrap().token;
+        out.push(t);
+    }
+    out
+}
+
+/// `chat --image` on a `--use_history_kv` bmodel: turn 2 prefills only its new tokens
+/// through block_kv, and gives the token of one `generate --image` (a single block_i
+/// prefill) over the whole conversation. One token per turn: a longer reply of this random
+/// model re-tokenizes otherwise, and then turn 2 starts afresh by design.
+#[test]
+fn chat_image_on_history_kv_bmodel_continues_through_block_kv() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_history_chat();
+    let _sim = simulator();
+    let image = photo();
+    let o = run_chat(
+        bmodel,
+        config.path(),
+        &[
+            "--image",
+            image.to_str().unwrap(),
+            "--max-tokens",
+            "1",
+            "--json",
+        ],
+        b"what is it\nand the colour\n",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("keeps the conversation in its KV cache"),
+        "{err}"
+    );
+    let turns: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    let (p1, p2) = (ids(&turns[0]["prompt_ids"]), ids(&turns[1]["prompt_ids"]));
+    assert_eq!(p2.iter().filter(|&&t| t == 1002).count(), 35);
+    assert!(p2.starts_with(&p1), "{p2:?} vs {p1:?}");
+    assert_eq!(turns[0]["cached_prompt_tokens"], 0);
+    assert_eq!(
+        turns[1]["cached_prompt_tokens"].as_u64(),
+        Some(p1.len() as u64),
+        "turn 2 continues the cache: {}",
+        turns[1]
+    );
+    let text = turns[0]["text"].as_str().unwrap();
+    let whole = format!(
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is it<|im_end|>\n\
+         <|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>user\nand the colour<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    let g = generate(
+        bmodel,
+        config.path(),
+        &[
+            "--no-template",
+            "--prompt",
+            &whole,
+            "--image",
+            image.to_str().unwrap(),
+            "--max-tokens",
+            "1",
+        ],
+    );
+    assert_eq!(ids(&g["prompt_ids"]), p2);
+    assert_eq!(g["cached_prompt_tokens"], 0);
     assert_eq!(ids(&g["tokens"]), ids(&turns[1]["tokens"]));
 }
 

@@ -280,20 +280,21 @@ fn verify_image_passes_and_bad_images_exit_2() {
     }
 }
 
-/// What this version cannot convert correctly yet is refused before any work, naming the
-/// config: `--use_history_kv` M-RoPE blocks (block_kv's positions are sequence indices).
-/// `--dynamic` is accepted (its blocks verify, see the dynamic test at the end).
+/// The M-RoPE builds a dry run plans: static, `--dynamic` (its blocks verify, see the dynamic
+/// test at the end) and `--use_history_kv` (block_kv_i with `[3, L]` positions; chat over it
+/// is tests/chat.rs `chat_image_on_history_kv_bmodel_continues_through_block_kv`).
 #[test]
-fn unverified_vlm_builds_are_refused() {
+fn mrope_dry_runs_plan_static_dynamic_and_history_kv() {
     let dry_run = dry_run_vlm;
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("block_kv_0"), "{err}");
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--dynamic"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = dry_run("qwen25vl", &["--max_pixels", "140,224", "--use_history_kv"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("--use_history_kv") && err.contains("config.json"),
+        err.contains("block_kv_0") && err.contains("block_kv_1"),
         "{err}"
     );
 }
@@ -444,27 +445,11 @@ fn internvl_w4bf16_converts_to_contract() {
 // ---- Qwen2-VL (issue 12): LayerNorm blocks, quick_gelu fc MLP, full attention in every
 // block, so a 3-input vit (no window mask, no reverse index) as llm_convert.py emits. ----
 
-/// `net`'s input/output lines in the conversion's `model.log` (model_tool --info), without
-/// the scale/zero-point tail: `input: name, [dims], dtype`.
-fn net_io(out: &Path, net: &str) -> Vec<String> {
-    let log = std::fs::read_to_string(out.join("model.log")).unwrap();
-    let section = log
-        .split("==========================================")
-        .find(|s| s.contains(&format!("[{net}]")))
-        .unwrap_or_else(|| panic!("model.log lists no net {net}:\n{log}"));
-    section
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("input: ") || l.starts_with("output: "))
-        .map(|l| l.split(", scale").next().unwrap().to_string())
-        .collect()
-}
-
 /// The Qwen2-VL vit's contract for `--max_pixels 140,224` (160 patch rows, 40 tokens) with
 /// half-precision output `half`: llm_convert.py's three inputs, left in F32 / INT32.
 fn assert_qwen2_vl_contract(out: &Path, output: &str, half: &str) {
     assert_eq!(
-        net_io(out, "vit"),
+        common::net_io(out, "vit"),
         [
             "input: input_states, [160, 1176], float32".to_string(),
             "input: position_ids, [160, 2], int32".to_string(),
@@ -472,7 +457,7 @@ fn assert_qwen2_vl_contract(out: &Path, output: &str, half: &str) {
             format!("output: {output}, [40, 128], {half}"),
         ]
     );
-    let block = net_io(out, "block_0");
+    let block = common::net_io(out, "block_0");
     assert_eq!(
         block[1], "input: position_ids, [3, 256], int32",
         "{block:?}"
@@ -551,12 +536,12 @@ fn qwen2_vl_w4bf16_converts_to_the_contract() {
     );
 }
 
-/// Qwen2-VL is no longer refused (its vit verifies), `--dynamic` is accepted, but its M-RoPE
-/// blocks keep the `--use_history_kv` refusal; a --max_pixels that is not a multiple of 28·28 is refused, and so is
-/// llm_convert.py's default for qwen2_vl (768·768 is not a multiple of 784: llm_convert.py
-/// refuses it too), with the fix to pass --max_pixels.
+/// Qwen2-VL plans static, `--dynamic` and `--use_history_kv` builds; a --max_pixels that is
+/// not a multiple of 28·28 is refused, and so is llm_convert.py's default for qwen2_vl
+/// (768·768 is not a multiple of 784: llm_convert.py refuses it too), with the fix to pass
+/// --max_pixels.
 #[test]
-fn qwen2_vl_dry_run_accepts_static_only() {
+fn qwen2_vl_dry_runs_and_max_pixels_refusals() {
     let dry_run = |extra: &[&str]| dry_run_vlm("qwen2vl", extra);
     let (code, err) = dry_run(&["--max_pixels", "140,224"]);
     assert_eq!(code, Some(0), "{err}");
@@ -569,17 +554,15 @@ fn qwen2_vl_dry_run_accepts_static_only() {
     let (code, err) = dry_run(&["--max_pixels", "140,224", "--dynamic"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = dry_run(&["--max_pixels", "140,224", "--use_history_kv"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("--use_history_kv") && err.contains("config.json"),
-        "{err}"
-    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("block_kv_0"), "{err}");
     let (code, err) = dry_run(&["--max_pixels", "100,100"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("28"), "{err}");
 }
 
-/// `llm-convert -m FIXTURE -s 256 -q bf16 EXTRA --dry_run`: (exit code, stderr).
+/// `llm-convert -m FIXTURE -s 256 -q bf16 EXTRA --dry_run`: (exit code, the plan (stdout)
+/// then stderr).
 fn dry_run_vlm(fixture: &str, extra: &[&str]) -> (Option<i32>, String) {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("o");
@@ -588,9 +571,10 @@ fn dry_run_vlm(fixture: &str, extra: &[&str]) -> (Option<i32>, String) {
     args.extend_from_slice(extra);
     args.extend(["--dry_run", "-o", o.to_str().unwrap()]);
     let r = common::llm_convert(&args);
+    let plan = String::from_utf8_lossy(&r.stdout);
     (
         r.status.code(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
+        format!("{plan}{}", String::from_utf8_lossy(&r.stderr)),
     )
 }
 
@@ -635,7 +619,7 @@ fn qwen2_5_vl_bf16_dynamic_verifies_with_the_photo() {
         256,
         &["-q", "bf16", "--max_pixels", "140,224", "--dynamic"],
     );
-    let block = net_io(&c.out, "block_0");
+    let block = common::net_io(&c.out, "block_0");
     assert_eq!(
         block[..2],
         [

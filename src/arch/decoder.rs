@@ -77,15 +77,17 @@ pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize
 /// The history length axis of block_kv (independent of the new-token axis).
 const HISTORY_AXIS: &str = "history_len";
 
-/// `block_kv_i` (`--use_history_kv`): input_states `[1,L,H]`, position_ids `[1,L]` (old+j),
-/// history_k/v `[1,old,KVH,D]` (up to S) → output_states, k `[1,L,KVH,D]`, v. L and old vary
-/// per call; every new token sees the whole history and the new tokens up to itself.
+/// `block_kv_i` (`--use_history_kv`): input_states `[1,L,H]`, position_ids `[1,L]` (old+j;
+/// M-RoPE: `[3,L]`), history_k/v `[1,old,KVH,D]` (up to S) → output_states, k `[1,L,KVH,D]`,
+/// v. L and old vary per call; every new token sees the whole history and the new tokens up
+/// to itself.
 pub fn history_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
     let (l, s) = (o.max_input_length, o.seq_length);
     let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let mut g = Graph::new(format!("block_kv_{layer}"));
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], Some(1));
-    let pos = g.input_with_axis("position_ids", Elem::I32, &[1, l], Some(1));
+    let pos_dims = mrope::position_dims(cfg, l);
+    let pos = g.input_with_axis("position_ids", Elem::I32, &pos_dims, Some(1));
     let hk = g.input_with_param(
         "history_k",
         Elem::F32,
@@ -118,7 +120,9 @@ enum Attn<'a> {
     },
     /// History prefill: every history slot, then the new tokens causally. The mask is built
     /// over all `old+L` keys from their positions `0..old+L`, counted from the concatenated
-    /// keys (a CumSum of ones), since `old` varies per call.
+    /// keys (a CumSum of ones), since `old` varies per call. With M-RoPE (positions repeat
+    /// within an image, so they do not order the tokens) the queries' sequence indices
+    /// `old..old+L` stand for their positions.
     History { history: (&'a str, &'a str) },
 }
 
@@ -213,7 +217,10 @@ fn layer_body(
         Attn::History { history: (hk, hv) } => {
             let k_all = g.concat(&[hk, &k], 1);
             let key_pos = key_positions(g, &k_all);
-            let query_pos = positions_f32(g, pos);
+            let query_pos = match mrope::section(cfg) {
+                Some(_) => mrope::history_query_indices(g, pos, &key_pos),
+                None => positions_f32(g, pos),
+            };
             let mut mask = causal_mask(g, &query_pos, &key_pos);
             if let Some(w) = effective_window(cfg, layer, o.seq_length) {
                 mask = with_window(g, &mask, &query_pos, &key_pos, w);

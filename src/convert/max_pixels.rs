@@ -1,5 +1,5 @@
 //! `--max_pixels W,H` for vision-language models, parsed and checked as llm_convert.py does
-//! (`parse_max_pixels`, then the per-model pixel multiple), and the options a VLM refuses.
+//! (`parse_max_pixels`, then the per-model pixel multiple).
 
 use std::path::Path;
 
@@ -24,8 +24,7 @@ pub fn parse(value: Option<&str>) -> Result<Option<usize>, InputError> {
 }
 
 /// The model-dependent rules: the pixel multiple (Qwen2-VL / Qwen2.5-VL), no --max_pixels
-/// for text-only models, no history-KV prefill for M-RoPE models (block_kv's positions are
-/// sequence indices).
+/// for text-only models.
 pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), InputError> {
     let config = model.join("config.json");
     crate::arch::vit::check_max_pixels(cfg, shape.max_pixels).map_err(|why| {
@@ -38,13 +37,6 @@ pub fn check(cfg: &ModelConfig, shape: &PieceShape, model: &Path) -> Result<(), 
         };
         InputError::invalid(&config, why, fix)
     })?;
-    if shape.use_history_kv && crate::arch::mrope::section(cfg).is_some() {
-        return Err(InputError::invalid(
-            &config,
-            "--use_history_kv is not supported for M-RoPE vision-language models",
-            "drop --use_history_kv",
-        ));
-    }
     Ok(())
 }
 

@@ -17,36 +17,57 @@ impl PromptExtras {
     /// in the KV cache (a history-KV chat turn): positions from there, and only the images
     /// that start there or later (an image in the cached part is in the cache already).
     pub fn after(self, cached: usize) -> PromptExtras {
+        self.slice(cached, usize::MAX)
+    }
+
+    /// The extras of the prompt's tokens `start..start + len` (one prefill chunk), counted
+    /// from `start`: their positions and the images that start among them.
+    pub fn slice(&self, start: usize, len: usize) -> PromptExtras {
+        let end = start.saturating_add(len);
         PromptExtras {
-            positions: self
-                .positions
-                .map(|p| p.get(cached..).unwrap_or(&[]).to_vec()),
+            positions: self.positions.as_ref().map(|p| {
+                let end = end.min(p.len());
+                p.get(start..end).unwrap_or(&[]).to_vec()
+            }),
             embeds: self
                 .embeds
-                .into_iter()
-                .filter(|(at, _)| *at >= cached)
-                .map(|(at, bytes)| (at - cached, bytes))
+                .iter()
+                .filter(|(at, _)| (start..end).contains(at))
+                .map(|(at, bytes)| (at - start, bytes.clone()))
                 .collect(),
         }
     }
 }
 
-/// The `[3, rows]` position_ids of a prefill of `len` tokens at `old..` (row-major: every t,
-/// then every h, then every w; zero-padded to `rows`), and the decode offset: decode step
-/// positions are `history_slot + delta` (max + 1 - len after an image, else 0).
+/// The `[3, rows]` position_ids of a prefill of `len` tokens at history slots `old..`
+/// (row-major: every t, then every h, then every w; zero-padded to `rows`), and the decode
+/// offset: decode step positions are `history_slot + delta` (max + 1 - (old + len)).
+///
+/// Without given positions the tokens continue the cache's: slot + `delta`, the offset its
+/// last prefill left (after an image, positions run behind the slots). A later chat turn's
+/// given positions are those of the whole conversation from `old` on (transformers'
+/// `get_rope_index` over every turn), so its text continues one past the cache's largest
+/// position. LLM-TPU's `history_max_posid = max_posid + 2` is that rule for a next prompt
+/// that starts after the reply's `<|im_end|>`, which its runtime never feeds; ours is fed
+/// (the conversation is re-rendered), so the tokens keep transformers' positions.
 pub fn mrope_positions(
     extras: Option<&[[i32; 3]]>,
     old: usize,
     len: usize,
     rows: usize,
+    delta: i32,
 ) -> (Vec<i32>, i32) {
     let mut out = vec![0i32; 3 * rows];
     // Given positions (after an image) may sit below the slots: only they count.
-    let mut max = if extras.is_some() { -1 } else { old as i32 - 1 };
+    let mut max = if extras.is_some() {
+        -1
+    } else {
+        old as i32 + delta - 1
+    };
     for i in 0..len {
         let p = match extras {
             Some(p) => p[i],
-            None => [(old + i) as i32; 3],
+            None => [(old + i) as i32 + delta; 3],
         };
         for (r, v) in p.iter().enumerate() {
             out[r * rows + i] = *v;
@@ -63,7 +84,7 @@ mod tests {
 
     #[test]
     fn text_positions_repeat_on_every_row() {
-        let (p, delta) = mrope_positions(None, 0, 3, 4);
+        let (p, delta) = mrope_positions(None, 0, 3, 4, 0);
         assert_eq!(p, [0, 1, 2, 0, 0, 1, 2, 0, 0, 1, 2, 0]);
         assert_eq!(delta, 0);
     }
@@ -80,7 +101,7 @@ mod tests {
             [2, 3, 3],
             [4, 4, 4],
         ];
-        let (p, delta) = mrope_positions(Some(&pos), 0, 7, 7);
+        let (p, delta) = mrope_positions(Some(&pos), 0, 7, 7, 0);
         assert_eq!(&p[7..14], &[0, 1, 2, 2, 3, 3, 4]);
         // The next token is at 5, its slot is 7.
         assert_eq!(delta, 5 - 7);
@@ -94,14 +115,30 @@ mod tests {
             positions: Some(pos),
             embeds: vec![(1, vec![1, 2]), (5, vec![3])],
         };
-        let tail = e.after(4);
+        let tail = e.clone().after(4);
         assert_eq!(
             tail.positions.as_deref(),
             Some(&[[3, 4, 4], [3, 5, 5], [3, 6, 6]][..])
         );
         assert_eq!(tail.embeds, vec![(1, vec![3])]);
+        // A chunk holds the images that start in it, counted from the chunk.
+        let chunk = e.slice(1, 3);
+        assert_eq!(
+            chunk.positions.as_deref(),
+            Some(&[[1, 1, 1], [2, 2, 2], [3, 3, 3]][..])
+        );
+        assert_eq!(chunk.embeds, vec![(0, vec![1, 2])]);
         // Decode continues after the largest given position, not after the slots.
-        let (_, delta) = mrope_positions(tail.positions.as_deref(), 10, 3, 3);
+        let (_, delta) = mrope_positions(tail.positions.as_deref(), 10, 3, 3, 0);
         assert_eq!(delta, 7 - 13);
+    }
+
+    /// Text after a cached image (no positions given) continues the cache's positions, not
+    /// its slots: slot 7 with offset -2 is position 5, and the offset stays.
+    #[test]
+    fn text_after_a_cached_image_keeps_the_offset() {
+        let (p, delta) = mrope_positions(None, 7, 2, 2, -2);
+        assert_eq!(p, [5, 6, 5, 6, 5, 6]);
+        assert_eq!(delta, -2);
     }
 }

@@ -224,7 +224,7 @@ impl LlmNets {
                 if b.is_dynamic { "" } else { ", static" }
             );
             expect(b, true, 0, &[1, l, h])?;
-            expect(b, true, 1, &[1, l])?;
+            expect(b, true, 1, &[position_rows, l])?;
             expect(b, true, 2, &[1, s, kvh, d])?;
             expect(b, true, 3, &[1, s, kvh, d])?;
             expect(b, false, 0, &[1, l, h])?;

@@ -223,12 +223,11 @@ impl<'rt> Pipeline<'rt> {
         let mut last = None;
         let chunks = tokens.len().div_ceil(mil);
         let extras = self.extras.take().unwrap_or_default();
-        ensure!(
-            chunks == 1 || (extras.positions.is_none() && extras.embeds.is_empty()),
-            "a prompt with images must fit MAX_INPUT_LENGTH = {mil}"
-        );
         for chunk in tokens.chunks(mil) {
-            let out = self.prefill_chunk(chunk, old, &extras, &mut log, &mut block_outputs)?;
+            // Each chunk gets its tokens' positions and images (an image must not straddle
+            // two chunks: prefill_chunk refuses it).
+            let part = extras.slice(old - cached, chunk.len());
+            let out = self.prefill_chunk(chunk, old, &part, &mut log, &mut block_outputs)?;
             old += chunk.len();
             last = Some((out, chunk.len()));
         }
@@ -289,7 +288,7 @@ impl<'rt> Pipeline<'rt> {
         for (at, bytes) in &extras.embeds {
             ensure!(
                 at * self.hidden_bytes + bytes.len() <= len * self.hidden_bytes,
-                "image embeddings at token {at} run past the prompt's {len} tokens"
+                "image embeddings at token {at} run past the {len} tokens of this prefill chunk (MAX_INPUT_LENGTH = {mil}): an image must fit one chunk"
             );
             let dst = self.embedded.sub(at * self.hidden_bytes, bytes.len())?;
             self.rt.s2d(&dst, bytes)?;
@@ -303,7 +302,9 @@ impl<'rt> Pipeline<'rt> {
         };
         let b0 = nets[0].input_tensors(0)?;
         let pos = if n.position_rows == 3 {
-            let (pos, delta) = mrope_positions(extras.positions.as_deref(), old, len, rows);
+            // A cache's offset holds for what continues it; an empty cache starts at 0.
+            let delta = if old > 0 { self.rope_delta.get() } else { 0 };
+            let (pos, delta) = mrope_positions(extras.positions.as_deref(), old, len, rows, delta);
             self.rope_delta.set(delta);
             pos
         } else {

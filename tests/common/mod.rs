@@ -312,3 +312,19 @@ pub fn llm_convert_py(model: &Path, out: &Path, args: &[&str]) -> PathBuf {
         .find(|p| p.extension().is_some_and(|x| x == "bmodel"))
         .expect("llm_convert.py wrote a bmodel")
 }
+
+/// `net`'s input/output lines in the conversion's `model.log` (model_tool --info), without
+/// the scale/zero-point tail: `input: name, [dims], dtype`.
+pub fn net_io(out: &Path, net: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(out.join("model.log")).unwrap();
+    let section = log
+        .split("==========================================")
+        .find(|s| s.contains(&format!("[{net}]")))
+        .unwrap_or_else(|| panic!("model.log lists no net {net}:\n{log}"));
+    section
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("input: ") || l.starts_with("output: "))
+        .map(|l| l.split(", scale").next().unwrap().to_string())
+        .collect()
+}
