@@ -10,7 +10,8 @@ dynamic: exactly T rows, no mask input; with block_kv_i (history KV): the prompt
 MAX_INPUT_LENGTH chunks, the first through block_i, later ones through block_kv_i over the
 history so far) -> lm_head on row T-1; decode: embedding_cache -> block_cache_i (or the smallest
 decode stage block_cache_i_k whose history holds history_length) with the KV cache written at
-history_length-1 -> lm_head (--do_sample: lm_head -> greedy_head, and sample_head checked
+history_length-1 (a block_cache returning the whole [1,S,KVH,D] cache shifted by one: the cache
+right-aligned, replaced by that output each step) -> lm_head (--do_sample: lm_head -> greedy_head, and sample_head checked
 against a numpy re-implementation). Writes the greedy tokens, each prefill block's output rows and each decode block's output.
 """
 import glob
@@ -88,6 +89,7 @@ def main():
     mil = net["embedding"].get_inputs()[0].shape[1]
     _, seq, kvh, dim = net["block_cache_0"].get_inputs()[3].shape
     history_kv = "block_kv_0" in net
+    shifted = net["block_cache_0"].get_outputs()[1].shape[1] == seq
     t = len(prompt)
     assert t <= mil or history_kv, f"prompt of {t} tokens > MAX_INPUT_LENGTH {mil}"
     # --dynamic prefill blocks have no mask input and take exactly the prompt's rows.
@@ -117,8 +119,9 @@ def main():
                 if not dynamic:
                     feed["attention_mask"] = mask
                 x, k, v = net[f"block_{i}"].run(None, feed)
-            kc[i][:, old : old + n] = k[:, :n]
-            vc[i][:, old : old + n] = v[:, :n]
+            at = seq - n if shifted else old
+            kc[i][:, at : at + n] = k[:, :n]
+            vc[i][:, at : at + n] = v[:, :n]
             hidden[i].extend(x[0, :n].tolist())
     # Decode stages: (history slots, net name suffix), smallest first.
     stages = sorted((net[f"block_cache_0{sfx}"].get_inputs()[3].shape[1], sfx)
@@ -145,13 +148,19 @@ def main():
         used.append(slots)
         step_hidden = []
         m1 = np.zeros((1, 1, 1, slots + 1), np.float32)
-        m1[..., history - 1 : slots] = MASK
+        if shifted:
+            m1[..., : slots - history + 1] = MASK
+        else:
+            m1[..., history - 1 : slots] = MASK
         for i in range(layers):
             x, k, v = net[f"block_cache_{i}{sfx}"].run(None, {
                 "input_states": x, "position_ids": pos1, "attention_mask": m1,
                 "history_k": kc[i][:, :slots], "history_v": vc[i][:, :slots]})
-            kc[i][:, history - 1] = k[:, 0]
-            vc[i][:, history - 1] = v[:, 0]
+            if shifted:
+                kc[i][:], vc[i][:] = k, v
+            else:
+                kc[i][:, history - 1] = k[:, 0]
+                vc[i][:, history - 1] = v[:, 0]
             step_hidden.append(x[0, 0].tolist())
         decode_hidden.append(step_hidden)
         tok, _ = next_token(x[:, 0])

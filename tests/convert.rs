@@ -737,6 +737,39 @@ fn unsupported_flags_are_refused() {
     );
 }
 
+/// chatglm's decode blocks return the whole shifted KV cache (llm_convert.py's contract for
+/// it): what that contract leaves no room for is refused by name (exit 2), before any work.
+#[test]
+fn chatglm_refuses_what_the_shifted_cache_cannot_do() {
+    let model = common::fixtures().join("chatglm");
+    for (flag, words) in [
+        (vec!["--use_history_kv"], "--use_history_kv"),
+        (vec!["--chunk_length", "16"], "--chunk_length"),
+        (vec!["--max_input_length", "16"], "--max_input_length"),
+    ] {
+        let mut args = vec!["-m", model.to_str().unwrap(), "-s", "64", "-q", "bf16"];
+        args.extend(flag);
+        args.push("--dry_run");
+        let o = common::llm_convert(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(words) && err.contains("shifted by one slot"),
+            "{err}"
+        );
+    }
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "--dry_run",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// --dry_run prints the per-piece tool command lines from templates/deploy.json.
 #[test]
 fn dry_run_prints_the_deploy_matrix() {

@@ -38,7 +38,23 @@ fn verify_prompt(
     steps: usize,
     extra: &[&str],
 ) -> (i32, Value) {
-    let model = common::fixtures().join(fixture);
+    verify_model(
+        bmodel,
+        &common::fixtures().join(fixture),
+        prompt,
+        steps,
+        extra,
+    )
+}
+
+/// [`verify_prompt`] against the checkpoint in folder `model`.
+fn verify_model(
+    bmodel: &Path,
+    model: &Path,
+    prompt: &str,
+    steps: usize,
+    extra: &[&str],
+) -> (i32, Value) {
     let steps = steps.to_string();
     let mut args = vec![
         "verify",
@@ -255,6 +271,76 @@ fn llm_convert_py_history_kv_bmodel_runs() {
     let (code, r) = verify_prompt(&theirs, "qwen2_bf16", TWO_CHUNK_PROMPT, 16, &["-q", "bf16"]);
     assert_eq!(code, 0, "verify failed: {r}");
     assert_history_kv_run(&r);
+}
+
+/// A family's checkpoint that llm_convert.py converts and ours: both bmodels run in our runner
+/// with the same greedy tokens, and both pass `verify` (every block, every token).
+fn their_family_bmodel_runs_like_ours(model: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["-s", "64", "-q", "bf16", "-c", "bm1684x"];
+    let theirs = common::llm_convert_py(model, &dir.path().join("theirs"), &args);
+    let ours = common::converted(model, 64, &["-q", "bf16"]).bmodel.clone();
+    let prompt = common::tokens_arg(&common::PROMPT);
+    let (code_t, rt) = verify_model(&theirs, model, &prompt, 8, &["-q", "bf16"]);
+    let (code_o, ro) = verify_model(&ours, model, &prompt, 8, &[]);
+    println!(
+        "llm_convert.py: min cosine {:.6}; ours {:.6}",
+        min_cosine(&rt),
+        min_cosine(&ro)
+    );
+    assert_eq!(
+        (code_t, code_o),
+        (0, 0),
+        "llm_convert.py's: {rt}\nours: {ro}"
+    );
+    // Where the reference's top two logits nearly tie, bf16 rounding may pick either (verify
+    // allows it), and the free-running tokens part from there: compare up to the first one.
+    let first_tie = |r: &Value| r["near_ties"].as_array().unwrap().first()?.as_u64();
+    let same = [first_tie(&rt), first_tie(&ro)]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(8, |s| s as usize);
+    assert!(
+        same >= 3,
+        "a near tie before the second decode step: {rt}\n{ro}"
+    );
+    assert_eq!(
+        tokens(&rt)[..same],
+        tokens(&ro)[..same],
+        "same greedy tokens from both bmodels"
+    );
+}
+
+/// phi3 (Phi3Converter: in-graph RoPE from an inv_freq weight, fused qkv / gate_up split at
+/// conversion; the llama contract). A full-rotary, tied variant of the phi3 fixture: the
+/// converter rotates all of head_dim (it ignores partial_rotary_factor) and, untied, drops the
+/// final norm (it folds it into the last block only when tied, and lm_head never applies it).
+#[test]
+fn llm_convert_py_phi3_bmodel_runs_like_ours() {
+    let model = common::variant("phi3_bf16", |c| {
+        assert_eq!(c["tie_word_embeddings"], true);
+        c["partial_rotary_factor"] = 1.0.into();
+        c["rope_parameters"]["partial_rotary_factor"] = 1.0.into();
+    });
+    their_family_bmodel_runs_like_ours(model.path());
+}
+
+/// chatglm (Chatglm3Converter): its block_cache returns the whole KV cache shifted by one, the
+/// new token last, and its runtime keeps the cache right-aligned; our runner tells that from the
+/// net's output shape. The chatglm fixture as llm_convert.py converts it right: rope_ratio 1
+/// (it hard-codes base 10000), tied (as for phi3), `vocab_size` spelled out (it reads that key,
+/// not padded_vocab_size) and a bf16 dtype label (it refuses f32 ones; it reads the f32
+/// weights either way).
+#[test]
+fn llm_convert_py_chatglm_bmodel_runs_like_ours() {
+    let model = common::variant("chatglm", |c| {
+        c["rope_ratio"] = 1.0.into();
+        c["tie_word_embeddings"] = true.into();
+        c["vocab_size"] = c["padded_vocab_size"].clone();
+        c["torch_dtype"] = "bfloat16".into();
+    });
+    their_family_bmodel_runs_like_ours(model.path());
 }
 
 /// Converts `fixture` with TPU-MLIR's own llm_convert.py (seq 64, bf16, bm1684x + `extra`);
@@ -523,7 +609,7 @@ fn minicpm4_bf16_dynamic() {
     bf16_matches_reference("minicpm4", &["--dynamic"]);
 }
 
-/// chatglm at bf16, static (our runtime contract).
+/// chatglm at bf16, static: the shifted-KV-cache contract (llm_convert.py's for chatglm).
 #[test]
 fn chatglm_bf16_static() {
     bf16_matches_reference("chatglm", &[]);

@@ -69,6 +69,7 @@ pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize
     let attn = Attn::Decode {
         history: (&hk, &hv),
         mask: &mask,
+        slots: kv,
     };
     layer_body(&mut g, cfg, o, layer, &x, &pos, attn, 1);
     g
@@ -117,6 +118,8 @@ enum Attn<'a> {
     Decode {
         history: (&'a str, &'a str),
         mask: &'a str,
+        /// History slots (the decode stage's).
+        slots: usize,
     },
     /// History prefill: every history slot, then the new tokens causally. The mask is built
     /// over all `old+L` keys from their positions `0..old+L`, counted from the concatenated
@@ -210,6 +213,7 @@ fn layer_body(
         Attn::Decode {
             history: (hk, hv),
             mask,
+            ..
         } => (
             vec![(g.concat(&[hk, &k], 1), Some(mask.to_string()))],
             g.concat(&[hv, &v], 1),
@@ -253,6 +257,15 @@ fn layer_body(
         Attn::History { .. } => Some(1),
     };
     g.output_with_axis(&out, "output_states", Elem::F32, &[1, len, h], axis);
+    let (k, v, len) = match attn {
+        Attn::Decode { slots, .. } if spec.attention.shifted_kv_cache => {
+            // The whole cache shifted by one: history slots 1.. then the new token.
+            let end = slots as i64 + 1;
+            let k = g.slice(&parts[0].0, 1, 1, end);
+            (k, g.slice(&v_all, 1, 1, end), slots)
+        }
+        _ => (k, v, len),
+    };
     g.output_with_axis(&k, "k_cache", Elem::F32, &[1, len, kvh, d], axis);
     g.output_with_axis(&v, "v_cache", Elem::F32, &[1, len, kvh, d], axis);
 }

@@ -24,6 +24,7 @@ mod records;
 mod scheduler;
 pub mod shard;
 mod shard_report;
+mod shifted_cache;
 mod up_to_date;
 pub mod worker;
 

@@ -430,6 +430,7 @@ impl ConvertArgs {
         super::quantize_choice::check_backend(cfg, self.backend, &model_path)?;
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
+        super::shifted_cache::check(cfg, &shape, &model_path)?;
         // A pre-quantized checkpoint brings its own group size.
         let q_group_size = cfg
             .quant

@@ -8,8 +8,9 @@
 //! configs with another block layout (LayerNorm, post-layernorm residuals, linear biases) are
 //! refused.
 //!
-//! Runtime contract: ours (decode blocks return the new token's k/v), not llm_convert.py's
-//! chatglm one (whole shifted cache); see the README.
+//! Runtime contract: llm_convert.py's chatglm one, so that its runtimes run our bmodels: the
+//! decode block returns the whole KV cache shifted by one (support/docs/runtime-contract.md
+//! §5), with no decode stages and no history KV (`convert::shifted_cache` refuses them).
 
 use serde_json::{Map, Value};
 
@@ -22,9 +23,12 @@ pub static FAMILY: Family = Family {
     summary: "glm's math under `transformer.*` names: packed `query_key_value` (q, k, v rows; \
               `multi_query_group_num` kv heads), fused `dense_h_to_4h`, interleaved-pair \
               rotary on half of head_dim with base 10000·`rope_ratio`; ChatGLM config keys \
-              (`num_layers`, `padded_vocab_size`, `ffn_hidden_size`, `kv_channels`, …)",
-    verified: "reference f32 (from a glm twin); ONNX chain (static, dynamic, history KV); \
-               verify bf16 (static); contract w4bf16",
+              (`num_layers`, `padded_vocab_size`, `ffn_hidden_size`, `kv_channels`, …); \
+              llm_convert.py's runtime contract for it (decode returns the whole shifted KV \
+              cache: no history KV, no decode stages, prefill at -s)",
+    verified: "reference f32 (from a glm twin); ONNX chain (static, dynamic); verify bf16 \
+               (static); contract w4bf16; llm_convert.py's bmodel (rope_ratio 1, tied) runs \
+               with our tokens",
     tie_word_embeddings: false,
     head_dim: None,
     rms_norm_eps: 1e-5,
@@ -102,6 +106,7 @@ fn layer(keys: &ConfigKeys, dims: &Dims) -> Result<LayerSpec, InputError> {
         rotary_dim: dims.head_dim / 2,
     };
     spec.attention.rotary.pairs = RotaryPairs::Interleaved;
+    spec.attention.shifted_kv_cache = true;
     Ok(spec)
 }
 

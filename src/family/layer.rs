@@ -78,6 +78,11 @@ pub struct Attention {
     pub rotary: Rotary,
     /// Score scale and soft cap (gemma2/gemma3; plain elsewhere).
     pub scores: Scores,
+    /// The decode block returns the whole KV cache shifted by one slot, the new token last,
+    /// instead of the new token's K/V (llm_convert.py's chatglm contract,
+    /// support/docs/runtime-contract.md §5).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shifted_kv_cache: bool,
 }
 
 /// The MLP's gate activation.
@@ -171,6 +176,7 @@ impl LayerSpec {
                 qk_norm: false,
                 rotary: Rotary::FULL_HALF_SPLIT,
                 scores: Scores::PLAIN,
+                shifted_kv_cache: false,
             },
             mlp: Mlp {
                 activation: Activation::Silu,

@@ -19,7 +19,7 @@ pub static FAMILY: Family = Family {
               factor)",
     verified: "reference f32/bf16, longrope f32; ONNX chain (static, dynamic, history KV; \
                longrope static, dynamic, history KV); verify bf16 (static, dynamic; longrope static); \
-               contract w4bf16",
+               contract w4bf16; llm_convert.py's bmodel (full rotary, tied) runs with our tokens",
     tie_word_embeddings: false,
     head_dim: None,
     rms_norm_eps: 1e-5,

@@ -36,6 +36,18 @@ pub struct LlmNets {
     pub activation: DType,
     /// Position id rows: 3 for M-RoPE (Qwen2-VL / Qwen2.5-VL, `[3, L]`), else 1.
     pub position_rows: usize,
+    /// How block_cache returns K/V, told by its output 1's dims[1].
+    pub kv_out: KvOut,
+}
+
+/// The two decode contracts (support/docs/runtime-contract.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvOut {
+    /// `[1,1,KVH,D]`: the new token's K/V, appended at slot history-1.
+    NewToken,
+    /// `[1,S,KVH,D]`: the whole cache shifted by one, the new token last (llm_convert.py's
+    /// chatglm): the cache is right-aligned, the valid tokens in its last slots.
+    ShiftedCache,
 }
 
 fn dims(net: &NetInfo, input: bool, index: usize) -> Result<&[usize]> {
@@ -152,6 +164,20 @@ impl LlmNets {
         let position_rows = dims(&blocks[0], true, 1)?.first().copied().unwrap_or(1);
         let prefill_mask = blocks[0].input_num() > 2;
         let lm_head_topk = dims(&lm_head, false, 0)?.get(1) == Some(&1);
+        let kv_out = match stage_dims(&block_caches[0], full_stage, false, 1)?.get(1) {
+            Some(&n) if n == seq_length && n > 1 => KvOut::ShiftedCache,
+            _ => KvOut::NewToken,
+        };
+        if kv_out == KvOut::ShiftedCache {
+            // The shift moves every slot each step: no smaller stage can share the cache, and
+            // block_kv's history would not start at slot 0.
+            ensure!(
+                decode_stages.len() == 1 && block_kvs.is_empty(),
+                "block_cache_0 returns the whole shifted KV cache, which allows neither decode stages nor block_kv nets, but this bmodel has {} stages and {} block_kv nets",
+                decode_stages.len(),
+                block_kvs.len()
+            );
+        }
         let activation = embedding_cache
             .output_dtypes
             .first()
@@ -207,7 +233,12 @@ impl LlmNets {
                 expect_stage(c, j, true, 2, &[1, 1, 1, slots + 1])?;
                 expect_stage(c, j, true, 3, &[1, slots, kvh, d])?;
                 expect_stage(c, j, true, 4, &[1, slots, kvh, d])?;
-                expect_stage(c, j, false, 1, &[1, 1, kvh, d])?;
+                let new = match kv_out {
+                    KvOut::NewToken => 1,
+                    KvOut::ShiftedCache => slots,
+                };
+                expect_stage(c, j, false, 1, &[1, new, kvh, d])?;
+                expect_stage(c, j, false, 2, &[1, new, kvh, d])?;
                 // Every stage must read the one KV cache (--use_io_alone_config).
                 let mems = &c.stage(j)?.input_mems;
                 ensure!(
@@ -255,6 +286,7 @@ impl LlmNets {
             lm_head_topk,
             activation,
             position_rows,
+            kv_out,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Prefill and decode exactly as the LLM-TPU runtime runs them (support/docs/runtime-contract.md
 //! §5-6): BM_RUNTIME_SHARE_MEM, the KV cache is block_cache_i's own history inputs, prefill
 //! copies each block's new K/V into it, decode lets the net write its new K/V in place at
-//! (history_length-1)·kv_bytes, and position ids / masks go to layer 0's buffers only.
+//! (history_length-1)·kv_bytes (or, for a net returning the whole shifted cache, copies that
+//! back), and position ids / masks go to layer 0's buffers only.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
 
 use super::multimodal::{mrope_positions, PromptExtras};
-use super::nets::LlmNets;
+use super::nets::{KvOut, LlmNets};
 use super::sample::{self, SamplingConfig};
 use crate::bmrt::{DeviceBuffer, DeviceMem, NetInfo, Runtime, Tensor};
 
@@ -58,7 +59,11 @@ impl<'rt> Pipeline<'rt> {
         let nets = LlmNets::discover(rt)?;
         let c0 = nets.block_caches[0].stage(nets.full_stage)?;
         let hidden_bytes = c0.output_mems[0].size();
-        let kv_bytes = c0.output_mems[1].size();
+        let kv_rows = match nets.kv_out {
+            KvOut::NewToken => 1,
+            KvOut::ShiftedCache => nets.seq_length,
+        };
+        let kv_bytes = c0.output_mems[1].size() / kv_rows;
         let mut past_k = Vec::new();
         let mut past_v = Vec::new();
         for c in &nets.block_caches {
@@ -350,7 +355,11 @@ impl<'rt> Pipeline<'rt> {
                 inputs[2].mem = b0[2].mem;
             }
             self.launch(block, &inputs, &outputs, log)?;
-            let at = old * self.kv_bytes;
+            // A shifted cache holds its tokens in the last slots (LLM-TPU's move2end).
+            let at = match n.kv_out {
+                KvOut::NewToken => old,
+                KvOut::ShiftedCache => n.seq_length - len,
+            } * self.kv_bytes;
             self.rt
                 .d2d(&self.past_k[i], at, &outputs[1].mem, 0, kv_new)?;
             self.rt
@@ -384,8 +393,12 @@ impl<'rt> Pipeline<'rt> {
         let c0 = n.block_caches[0].input_tensors(stage)?;
         let p = (hist - 1) as i32 + self.rope_delta.get();
         self.rt.s2d(&c0[1].mem, &vec![p; n.position_rows])?;
+        // Visible: the hist-1 cached tokens and the new one (slot `slots`, concatenated last).
         let mut mask = vec![0f32; slots + 1];
-        mask[hist - 1..slots].fill(n.mask_value());
+        match n.kv_out {
+            KvOut::NewToken => mask[hist - 1..slots].fill(n.mask_value()),
+            KvOut::ShiftedCache => mask[..=slots - hist].fill(n.mask_value()),
+        }
         let bytes = c0[2].dtype.encode_f32(&mask)?;
         self.rt.s2d(&c0[2].mem, &bytes)?;
 
@@ -398,10 +411,22 @@ impl<'rt> Pipeline<'rt> {
             inputs[0].mem = prev;
             inputs[1].mem = c0[1].mem;
             inputs[2].mem = c0[2].mem;
-            // In-place KV append: the net writes its new K/V straight into the cache slot.
-            outputs[1].mem = self.past_k[i].sub(offset, self.kv_bytes)?;
-            outputs[2].mem = self.past_v[i].sub(offset, self.kv_bytes)?;
-            self.launch(net, &inputs, &outputs, &mut log)?;
+            match n.kv_out {
+                KvOut::NewToken => {
+                    // In-place KV append: the net writes its new K/V straight into the slot.
+                    outputs[1].mem = self.past_k[i].sub(offset, self.kv_bytes)?;
+                    outputs[2].mem = self.past_v[i].sub(offset, self.kv_bytes)?;
+                    self.launch(net, &inputs, &outputs, &mut log)?;
+                }
+                KvOut::ShiftedCache => {
+                    // The net reads the cache as its input: it writes the shifted one to its
+                    // own outputs, copied back after (as LLM-TPU does).
+                    self.launch(net, &inputs, &outputs, &mut log)?;
+                    let bytes = slots * self.kv_bytes;
+                    self.rt.d2d(&self.past_k[i], 0, &outputs[1].mem, 0, bytes)?;
+                    self.rt.d2d(&self.past_v[i], 0, &outputs[2].mem, 0, bytes)?;
+                }
+            }
             if self.capture {
                 block_outputs.push(self.read_rows(&outputs[0], 1)?);
             }

@@ -116,6 +116,18 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
     dst
 }
 
+/// A copy of fixture `name` whose config.json `patch` edits (a variant of a checkpoint, e.g.
+/// without a quirk another tool ignores).
+pub fn variant(name: &str, patch: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = copy_model(name);
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    patch(&mut config);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    dir
+}
+
 /// The prompt token ids the pipeline tests feed every model (below every fixture's vocab).
 pub const PROMPT: [u32; 8] = [3, 17, 256, 999, 42, 7, 511, 128];
 
