@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pre-quantized test fixtures: GPTQ and AWQ checkpoints written by us (transformers cannot
+"""Pre-quantized test fixtures: GPTQ, AWQ and compressed-tensors checkpoints written by us (transformers cannot
 write these formats without their packages). Run with the toolchain venv's python.
 
     make_quant_fixtures.py OUT_DIR
@@ -16,6 +16,12 @@ are quantized with a known rule and stored in the method's exact packing:
   awq      AutoAWQ GEMM: qweight int32 [K, N/8]: column 8c+j of q^T in bits 4*ORDER[j] of
            column c, ORDER = [0, 4, 1, 5, 2, 6, 3, 7]; qzeros int32 [K/g, N/8]: z packed the
            same way; scales f16 [K/g, N]; no g_idx.
+  ct       compressed-tensors pack-quantized (llm-compressor, as its pack_to_int32 writes it):
+           the signed value q - 8 (range -8..7) plus the offset 8, i.e. q; weight_packed int32
+           [N, K/8]: input feature 8c+i of row n in bits 4i..4i+4 of [n, c]; weight_zero_point
+           int32 [N/8, K/g] (asym only): the signed zero z - 8 plus 8, packed along N the same
+           way; weight_scale [N, K/g] in the model's dtype (bf16 here, the rule's rounding too);
+           weight_shape int32 [2] = [N, K]; lm_head in `ignore`.
 
 Every fixture also gets
   dequantized.safetensors  each quantized layer's float weight (q - z) * s, torch order [N, K]
@@ -43,7 +49,11 @@ FIXTURES = {
     "gptq_sym_g128": (Qwen2Config, "gptq", 128, True, False),
     "gptq_asym_desc_g32": (LlamaConfig, "gptq", 32, False, True),
     "awq_g64": (LlamaConfig, "awq", 64, False, False),
+    "ct_asym_g64": (Qwen2Config, "ct", 64, False, False),
+    "ct_sym_g32": (LlamaConfig, "ct", 32, True, False),
 }
+# compressed-tensors checkpoints ship in bf16 (llm-compressor keeps the model's dtype).
+BF16 = {"ct"}
 
 
 def dims():
@@ -53,27 +63,41 @@ def dims():
                 tie_word_embeddings=False)
 
 
-def quantize(w, group_size, sym, g_idx):
-    """w [N, K] f32 → q [N, K] (0..15), z [N, G], s [N, G] f16, by the rule above."""
+def f16(x):
+    return x.astype(np.float16).astype(np.float32)
+
+
+def bf16(x):
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).bfloat16().float().numpy()
+
+
+def quantize(w, group_size, sym, g_idx, rnd):
+    """w [N, K] f32 → q [N, K] (0..15), z [N, G], s [N, G] f32 (rounded by `rnd` to the
+    stored dtype), by the rule above."""
     n, k = w.shape
     groups = k // group_size
     q = np.zeros((n, k), np.int64)
     z = np.zeros((n, groups), np.int64)
-    s = np.zeros((n, groups), np.float16)
+    s = np.zeros((n, groups), np.float32)
     for g in range(groups):
         cols = np.nonzero(g_idx == g)[0]
         wg = w[:, cols]
         if sym:
-            sg = (np.abs(wg).max(axis=1) / 7.5).astype(np.float16)
+            sg = rnd(np.abs(wg).max(axis=1) / 7.5)
             zg = np.full(n, 8)
         else:
             lo, hi = np.minimum(wg.min(axis=1), 0), np.maximum(wg.max(axis=1), 0)
-            sg = ((hi - lo) / 15).astype(np.float16)
-            zg = np.clip(np.round(-lo / sg.astype(np.float32)), 0, 15).astype(np.int64)
-        sf = sg.astype(np.float32)[:, None]
-        q[:, cols] = np.clip(np.round(wg / sf) + zg[:, None], 0, 15)
+            sg = rnd((hi - lo) / 15)
+            zg = np.clip(np.round(-lo / sg), 0, 15).astype(np.int64)
+        q[:, cols] = np.clip(np.round(wg / sg[:, None]) + zg[:, None], 0, 15)
         z[:, g], s[:, g] = zg, sg
     return q, z, s
+
+
+def pack_to_int32(signed, num_bits, packed_dim):
+    """compressed-tensors' packing: signed values plus 2^(bits-1), 32/bits per int32 word along
+    `packed_dim`, value i of a word at bit num_bits * i."""
+    return pack(signed + (1 << (num_bits - 1)), packed_dim, range(8))
 
 
 def pack(values, axis, order):
@@ -95,7 +119,9 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.1)
-    model.half().save_pretrained(d, safe_serialization=True)
+    dtype = torch.bfloat16 if method in BF16 else torch.float16
+    rnd = bf16 if method in BF16 else f16
+    model.to(dtype).save_pretrained(d, safe_serialization=True)
     from safetensors.torch import load_file
     stored = load_file(os.path.join(d, "model.safetensors"))
     dequantized = {}
@@ -107,17 +133,25 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
             g_idx = np.arange(k) // group_size
             if desc_act:
                 g_idx = g_idx[rng.permutation(k)]
-            q, z, s = quantize(w, group_size, sym, g_idx)
-            deq = (q - z[:, g_idx]) * s.astype(np.float32)[:, g_idx]
+            q, z, s = quantize(w, group_size, sym, g_idx, rnd)
+            deq = (q - z[:, g_idx]) * s[:, g_idx]
             dequantized[prefix + ".weight"] = torch.from_numpy(deq.astype(np.float32))
             if method == "gptq":
                 stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 0, range(8)))
                 stored[prefix + ".qzeros"] = torch.from_numpy(pack((z - 1).T, 1, range(8)))
                 stored[prefix + ".g_idx"] = torch.from_numpy(g_idx.astype(np.int32))
-            else:
+            elif method == "awq":
                 stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 1, AWQ_ORDER))
                 stored[prefix + ".qzeros"] = torch.from_numpy(pack(z.T, 1, AWQ_ORDER))
-            stored[prefix + ".scales"] = torch.from_numpy(np.ascontiguousarray(s.T))
+            if method in ("gptq", "awq"):
+                stored[prefix + ".scales"] = torch.from_numpy(np.ascontiguousarray(s.T)).half()
+            else:
+                stored[prefix + ".weight_packed"] = torch.from_numpy(pack_to_int32(q - 8, 4, 1))
+                if not sym:
+                    stored[prefix + ".weight_zero_point"] = torch.from_numpy(
+                        pack_to_int32(z - 8, 4, 0))
+                stored[prefix + ".weight_scale"] = torch.from_numpy(s).to(dtype)
+                stored[prefix + ".weight_shape"] = torch.tensor([n, k], dtype=torch.int32)
     save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(d, "model.safetensors"),
               metadata={"format": "pt"})
     save_file(dequantized, os.path.join(d, "dequantized.safetensors"))
@@ -126,9 +160,19 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
     if method == "gptq":
         qc = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "sym": sym,
               "desc_act": desc_act, "checkpoint_format": "gptq", "true_sequential": True}
-    else:
+    elif method == "awq":
         qc = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
               "version": "gemm", "modules_to_not_convert": None}
+    else:
+        weights = {"num_bits": 4, "type": "int", "symmetric": sym, "strategy": "group",
+                   "group_size": group_size, "actorder": None, "dynamic": False,
+                   "observer": "minmax", "block_structure": None}
+        qc = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+              "quantization_status": "compressed", "ignore": ["lm_head"],
+              "kv_cache_scheme": None, "global_compression_ratio": None,
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                            "input_activations": None,
+                                            "output_activations": None}}}
     c["quantization_config"] = qc
     json.dump(c, open(path, "w"), indent=2)
 

@@ -1,4 +1,5 @@
-//! Pre-quantized checkpoints (GPTQ, AWQ GEMM) written by scripts/make_quant_fixtures.py: the
+//! Pre-quantized checkpoints (GPTQ, AWQ GEMM, compressed-tensors pack-quantized) written by
+//! scripts/make_quant_fixtures.py: the
 //! packing checked by a decoder of our own written from the formats' documentation (not the
 //! code under test), the model's dequantized view and the reference against transformers on
 //! the dequantized weights, and malformed checkpoints refused with exit 2 naming the tensor.
@@ -12,7 +13,13 @@ use llm_convert::model::Model;
 use llm_convert::reference::{argmax, Reference};
 use safetensors::{Dtype, SafeTensors};
 
-const FIXTURES: [&str; 3] = ["gptq_sym_g128", "gptq_asym_desc_g32", "awq_g64"];
+const FIXTURES: [&str; 5] = [
+    "gptq_sym_g128",
+    "gptq_asym_desc_g32",
+    "awq_g64",
+    "ct_asym_g64",
+    "ct_sym_g32",
+];
 
 fn fixture(name: &str) -> std::path::PathBuf {
     common::quant_fixtures().join(name)
@@ -63,27 +70,77 @@ fn floats(raw: &Raw) -> Vec<f32> {
             .chunks(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
+        Dtype::BF16 => raw
+            .2
+            .chunks(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         d => panic!("{d:?}"),
     }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Gptq,
+    Awq,
+    /// compressed-tensors pack-quantized.
+    Ct,
+}
+
+fn method_of(cfg: &serde_json::Value) -> Method {
+    match cfg["quantization_config"]["quant_method"].as_str().unwrap() {
+        "gptq" => Method::Gptq,
+        "awq" => Method::Awq,
+        "compressed-tensors" => Method::Ct,
+        m => panic!("{m}"),
+    }
+}
+
+fn read_config(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
 }
 
 /// The documented layouts, element by element: AutoGPTQ packs `qweight[k / 8, n]` with input
 /// feature k at bit `4 (k % 8)`; `qzeros[g, n / 8]` with n at bit `4 (n % 8)`, storing z - 1;
 /// AutoAWQ GEMM packs `qweight[k, n / 8]` and `qzeros[g, n / 8]` with n at bit
 /// `4 · [0, 4, 1, 5, 2, 6, 3, 7][n % 8]`; scales `[g, n]`; the group of k is `g_idx[k]`
-/// (GPTQ) or `k / group_size`.
+/// (GPTQ) or `k / group_size`. compressed-tensors (`pack_to_int32`) packs
+/// `weight_packed[n, k / 8]` with k at bit `4 (k % 8)` and `weight_zero_point[n / 8, g]` with
+/// n at bit `4 (n % 8)`, each holding the signed value plus 8 (sym: no zero point, i.e. 0);
+/// `weight_scale[n, g]`.
 fn decode_independently(
     t: &BTreeMap<String, Raw>,
     prefix: &str,
-    awq: bool,
+    method: Method,
     group: usize,
 ) -> (Vec<usize>, Vec<f32>) {
     let get = |s: &str| &t[&format!("{prefix}.{s}")];
+    let nib = |word: i32, pos: usize| ((word as u32) >> (4 * pos)) & 0xF;
+    if method == Method::Ct {
+        let qw = i32s(get("weight_packed"));
+        let scales = floats(get("weight_scale"));
+        let (n, k) = (get("weight_packed").1[0], get("weight_packed").1[1] * 8);
+        assert_eq!(i32s(get("weight_shape")), [n as i32, k as i32]);
+        let groups = k / group;
+        let zp = t.get(&format!("{prefix}.weight_zero_point")).map(i32s);
+        let mut w = vec![0f32; n * k];
+        for row in 0..n {
+            for col in 0..k {
+                let g = col / group;
+                let q = nib(qw[row * (k / 8) + col / 8], col % 8) as i32 - 8;
+                let z = zp
+                    .as_ref()
+                    .map_or(0, |z| nib(z[(row / 8) * groups + g], row % 8) as i32 - 8);
+                w[row * k + col] = (q - z) as f32 * scales[row * groups + g];
+            }
+        }
+        return (vec![n, k], w);
+    }
+    let awq = method == Method::Awq;
     let qw = i32s(get("qweight"));
     let qz = i32s(get("qzeros"));
     let scales = floats(get("scales"));
     let n = get("scales").1[1];
-    let nib = |word: i32, pos: usize| ((word as u32) >> (4 * pos)) & 0xF;
     let awq_pos = |n: usize| [0, 4, 1, 5, 2, 6, 3, 7][n % 8];
     let k = if awq {
         get("qweight").1[0]
@@ -117,8 +174,19 @@ fn decode_independently(
 
 fn quantized_layers(t: &BTreeMap<String, Raw>) -> Vec<String> {
     t.keys()
-        .filter_map(|k| k.strip_suffix(".qweight").map(str::to_string))
+        .filter_map(|k| {
+            k.strip_suffix(".qweight")
+                .or_else(|| k.strip_suffix(".weight_packed"))
+                .map(str::to_string)
+        })
         .collect()
+}
+
+/// compressed-tensors' weights group's group_size, or the others' `group_size`.
+fn group_size(cfg: &serde_json::Value) -> usize {
+    let qc = &cfg["quantization_config"];
+    let g = &qc["config_groups"]["group_0"]["weights"]["group_size"];
+    g.as_u64().or_else(|| qc["group_size"].as_u64()).unwrap() as usize
 }
 
 #[test]
@@ -127,16 +195,12 @@ fn packing_matches_the_documented_layout() {
         let dir = fixture(name);
         let stored = load(&dir.join("model.safetensors"));
         let want = load(&dir.join("dequantized.safetensors"));
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
-        let qc = &cfg["quantization_config"];
-        let group = qc["group_size"].as_u64().unwrap() as usize;
+        let cfg = read_config(&dir);
+        let group = group_size(&cfg);
         let layers = quantized_layers(&stored);
         assert_eq!(layers.len(), 14, "{name}");
         for prefix in &layers {
-            let (shape, w) =
-                decode_independently(&stored, prefix, qc["quant_method"] == "awq", group);
+            let (shape, w) = decode_independently(&stored, prefix, method_of(&cfg), group);
             let expect = &want[&format!("{prefix}.weight")];
             assert_eq!(shape, expect.1, "{name} {prefix}");
             assert_eq!(w, floats(expect), "{name} {prefix}");
@@ -172,11 +236,13 @@ fn expected(dir: &std::path::Path) -> Expected {
     serde_json::from_str(&text).unwrap()
 }
 
-/// `verify BMODEL` against the fixture's reference on its prompt, 4 steps, at f16 thresholds.
-fn verify_f16(
+/// `verify BMODEL` against the fixture's reference on its prompt, 4 steps, at the thresholds
+/// of 16-bit `dtype` (`f16` / `bf16`).
+fn verify_at(
     bmodel: &std::path::Path,
     dir: &std::path::Path,
     exp: &Expected,
+    dtype: &str,
 ) -> std::process::Output {
     common::llm_convert(&[
         "verify",
@@ -188,7 +254,7 @@ fn verify_f16(
         "--steps",
         "4",
         "-q",
-        "f16",
+        dtype,
         "--json",
     ])
 }
@@ -346,13 +412,84 @@ fn npy_member(npz: &Path, key: &str) -> (String, Vec<usize>, Vec<u8>) {
     (descr, shape, bytes[10 + hlen..].to_vec())
 }
 
+/// A layer's stored integers as A16MatMul computes with them, `(q - z) · s`, decoded from
+/// the documented layouts (see [`decode_independently`]): (N, K, groups, q [N, K], z [N, groups],
+/// s [N, groups]). GPTQ's zero is the stored one plus 1; compressed-tensors' q and z keep their
+/// +8 offset (it cancels), a symmetric layer's zero being 8.
+#[allow(clippy::type_complexity)]
+fn stored_integers(
+    t: &BTreeMap<String, Raw>,
+    prefix: &str,
+    method: Method,
+) -> (usize, usize, usize, Vec<u8>, Vec<u8>, Vec<f32>) {
+    let get = |s: &str| &t[&format!("{prefix}.{s}")];
+    let nib = |word: i32, pos: usize| (((word as u32) >> (4 * pos)) & 0xF) as u8;
+    let awq_pos = |n: usize| [0, 4, 1, 5, 2, 6, 3, 7][n % 8];
+    let (n, k, groups) = match method {
+        Method::Ct => {
+            let (n, k) = (get("weight_packed").1[0], get("weight_packed").1[1] * 8);
+            (n, k, get("weight_scale").1[1])
+        }
+        Method::Awq => (get("scales").1[1], get("qweight").1[0], get("scales").1[0]),
+        Method::Gptq => (
+            get("scales").1[1],
+            get("qweight").1[0] * 8,
+            get("scales").1[0],
+        ),
+    };
+    let mut q = vec![0u8; n * k];
+    let mut z = vec![0u8; n * groups];
+    let mut s = vec![0f32; n * groups];
+    if method == Method::Ct {
+        let qw = i32s(get("weight_packed"));
+        let zp = t.get(&format!("{prefix}.weight_zero_point")).map(i32s);
+        let sc = floats(get("weight_scale"));
+        for row in 0..n {
+            for col in 0..k {
+                q[row * k + col] = nib(qw[row * (k / 8) + col / 8], col % 8);
+            }
+            for g in 0..groups {
+                z[row * groups + g] = zp
+                    .as_ref()
+                    .map_or(8, |zp| nib(zp[(row / 8) * groups + g], row % 8));
+                s[row * groups + g] = sc[row * groups + g];
+            }
+        }
+        return (n, k, groups, q, z, s);
+    }
+    let awq = method == Method::Awq;
+    let (qw, qz, sc) = (
+        i32s(get("qweight")),
+        i32s(get("qzeros")),
+        floats(get("scales")),
+    );
+    for row in 0..n {
+        for col in 0..k {
+            q[row * k + col] = if awq {
+                nib(qw[col * (n / 8) + row / 8], awq_pos(row))
+            } else {
+                nib(qw[(col / 8) * n + row], col % 8)
+            };
+        }
+        for g in 0..groups {
+            z[row * groups + g] = if awq {
+                nib(qz[g * (n / 8) + row / 8], awq_pos(row))
+            } else {
+                nib(qz[g * (n / 8) + row / 8], row % 8) + 1
+            };
+            s[row * groups + g] = sc[g * n + row];
+        }
+    }
+    (n, k, groups, q, z, s)
+}
+
 /// The native backend's block_0 npz holds the checkpoint's own integers: A16MatMul's packed
 /// weight is the checkpoint's 4-bit values two per byte (even input feature low), its zero
 /// points and scales the checkpoint's, decoded here independently of `model::quant`.
 #[test]
 fn native_block_npz_holds_the_checkpoint_integers() {
     use llm_convert::arch::{self, PieceOptions};
-    for name in ["gptq_sym_g128", "awq_g64"] {
+    for name in ["gptq_sym_g128", "awq_g64", "ct_asym_g64", "ct_sym_g32"] {
         let dir = fixture(name);
         let model = Model::open(&dir).unwrap();
         let opts = PieceOptions::new(64, None).unwrap();
@@ -372,28 +509,10 @@ fn native_block_npz_holds_the_checkpoint_integers() {
         );
 
         let stored = load(&dir.join("model.safetensors"));
-        let awq = name.starts_with("awq");
+        let method = method_of(&read_config(&dir));
         for lin in ["self_attn.q_proj", "mlp.down_proj"] {
             let prefix = format!("model.layers.0.{lin}");
-            let get = |s: &str| &stored[&format!("{prefix}.{s}")];
-            let qw = i32s(get("qweight"));
-            let n = get("scales").1[1];
-            let k = if awq {
-                get("qweight").1[0]
-            } else {
-                get("qweight").1[0] * 8
-            };
-            let nib = |word: i32, pos: usize| (((word as u32) >> (4 * pos)) & 0xF) as u8;
-            let q = |row: usize, col: usize| {
-                if awq {
-                    nib(
-                        qw[col * (n / 8) + row / 8],
-                        [0, 4, 1, 5, 2, 6, 3, 7][row % 8],
-                    )
-                } else {
-                    nib(qw[(col / 8) * n + row], col % 8)
-                }
-            };
+            let (n, k, groups, q, z, scale) = stored_integers(&stored, &prefix, method);
             let (descr, shape, bytes) = npy_member(&origin.npz, &format!("{prefix}.a16_qweight"));
             assert_eq!(
                 (descr.as_str(), shape.as_slice()),
@@ -405,31 +524,23 @@ fn native_block_npz_holds_the_checkpoint_integers() {
                     let b = bytes[row * k / 2 + j];
                     assert_eq!(
                         (b & 0xF, b >> 4),
-                        (q(row, 2 * j), q(row, 2 * j + 1)),
+                        (q[row * k + 2 * j], q[row * k + 2 * j + 1]),
                         "{name} {lin} [{row}, {j}]"
                     );
                 }
             }
             let (descr, shape, zeros) = npy_member(&origin.npz, &format!("{prefix}.a16_qzeros"));
-            let groups = get("scales").1[0];
             assert_eq!(
                 (descr.as_str(), shape.as_slice()),
                 ("|u1", &[n, groups][..])
             );
-            let qz = i32s(get("qzeros"));
-            let scales = floats(get("scales"));
             let (_, _, s_bytes) = npy_member(&origin.npz, &format!("{prefix}.a16_scales"));
             for row in 0..n {
                 for g in 0..groups {
-                    let z = if awq {
-                        nib(qz[g * (n / 8) + row / 8], [0, 4, 1, 5, 2, 6, 3, 7][row % 8])
-                    } else {
-                        nib(qz[g * (n / 8) + row / 8], row % 8) + 1
-                    };
-                    assert_eq!(zeros[row * groups + g], z, "{name} {lin} zero [{row}, {g}]");
-                    let at = 4 * (row * groups + g);
-                    let s = f32::from_le_bytes(s_bytes[at..at + 4].try_into().unwrap());
-                    assert_eq!(s, scales[g * n + row], "{name} {lin} scale [{row}, {g}]");
+                    let at = row * groups + g;
+                    assert_eq!(zeros[at], z[at], "{name} {lin} zero [{row}, {g}]");
+                    let s = f32::from_le_bytes(s_bytes[4 * at..4 * at + 4].try_into().unwrap());
+                    assert_eq!(s, scale[at], "{name} {lin} scale [{row}, {g}]");
                 }
             }
         }
@@ -509,12 +620,12 @@ fn convert_refuses_what_it_cannot_keep_exact() {
 /// the checkpoint's own integers is shown by `native_block_npz_holds_the_checkpoint_integers`.)
 #[test]
 fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
-    for name in FIXTURES {
+    for name in ["gptq_sym_g128", "gptq_asym_desc_g32", "awq_g64"] {
         let dir = fixture(name);
         let c = common::converted(&dir, 64, &[]);
         assert_eq!(c.manifest["options"]["quantize"], "w4f16", "{name}");
         let exp = expected(&dir);
-        let out = verify_f16(&c.bmodel, &dir, &exp);
+        let out = verify_at(&c.bmodel, &dir, &exp, "f16");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: verify failed\n{err}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -549,7 +660,7 @@ fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
             &["-s", "64", "-q", "w4f16", "-c", "bm1684x"],
         );
         let exp = expected(&dir);
-        let out = verify_f16(&theirs, &dir, &exp);
+        let out = verify_at(&theirs, &dir, &exp, "f16");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("{name}: {}", String::from_utf8_lossy(&out.stderr)));
         let cos = report["min_cosine"].as_f64().unwrap();
@@ -565,4 +676,75 @@ fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
         );
         assert_eq!(report["pass"], true, "{name}: {report}");
     }
+}
+
+/// A compressed-tensors pack-quantized checkpoint (qwen2, bf16, asym, g64, lm_head ignored)
+/// converts as w4bf16 on the real toolchain (A16MatMul on its integers, as
+/// `native_block_npz_holds_the_checkpoint_integers` shows) and the bmodel matches the exactly
+/// dequantized reference at bf16 thresholds, with transformers' tokens.
+#[test]
+fn compressed_tensors_converts_and_verifies_at_bf16_thresholds() {
+    let dir = fixture("ct_asym_g64");
+    let c = common::converted(&dir, 64, &[]);
+    assert_eq!(c.manifest["options"]["quantize"], "w4bf16");
+    let exp = expected(&dir);
+    let out = verify_at(&c.bmodel, &dir, &exp, "bf16");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed\n{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cos = report["min_cosine"].as_f64().unwrap();
+    println!(
+        "ct_asym_g64: min block cosine {cos:.7}, tokens {}",
+        report["tokens"]
+    );
+    assert_eq!(report["pass"], true, "{report}");
+    // bf16 rounding of the activations only (a w4 re-quantization sits near 0.99 or below).
+    assert!(cos > 0.999, "min cosine {cos}");
+    let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
+    assert_eq!(tokens, exp.tokens[..4], "tokens differ from transformers'");
+}
+
+#[test]
+fn malformed_compressed_tensors_exit_2_naming_the_tensor() {
+    let scale = "model.layers.1.mlp.up_proj.weight_scale";
+    let (code, err) = broken("ct_asym_g64", |_, t, _| {
+        t.remove(scale);
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(scale) && err.contains("is missing"), "{err}");
+
+    // Zero points packed along K instead of N: [N, G/8]-ish, not [N/8, G].
+    let zp = "model.layers.0.self_attn.o_proj.weight_zero_point";
+    let (code, err) = broken("ct_asym_g64", |_, t, _| {
+        let z = t.get_mut(zp).unwrap();
+        z.1 = vec![z.1[1], z.1[0]];
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(zp) && err.contains("implies"), "{err}");
+
+    // weight_shape contradicting the packed size.
+    let ws = "model.layers.0.mlp.gate_proj.weight_shape";
+    let (code, err) = broken("ct_asym_g64", |_, t, _| {
+        t.get_mut(ws).unwrap().2[4..8].copy_from_slice(&100i32.to_le_bytes());
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(ws) && err.contains("100"), "{err}");
+
+    // A symmetric config over asymmetric tensors.
+    let (code, err) = broken("ct_asym_g64", |_, _, c| {
+        c["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] = true.into();
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(".weight_zero_point\" is present but the config group is symmetric"),
+        "{err}"
+    );
+
+    // What cannot be exact is refused by name.
+    let (code, err) = broken("ct_sym_g32", |_, _, c| {
+        c["quantization_config"]["config_groups"]["group_0"]["input_activations"] =
+            serde_json::json!({"num_bits": 8, "type": "int"});
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("input_activations is set"), "{err}");
 }

@@ -84,7 +84,7 @@ fn checkpoint_quantize(
         ));
     }
     let own = match (qc.packing, cfg.torch_dtype.as_deref()) {
-        (Packing::Gptq, Some("bfloat16")) => Quantize::W4bf16,
+        (Packing::Gptq | Packing::CompressedTensors, Some("bfloat16")) => Quantize::W4bf16,
         _ => Quantize::W4f16,
     };
     match q {

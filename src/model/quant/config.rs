@@ -1,6 +1,6 @@
-//! `config.json`'s `quantization_config` for the packings we read (GPTQ, AWQ GEMM, and
-//! auto-round in either packing), as llm_convert.py 1.30.2 maps them
-//! (`ModelHandle.init_quantization`). Everything else is refused by name.
+//! `config.json`'s `quantization_config` for the packings we read (GPTQ, AWQ GEMM, auto-round
+//! in either packing, and compressed-tensors' 4-bit group `pack-quantized`), as llm_convert.py
+//! 1.30.2 maps them (`ModelHandle.init_quantization`). Everything else is refused by name.
 
 use std::path::Path;
 
@@ -17,11 +17,32 @@ pub enum Packing {
     /// AutoAWQ GEMM: `qweight [K, N/8]`, 8 columns per word in the order
     /// `[0, 4, 1, 5, 2, 6, 3, 7]`; `qzeros [K/g, N/8]` the same; zeros stored as they are.
     AwqGemm,
+    /// compressed-tensors `pack-quantized` (llm-compressor): `weight_packed [N, K/8]`, 8 input
+    /// features per word in plain order, each signed value stored plus 8; `weight_zero_point
+    /// [N/8, K/g]` packed along N the same way (asym only; sym's zero is 0, stored 8);
+    /// `weight_scale [N, K/g]`, already in A16MatMul's `[out, groups]` order.
+    CompressedTensors,
+}
+
+impl Packing {
+    /// The checkpoint's tensor names (after `<layer>.`) for the packed weight, scales, zero
+    /// points and group index.
+    pub fn tensors(self) -> [&'static str; 4] {
+        match self {
+            Packing::Gptq | Packing::AwqGemm => ["qweight", "scales", "qzeros", "g_idx"],
+            Packing::CompressedTensors => [
+                "weight_packed",
+                "weight_scale",
+                "weight_zero_point",
+                "weight_g_idx",
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct QuantConfig {
-    /// `quant_method` as written (`gptq`, `awq`, `auto-round`), for messages.
+    /// `quant_method` as written (`gptq`, `awq`, `auto-round`, `compressed-tensors`), for messages.
     pub method: String,
     pub packing: Packing,
     pub bits: usize,
@@ -45,7 +66,7 @@ impl QuantConfig {
             .ok_or_else(|| {
                 bad(
                     "quantization_config has no quant_method".into(),
-                    "add quant_method (gptq, awq or auto-round) or use an unquantized checkpoint",
+                    "add quant_method (gptq, awq, auto-round or compressed-tensors) or use an unquantized checkpoint",
                 )
             })?
             .to_string();
@@ -67,15 +88,16 @@ impl QuantConfig {
                     )),
                 }
                 }
-                "compressed-tensors" | "fp8" => return Err(bad(
+                "compressed-tensors" => return compressed_tensors(qc, config),
+                "fp8" => return Err(bad(
                     format!(
-                    "quant_method {method:?} is not supported yet (GPTQ, AWQ and auto-round are)"
+                    "quant_method {method:?} is not supported yet (GPTQ, AWQ, auto-round and compressed-tensors are)"
                 ),
                     "use the model's GPTQ or AWQ release, or its unquantized checkpoint with -q",
                 )),
                 other => return Err(bad(
                     format!("unknown quant_method {other:?} in quantization_config"),
-                    "supported: gptq, awq, auto-round; or use the unquantized checkpoint with -q",
+                    "supported: gptq, awq, auto-round, compressed-tensors; or use the unquantized checkpoint with -q",
                 )),
             };
         let int = |key: &str| qc.get(key).and_then(Value::as_i64);
@@ -113,7 +135,7 @@ impl QuantConfig {
         let zero_offset = match (packing, qc.get("checkpoint_format").and_then(Value::as_str)) {
             (Packing::Gptq, Some("gptq_v2")) => 0,
             (Packing::Gptq, _) => 1,
-            (Packing::AwqGemm, _) => 0,
+            (Packing::AwqGemm | Packing::CompressedTensors, _) => 0,
         };
         let modules_to_not_convert = qc
             .get("modules_to_not_convert")
@@ -145,6 +167,134 @@ impl QuantConfig {
     }
 }
 
+/// compressed-tensors (llm-compressor's `pack-quantized`): one config group of 4-bit int
+/// weights in groups along K, 16-bit activations; its `ignore` list as modules kept float.
+fn compressed_tensors(qc: &Value, config: &Path) -> Result<QuantConfig, InputError> {
+    let bad = |problem: String| {
+        InputError::invalid(
+            config,
+            format!("compressed-tensors {problem}"),
+            "only 4-bit int group weights (pack-quantized, W4A16) convert exactly: use such a release, \
+             or the model's unquantized checkpoint with -q",
+        )
+    };
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let format = text(qc, "format").unwrap_or_else(|| "pack-quantized".into());
+    if format != "pack-quantized" {
+        return Err(bad(format!(
+            "format {format:?} is not supported (pack-quantized is)"
+        )));
+    }
+    let status = text(qc, "quantization_status").unwrap_or_else(|| "compressed".into());
+    if status != "compressed" {
+        return Err(bad(format!(
+            "quantization_status {status:?} is not supported (compressed is)"
+        )));
+    }
+    let groups = qc
+        .get("config_groups")
+        .and_then(Value::as_object)
+        .filter(|g| g.len() == 1)
+        .ok_or_else(|| {
+            bad("quantization_config needs exactly one entry in config_groups".into())
+        })?;
+    let (group_name, group) = groups.iter().next().expect("one entry, checked above");
+    let at = |what: &str| format!("config_groups.{group_name}.{what}");
+    if let Some(f) = text(group, "format").filter(|f| f != "pack-quantized") {
+        return Err(bad(format!("{} {f:?} is not supported", at("format"))));
+    }
+    for act in ["input_activations", "output_activations"] {
+        if group.get(act).is_some_and(|v| !v.is_null()) {
+            return Err(bad(format!(
+                "{} is set: quantized activations are not supported (weight-only W4A16 is)",
+                at(act)
+            )));
+        }
+    }
+    let w = group
+        .get("weights")
+        .filter(|w| w.is_object())
+        .ok_or_else(|| bad(format!("{} is missing", at("weights"))))?;
+    let weights = |key: &str| at(&format!("weights.{key}"));
+    let kind = text(w, "type").unwrap_or_else(|| "int".into());
+    if kind != "int" {
+        return Err(bad(format!(
+            "{} {kind:?} is not supported (int is)",
+            weights("type")
+        )));
+    }
+    let bits = w.get("num_bits").and_then(Value::as_i64).unwrap_or(0);
+    if bits != 4 {
+        return Err(bad(format!(
+            "{} {bits} is not supported (only 4-bit)",
+            weights("num_bits")
+        )));
+    }
+    let strategy = text(w, "strategy").unwrap_or_default();
+    if strategy != "group" {
+        return Err(bad(format!(
+            "{} {strategy:?} is not supported (group is: A16MatMul takes a scale per group)",
+            weights("strategy")
+        )));
+    }
+    let group_size = w.get("group_size").and_then(Value::as_i64).unwrap_or(-1);
+    if group_size <= 0 || group_size % 8 != 0 {
+        return Err(bad(format!(
+            "{} {group_size} is not supported (a positive multiple of 8 is: 32, 64, 128, ...)",
+            weights("group_size")
+        )));
+    }
+    if w.get("dynamic").and_then(Value::as_bool) == Some(true) {
+        return Err(bad(format!("{} true is not supported", weights("dynamic"))));
+    }
+    let mut modules_to_not_convert = Vec::new();
+    for entry in qc
+        .get("ignore")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = entry.as_str().unwrap_or_default();
+        modules_to_not_convert.push(ignored_name(name).ok_or_else(|| {
+            bad(format!(
+                "ignore entry {name:?} is not supported (module names, and re:.*NAME or \
+                 re:.*NAME$ patterns are)"
+            ))
+        })?);
+    }
+    Ok(QuantConfig {
+        method: "compressed-tensors".into(),
+        packing: Packing::CompressedTensors,
+        bits: 4,
+        group_size: group_size as usize,
+        sym: w.get("symmetric").and_then(Value::as_bool).unwrap_or(true),
+        // activation order: `weight_g_idx` groups the input features out of order.
+        desc_act: w
+            .get("actorder")
+            .is_some_and(|a| !a.is_null() && a != false),
+        zero_offset: 0,
+        modules_to_not_convert,
+    })
+}
+
+/// An `ignore` entry as the name part it matches (`contains`): a module name, or a
+/// `re:.*NAME` / `re:.*NAME$` pattern (the only regexes llm-compressor writes in practice:
+/// `re:.*lm_head`, `re:visual.*` is refused rather than guessed).
+fn ignored_name(entry: &str) -> Option<String> {
+    let name = match entry.strip_prefix("re:") {
+        None => entry,
+        Some(re) => {
+            let re = re.strip_prefix(".*")?;
+            re.strip_suffix('$').unwrap_or(re)
+        }
+    };
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    plain.then(|| name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +324,86 @@ mod tests {
         assert_eq!(r.packing, Packing::Gptq);
         let v2 = parse(json!({"quant_method": "gptq", "bits": 4, "group_size": 32, "checkpoint_format": "gptq_v2"})).unwrap();
         assert_eq!(v2.zero_offset, 0);
+    }
+
+    fn ct(weights: Value, extra: Value) -> Value {
+        let mut qc = json!({"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                          "input_activations": null, "output_activations": null}}});
+        for (k, v) in extra.as_object().unwrap() {
+            qc[k] = v.clone();
+        }
+        qc
+    }
+
+    #[test]
+    fn reads_compressed_tensors_pack_quantized() {
+        let w = json!({"num_bits": 4, "type": "int", "symmetric": false, "strategy": "group",
+                       "group_size": 64, "actorder": null, "dynamic": false});
+        let c = parse(ct(
+            w.clone(),
+            json!({"ignore": ["lm_head", "re:.*mlp.gate$"]}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                c.packing,
+                c.bits,
+                c.group_size,
+                c.sym,
+                c.desc_act,
+                c.zero_offset
+            ),
+            (Packing::CompressedTensors, 4, 64, false, false, 0)
+        );
+        assert_eq!(c.modules_to_not_convert, ["lm_head", "mlp.gate"]);
+        let mut w2 = w.clone();
+        w2["actorder"] = "group".into();
+        w2["symmetric"] = true.into();
+        let c = parse(ct(w2, json!({}))).unwrap();
+        assert!(c.sym && c.desc_act);
+        let refusals = [
+            (json!({"num_bits": 8}), json!({}), "num_bits 8"),
+            (
+                json!({"type": "float"}),
+                json!({}),
+                "weights.type \"float\"",
+            ),
+            (
+                json!({"strategy": "channel"}),
+                json!({}),
+                "strategy \"channel\"",
+            ),
+            (json!({"group_size": 20}), json!({}), "group_size 20"),
+            (
+                json!({}),
+                json!({"format": "float-quantized"}),
+                "format \"float-quantized\"",
+            ),
+            (
+                json!({}),
+                json!({"quantization_status": "frozen"}),
+                "\"frozen\"",
+            ),
+            (
+                json!({}),
+                json!({"ignore": ["re:visual.*"]}),
+                "ignore entry \"re:visual.*\"",
+            ),
+        ];
+        for (patch, extra, says) in refusals {
+            let mut wp = w.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                wp[k] = v.clone();
+            }
+            let err = parse(ct(wp, extra)).unwrap_err();
+            assert!(err.contains(says) && err.contains("config.json"), "{err}");
+        }
+        let mut qc = ct(w, json!({}));
+        qc["config_groups"]["group_0"]["input_activations"] = json!({"num_bits": 8});
+        let err = parse(qc).unwrap_err();
+        assert!(err.contains("input_activations is set"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Pre-quantized checkpoints (GPTQ, AWQ GEMM, auto-round in either packing): the config
+//! Pre-quantized checkpoints (GPTQ, AWQ GEMM, auto-round in either packing, compressed-tensors
+//! pack-quantized): the config
 //! ([`config`]), the unpacking of each packing ([`unpack`]), and a [`WeightSource`] view that
 //! checks every quantized layer's tensors against bits and group size when it is opened, and
 //! presents `<layer>.weight` as the exactly dequantized `(q - z) · s` (per `g_idx` group), so
@@ -84,8 +85,9 @@ pub fn view(
         return Ok(inner);
     };
     let mut layers = BTreeMap::new();
+    let packed = format!(".{}", cfg.packing.tensors()[0]);
     for name in inner.names() {
-        if let Some(prefix) = name.strip_suffix(".qweight") {
+        if let Some(prefix) = name.strip_suffix(packed.as_str()) {
             let shape = check_layer(&cfg, inner.as_ref(), prefix, dir)?;
             layers.insert(prefix.to_string(), shape);
         }
@@ -94,7 +96,7 @@ pub fn view(
         return Err(InputError::invalid(
             dir,
             format!(
-                "config.json says the checkpoint is {} quantized but {} holds no *.qweight tensor",
+                "config.json says the checkpoint is {} quantized but {} holds no *{packed} tensor",
                 cfg.method,
                 inner.describe()
             ),
@@ -143,14 +145,16 @@ fn check_layer(
     let int = |d: StoredDtype| d == StoredDtype::I32;
     let float =
         |d: StoredDtype| matches!(d, StoredDtype::F16 | StoredDtype::Bf16 | StoredDtype::F32);
-    let (r, c, _) = two_d("qweight", &int)?;
+    let [packed, scales, zeros, g_idx] = cfg.packing.tensors();
+    let (r, c, _) = two_d(packed, &int)?;
     let (k, n) = match cfg.packing {
         Packing::Gptq => (r * per, c),
         Packing::AwqGemm => (r, c * per),
+        Packing::CompressedTensors => (c * per, r),
     };
     if k % cfg.group_size != 0 {
         return Err(bad(
-            "qweight",
+            packed,
             format!(
                 "has {k} input features, not a multiple of group_size {}",
                 cfg.group_size
@@ -158,40 +162,77 @@ fn check_layer(
         ));
     }
     let groups = k / cfg.group_size;
-    let (sr, sc, scale_dtype) = two_d("scales", &float)?;
-    if (sr, sc) != (groups, n) {
+    // GPTQ / AWQ store scales and zero points [groups, N]; compressed-tensors [N, groups].
+    let by_rows = cfg.packing == Packing::CompressedTensors;
+    let want = if by_rows { (n, groups) } else { (groups, n) };
+    let (sr, sc, scale_dtype) = two_d(scales, &float)?;
+    if (sr, sc) != want {
         return Err(bad(
-            "scales",
-            format!("has shape [{sr}, {sc}] but qweight [{r}, {c}] implies [{groups}, {n}]"),
-        ));
-    }
-    let (zr, zc, _) = two_d("qzeros", &int)?;
-    if n % per != 0 || (zr, zc) != (groups, n / per) {
-        return Err(bad(
-            "qzeros",
+            scales,
             format!(
-                "has shape [{zr}, {zc}] but qweight [{r}, {c}] implies [{groups}, {}]",
-                n / per
+                "has shape [{sr}, {sc}] but {packed} [{r}, {c}] implies [{}, {}]",
+                want.0, want.1
             ),
         ));
     }
-    if let Some(m) = meta("g_idx") {
+    let zeros_want = if by_rows {
+        (n / per, groups)
+    } else {
+        (groups, n / per)
+    };
+    match (meta(zeros), cfg.packing, cfg.sym) {
+        // A symmetric compressed-tensors layer has no zero points (its zero is 0).
+        (None, Packing::CompressedTensors, true) => {}
+        (Some(_), Packing::CompressedTensors, true) => {
+            return Err(bad(
+                zeros,
+                "is present but the config group is symmetric".into(),
+            ))
+        }
+        _ => {
+            let (zr, zc, _) = two_d(zeros, &int)?;
+            if n % per != 0 || (zr, zc) != zeros_want {
+                return Err(bad(
+                    zeros,
+                    format!(
+                        "has shape [{zr}, {zc}] but {packed} [{r}, {c}] implies [{}, {}]",
+                        zeros_want.0, zeros_want.1
+                    ),
+                ));
+            }
+        }
+    }
+    if cfg.packing == Packing::CompressedTensors {
+        // The unpacked shape [N, K]: padding (K not a multiple of 8) is refused here.
+        if let Some(m) = meta("weight_shape") {
+            let shape = w
+                .read_i32(&format!("{prefix}.weight_shape"))
+                .map_err(|e| bad("weight_shape", format!("cannot be read: {e:#}")))?;
+            if m.shape != [2] || shape != [n as i32, k as i32] {
+                return Err(bad(
+                    "weight_shape",
+                    format!("is {shape:?} but {packed} [{r}, {c}] implies [{n}, {k}]"),
+                ));
+            }
+        }
+    }
+    if let Some(m) = meta(g_idx) {
         if m.shape != [k] || m.dtype != StoredDtype::I32 {
             return Err(bad(
-                "g_idx",
+                g_idx,
                 format!("is {:?} {:?}, not int32 [{k}]", m.dtype, m.shape),
             ));
         }
         let g = w
-            .read_i32(&format!("{prefix}.g_idx"))
-            .map_err(|e| bad("g_idx", format!("cannot be read: {e:#}")))?;
+            .read_i32(&format!("{prefix}.{g_idx}"))
+            .map_err(|e| bad(g_idx, format!("cannot be read: {e:#}")))?;
         if let Some((at, v)) = g
             .iter()
             .enumerate()
             .find(|(_, &v)| v < 0 || v as usize >= groups)
         {
             return Err(bad(
-                "g_idx",
+                g_idx,
                 format!("names group {v} at row {at}, of {groups} groups"),
             ));
         }
@@ -282,7 +323,10 @@ impl Dequantized {
         let refuse = |why: String| -> anyhow::Error {
             InputError::invalid(
                 &self.dir,
-                format!("tensor \"{prefix}.g_idx\" {why}"),
+                format!(
+                    "tensor \"{prefix}.{}\" {why}",
+                    self.cfg.packing.tensors()[3]
+                ),
                 "use a checkpoint quantized with desc_act false (or static_groups)",
             )
             .into()
@@ -320,38 +364,57 @@ pub fn read_layer(
     let Shape { k, n, .. } = check_layer(cfg, w, prefix, dir)?;
     let per = cfg.per_word();
     let groups = k / cfg.group_size;
+    let [packed, scales, zeros, g_idx] = cfg.packing.tensors();
     let name = |t: &str| format!("{prefix}.{t}");
-    let words = w.read_i32(&name("qweight"))?;
-    // Both packings end as [N, K].
-    let q = match cfg.packing {
-        Packing::Gptq => crate::util::transpose(&unpack::along_rows(&words, k / per, n), k, n),
-        Packing::AwqGemm => crate::util::transpose(
-            &unpack::along_cols(&words, k, n / per, &unpack::AWQ_ORDER),
-            k,
-            n,
-        ),
+    let words = w.read_i32(&name(packed))?;
+    let scales = w.read_f32(&name(scales))?.flatten_all()?.to_vec1::<f32>()?;
+    // Every packing ends as [N, K] integers and [N, groups] zero points and scales.
+    let (q, zeros, scales) = match cfg.packing {
+        Packing::Gptq | Packing::AwqGemm => {
+            let (q, order) = match cfg.packing {
+                Packing::Gptq => (
+                    crate::util::transpose(&unpack::along_rows(&words, k / per, n), k, n),
+                    &unpack::PLAIN_ORDER,
+                ),
+                _ => (
+                    crate::util::transpose(
+                        &unpack::along_cols(&words, k, n / per, &unpack::AWQ_ORDER),
+                        k,
+                        n,
+                    ),
+                    &unpack::AWQ_ORDER,
+                ),
+            };
+            let zwords = w.read_i32(&name(zeros))?;
+            let mut z = unpack::along_cols(&zwords, groups, n / per, order);
+            for z in &mut z {
+                // v1 GPTQ stores zero - 1, so a stored 15 is 16: kept in a byte, as TPU-MLIR does.
+                *z = z.wrapping_add(cfg.zero_offset);
+            }
+            (
+                q,
+                crate::util::transpose(&z, groups, n),
+                crate::util::transpose(&scales, groups, n),
+            )
+        }
+        Packing::CompressedTensors => {
+            // Values and zero points are both stored plus 8, so (q - z) is the signed one's.
+            let q = unpack::along_cols(&words, n, k / per, &unpack::PLAIN_ORDER);
+            let z = match w.meta(&name(zeros)) {
+                Some(_) => {
+                    let zwords = w.read_i32(&name(zeros))?;
+                    unpack::along_rows(&zwords, n / per, groups)
+                }
+                None => vec![8; n * groups],
+            };
+            (q, z, scales)
+        }
     };
-    let order = match cfg.packing {
-        Packing::Gptq => &unpack::PLAIN_ORDER,
-        Packing::AwqGemm => &unpack::AWQ_ORDER,
-    };
-    let zwords = w.read_i32(&name("qzeros"))?;
-    let mut zeros = unpack::along_cols(&zwords, groups, n / per, order);
-    for z in &mut zeros {
-        // v1 GPTQ stores zero - 1, so a stored 15 is 16: kept in a byte, as TPU-MLIR does.
-        *z = z.wrapping_add(cfg.zero_offset);
-    }
-    let zeros = crate::util::transpose(&zeros, groups, n);
-    let scales = w
-        .read_f32(&name("scales"))?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let scales = crate::util::transpose(&scales, groups, n);
-    let g_idx = match w.meta(&name("g_idx")) {
+    let g_idx = match w.meta(&name(g_idx)) {
         None => None,
         Some(_) => {
             let g: Vec<usize> = w
-                .read_i32(&name("g_idx"))?
+                .read_i32(&name(g_idx))?
                 .iter()
                 .map(|&v| v as usize)
                 .collect();
@@ -407,7 +470,7 @@ impl WeightSource for Dequantized {
             return self.inner.fingerprint(name);
         };
         let mut inputs = Vec::new();
-        for t in ["qweight", "qzeros", "scales", "g_idx"] {
+        for t in self.cfg.packing.tensors() {
             let full = self.tensor(prefix, t);
             if self.inner.meta(&full).is_some() {
                 inputs.push(self.inner.fingerprint(&full)?);
@@ -416,6 +479,7 @@ impl WeightSource for Dequantized {
         let packing = match self.cfg.packing {
             Packing::Gptq => 0,
             Packing::AwqGemm => 1,
+            Packing::CompressedTensors => 2,
         };
         let params = [
             part as u64,
