@@ -617,6 +617,44 @@ fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
     verifies_with_the_photo(&model, &theirs, &fixture("qwen2vl_hd80_bf16"));
 }
 
+/// TPU-MLIR's own llm_convert.py bmodel of a tiny Qwen2.5-VL (vision head_dim 80, 4 blocks,
+/// full attention in 1 and 3) at its smallest seq for the 44-token prompt: the runtime's
+/// 5-input windowed vit (named by its last op), `[3, S]` M-RoPE blocks; our runner's
+/// `verify --image` passes with transformers' tokens as on our own bmodels.
+#[test]
+fn llm_convert_py_qwen2_5_vl_bmodel_verifies_with_the_photo() {
+    let model = model_copy("qwen25vl_hd80_bf16");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("theirs");
+    let flags = [
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "-c",
+        "bm1684x",
+        "--max_pixels",
+        "140,224",
+    ];
+    let theirs = common::llm_convert_py(&model, &out, &flags);
+    assert_eq!(
+        net_io(&out, "vit"),
+        [
+            "input: input_states, [160, 1176], float32",
+            "input: position_ids, [160, 2], int32",
+            "input: full_attn_mask, [1, 1, 160, 160], float32",
+            "input: window_attn_mask, [1, 1, 160, 160], float32",
+            "input: reverse_index, [40], int32",
+            "output: visual.merger.mlp.2.reverse, [40, 256], bfloat16",
+        ]
+    );
+    assert_eq!(
+        net_io(&out, "block_0")[1],
+        "input: position_ids, [3, 64], int32"
+    );
+    verifies_with_the_photo(&model, &theirs, &fixture("qwen25vl_hd80_bf16"));
+}
+
 // ---- `--dynamic` M-RoPE prefill blocks (issue 12). Their in-graph causal mask once sliced
 // input_states in an f32-kept op, so TPU-MLIR (`--quant_input`) made block_i's input_states
 // F32 while the runtime writes bf16 rows: every block read garbage (cosine ~0.1). ----
