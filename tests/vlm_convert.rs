@@ -413,6 +413,27 @@ fn internvl_chat_bf16_verify_image_expands_the_image_token() {
     );
 }
 
+/// Accepted (issue 12, InternVL `--dynamic`): the vit and blocks are dynamic nets and
+/// `verify --image` passes on the photo's 3 tiles (each tile at the full size) with a 57-token
+/// prompt in the 128-token prefill: vit and every block >= 0.999, tokens = transformers'.
+#[test]
+fn internvl_native_bf16_dynamic_verifies_with_the_photo() {
+    let name = "internvl";
+    let model = intern_model(name);
+    let c = common::converted(&model, INTERN_SEQ, &["-q", "bf16", "--dynamic"]);
+    assert_eq!(
+        net_io(&c.out, "vit")[0],
+        "input: pixel_value, [max:1, max:3, max:112, max:112], float32"
+    );
+    let expected = intern_expected(name);
+    let report = intern_verify(name, &model, &c.bmodel, &ids(&expected["prompt"]));
+    assert_eq!(
+        ids(&report["tokens"]),
+        ids(&expected["tokens"])[..6],
+        "{report}"
+    );
+}
+
 /// Accepted (issue 12, InternVL w4bf16): converts, and its nets are the runtime's contract:
 /// `vit` `pixel_value [1, 3, S, S] float32` → `[tokens, H] bfloat16`, text blocks with 1-D
 /// position ids.
