@@ -414,6 +414,27 @@ fn internvl_chat_bf16_verify_image_expands_the_image_token() {
     );
 }
 
+/// Accepted (issue 12, InternVL `--dynamic`): the vit and blocks are dynamic nets and
+/// `verify --image` passes on the photo's 3 tiles (each tile at the full size) with a 57-token
+/// prompt in the 128-token prefill: vit and every block >= 0.999, tokens = transformers'.
+#[test]
+fn internvl_native_bf16_dynamic_verifies_with_the_photo() {
+    let name = "internvl";
+    let model = intern_model(name);
+    let c = common::converted(&model, INTERN_SEQ, &["-q", "bf16", "--dynamic"]);
+    assert_eq!(
+        net_io(&c.out, "vit")[0],
+        "input: pixel_value, [max:1, max:3, max:112, max:112], float32"
+    );
+    let expected = intern_expected(name);
+    let report = intern_verify(name, &model, &c.bmodel, &ids(&expected["prompt"]));
+    assert_eq!(
+        ids(&report["tokens"]),
+        ids(&expected["tokens"])[..6],
+        "{report}"
+    );
+}
+
 /// Accepted (issue 12, InternVL w4bf16): converts, and its nets are the runtime's contract:
 /// `vit` `pixel_value [1, 3, S, S] float32` → `[tokens, H] bfloat16`, text blocks with 1-D
 /// position ids.
@@ -599,6 +620,44 @@ fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
     let theirs = common::llm_convert_py(&model, &out, &flags);
     assert_qwen2_vl_contract(&out, "visual.merger.mlp.2", "bfloat16");
     verifies_with_the_photo(&model, &theirs, &fixture("qwen2vl_hd80_bf16"));
+}
+
+/// TPU-MLIR's own llm_convert.py bmodel of a tiny Qwen2.5-VL (vision head_dim 80, 4 blocks,
+/// full attention in 1 and 3) at its smallest seq for the 44-token prompt: the runtime's
+/// 5-input windowed vit (named by its last op), `[3, S]` M-RoPE blocks; our runner's
+/// `verify --image` passes with transformers' tokens as on our own bmodels.
+#[test]
+fn llm_convert_py_qwen2_5_vl_bmodel_verifies_with_the_photo() {
+    let model = model_copy("qwen25vl_hd80_bf16");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("theirs");
+    let flags = [
+        "-s",
+        "64",
+        "-q",
+        "bf16",
+        "-c",
+        "bm1684x",
+        "--max_pixels",
+        "140,224",
+    ];
+    let theirs = common::llm_convert_py(&model, &out, &flags);
+    assert_eq!(
+        net_io(&out, "vit"),
+        [
+            "input: input_states, [160, 1176], float32",
+            "input: position_ids, [160, 2], int32",
+            "input: full_attn_mask, [1, 1, 160, 160], float32",
+            "input: window_attn_mask, [1, 1, 160, 160], float32",
+            "input: reverse_index, [40], int32",
+            "output: visual.merger.mlp.2.reverse, [40, 256], bfloat16",
+        ]
+    );
+    assert_eq!(
+        net_io(&out, "block_0")[1],
+        "input: position_ids, [3, 64], int32"
+    );
+    verifies_with_the_photo(&model, &theirs, &fixture("qwen25vl_hd80_bf16"));
 }
 
 // ---- `--dynamic` M-RoPE prefill blocks (issue 12). Their in-graph causal mask once sliced
