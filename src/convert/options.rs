@@ -430,11 +430,14 @@ impl ConvertArgs {
         super::quantize_choice::check_backend(cfg, self.backend, &model_path)?;
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
-        // A pre-quantized checkpoint brings its own group size.
-        let q_group_size = cfg
-            .quant
-            .as_ref()
-            .map_or(self.q_group_size, |q| q.group_size);
+        // A pre-quantized checkpoint brings its own group size. A GGUF's layers, dequantized on
+        // read, are requantized on their own blocks (as llm_convert.py does): on another grid
+        // every weight is rounded twice (SmolLM2's Q4_1 at -g 64: 15% more weight error).
+        let q_group_size = match (&cfg.quant, cfg.stored_group_size) {
+            (Some(q), _) => q.group_size,
+            (None, Some(g)) => g,
+            (None, None) => self.q_group_size,
+        };
         if quantize.is_weight_only() {
             let g = q_group_size;
             for (what, k) in [
