@@ -920,3 +920,25 @@ fn ctrl_c_stops_every_tool_process() {
         .count();
     assert_eq!(combined, 0, "no combined bmodel");
 }
+
+/// A GGUF's layers are requantized on the GGUF's own 32-element Q4_1 blocks, whatever -g says
+/// (as llm_convert.py does): a 64-wide grid would round every weight twice.
+#[test]
+fn gguf_w4_keeps_the_gguf_group_size() {
+    let gguf = common::smollm2_gguf();
+    let o = common::llm_convert(&[
+        "-m",
+        gguf.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "w4bf16",
+        "-g",
+        "64",
+        "--dry_run",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("--quantize w4bf16 --q_group_size 32"), "{out}");
+    assert!(!out.contains("--q_group_size 64"), "{out}");
+}
