@@ -953,3 +953,27 @@ fn ctrl_c_stops_every_tool_process() {
         .count();
     assert_eq!(combined, 0, "no combined bmodel");
 }
+
+/// A GGUF's layers are requantized on the GGUF's own 32-element Q4_1 blocks by default (as
+/// llm_convert.py does: a 64-wide grid would round every weight twice); an explicit -g is the
+/// user's choice and is kept.
+#[test]
+fn gguf_w4_keeps_the_gguf_group_size() {
+    let gguf = common::smollm2_gguf();
+    let plan = |extra: &[&str]| {
+        let mut args = vec![gguf.to_str().unwrap(), "-s", "64", "-q", "w4bf16"];
+        args.extend_from_slice(extra);
+        args.push("--dry_run");
+        let mut argv = vec!["-m"];
+        argv.extend(args);
+        let o = common::llm_convert(&argv);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = plan(&[]);
+    assert!(out.contains("--quantize w4bf16 --q_group_size 32"), "{out}");
+    assert!(!out.contains("--q_group_size 64"), "{out}");
+    let out = plan(&["-g", "64"]);
+    assert!(out.contains("--quantize w4bf16 --q_group_size 64"), "{out}");
+    assert!(!out.contains("--q_group_size 32"), "{out}");
+}

@@ -574,6 +574,12 @@ fn convert_refuses_what_it_cannot_keep_exact() {
     let (code, err) = run(&fixture("awq_g64"), &["-q", "bf16"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("-q bf16 contradicts the checkpoint"), "{err}");
+    let (code, err) = run(&fixture("awq_g64"), &["-g", "128"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-g 128 contradicts the checkpoint's quantization_config group_size 64"),
+        "{err}"
+    );
     let (code, err) = run(&fixture("gptq_sym_g128"), &["--backend", "onnx"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ONNX cannot express"), "{err}");

@@ -614,3 +614,33 @@ fn minicpm4_bf16_dynamic() {
 fn chatglm_bf16_static() {
     bf16_matches_reference("chatglm", &[]);
 }
+
+/// `verify --teacher-forced`: the bmodel is fed the reference's own greedy tokens (the free
+/// `reference` run's), each step scored by top-1; the bmodel's lm_head after the last fed
+/// token picks what the host head picks from its last block (bf16: no tie broken here).
+#[test]
+fn teacher_forced_verify_follows_the_reference_tokens() {
+    common::toolchain();
+    let bmodel = converted("llama_tied", &["-q", "bf16", "--dynamic"]);
+    let (code, r) = verify(&bmodel, "llama_tied", 6, &["--teacher-forced"]);
+    assert_eq!(code, 0, "{r}");
+    let continuation: Vec<u64> = r["teacher_forced"]["continuation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(continuation, reference_tokens("llama_tied", 6));
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 6);
+    for (s, want) in steps.iter().zip(&continuation) {
+        assert_eq!(s["reference_token"].as_u64(), Some(*want), "{s}");
+    }
+    // One prefill compared every block (all fed rows); later steps carry none.
+    assert!(min_cosine(&r) >= 0.999, "{r}");
+    assert!(steps[1..]
+        .iter()
+        .all(|s| s["blocks"].as_array().unwrap().is_empty()));
+    assert_eq!(r["agreement"].as_f64(), Some(1.0), "{r}");
+    assert_eq!(r["teacher_forced"]["lm_head_token"], steps[5]["token"]);
+}

@@ -57,6 +57,10 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
     /// A pre-quantized checkpoint's `quantization_config` (GPTQ / AWQ / auto-round).
     pub quant: Option<super::quant::QuantConfig>,
+    /// The group the layers' weights were stored quantized in when they are dequantized on
+    /// read (a GGUF's 32-element blocks); W4/W8 requantize on it (see `ConvertArgs::resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_group_size: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The vision tower and image tokens, when the config is a VLM's.
@@ -223,6 +227,7 @@ impl ModelConfig {
                 Some(qc) => Some(super::quant::QuantConfig::parse(qc, r.path())?),
                 None => None,
             },
+            stored_group_size: None,
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
             vlm: None,

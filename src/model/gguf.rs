@@ -229,6 +229,16 @@ impl GgufFile {
         }
     }
 
+    /// The quantization group of the layers' weights (see [`layer_group_size`]).
+    pub fn layer_group_size(&self) -> Option<usize> {
+        layer_group_size(
+            self.content
+                .tensor_infos
+                .iter()
+                .map(|(name, info)| (name.as_str(), info.ggml_dtype)),
+        )
+    }
+
     /// The tensor's stored blocks with their type and dims, hashed as read from the file (in
     /// chunks: no allocation follows a size in the file), once per run.
     fn stored_fingerprint(&self, gguf_name: &str) -> Result<Fingerprint> {
@@ -373,9 +383,49 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// The group size shared by every quantized layer tensor (`blk.*`): llama.cpp's scale blocks
+/// (sub-blocks for the K types) are 32 elements, Q2_K's, Q3_K's and Q6_K's 16. `None` when the
+/// layers are float or mix group sizes. TPU-MLIR's llm_convert.py keeps a GGUF's groups too.
+fn layer_group_size<'a>(tensors: impl Iterator<Item = (&'a str, GgmlDType)>) -> Option<usize> {
+    let mut sizes = tensors
+        .filter(|(name, _)| name.starts_with("blk."))
+        .filter_map(|(_, t)| match t {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
+            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q6K => Some(16),
+            _ => Some(32),
+        });
+    let first = sizes.next()?;
+    sizes.all(|g| g == first).then_some(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_group_size_is_the_layers_shared_block() {
+        use GgmlDType::*;
+        let g = |t: &[(&'static str, GgmlDType)]| layer_group_size(t.iter().copied());
+        let q4 = [
+            ("blk.0.attn_q.weight", Q4_1),
+            ("blk.0.attn_norm.weight", F32),
+        ];
+        assert_eq!(g(&q4), Some(32));
+        // The embedding's type does not count; the layers' does.
+        assert_eq!(
+            g(&[("token_embd.weight", Q6K), ("blk.0.ffn_up.weight", Q8_0)]),
+            Some(32)
+        );
+        assert_eq!(g(&[("blk.0.ffn_down.weight", Q6K)]), Some(16));
+        assert_eq!(
+            g(&[("blk.0.ffn_down.weight", Q6K), ("blk.0.ffn_up.weight", Q4K)]),
+            None
+        );
+        assert_eq!(
+            g(&[("blk.0.attn_q.weight", F16), ("token_embd.weight", Q8_0)]),
+            None
+        );
+    }
 
     #[test]
     fn maps_names() {

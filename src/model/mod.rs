@@ -117,7 +117,8 @@ impl Model {
     fn open_gguf(path: &Path) -> Result<Model> {
         let g = gguf::GgufFile::open(path)?;
         let config_json = g.hf_config()?;
-        let config = ModelConfig::from_json(&config_json, path)?;
+        let mut config = ModelConfig::from_json(&config_json, path)?;
+        config.stored_group_size = g.layer_group_size();
         let tokenizer = match gguf_tokenizer::tokenizer_json(g.metadata()) {
             Ok(json) => {
                 TokenizerSource::Rebuilt(json, gguf_tokenizer::tokenizer_config(g.metadata()))

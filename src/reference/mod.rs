@@ -274,6 +274,20 @@ impl<'m> Reference<'m> {
         Ok(out)
     }
 
+    /// The head on final-normed hidden rows `[rows, hidden]`: logits per row (the input
+    /// scale and logit soft cap included).
+    pub fn head(&self, normed: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let c = &self.model.config;
+        let head_in = scale(normed, c.lm_head_input_scale())?;
+        let logits = head_in.matmul(&self.lm_head_t)?;
+        Ok(softcap(logits, c.layer.final_logit_softcap)?.to_vec2::<f32>()?)
+    }
+
+    /// The final norm of hidden rows `[rows, hidden]`.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        norm(self.config(), x, &self.final_norm)
+    }
+
     /// Embedding of `ids`, `[tokens, hidden]` (with MiniCPM's scale_emb).
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let idx = Tensor::new(ids, &Device::Cpu)?;
@@ -336,9 +350,7 @@ impl<'m> Reference<'m> {
         let n = x.dim(0)?;
         let last = x.narrow(0, n - 1, 1)?;
         let normed = norm(&c, &last, &self.final_norm)?;
-        let head_in = scale(&normed, c.lm_head_input_scale())?;
-        let logits = head_in.matmul(&self.lm_head_t)?.squeeze(0)?;
-        let logits = softcap(logits, c.layer.final_logit_softcap)?.to_vec1::<f32>()?;
+        let logits = self.head(&normed)?.swap_remove(0);
         Ok(StepOutput {
             logits,
             layer_outputs,

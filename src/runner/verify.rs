@@ -2,7 +2,8 @@
 //! block's output rows; decode is teacher-forced (both sides get the bmodel's token) so each
 //! step compares every block and whether the reference would pick the same token.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use super::pipeline::Pipeline;
@@ -43,7 +44,7 @@ impl Thresholds {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BlockCheck {
     pub layer: usize,
     pub cosine: f64,
@@ -90,6 +91,18 @@ pub struct VerifyReport {
     /// `--image`: the vit output's cosine with the reference vision tower's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vit_cosine: Option<f64>,
+    /// `--teacher-forced`: the tokens both sides were fed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher_forced: Option<TeacherForced>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TeacherForced {
+    /// The reference's greedy continuation of the prompt (step i's reference token).
+    pub continuation: Vec<u32>,
+    /// The bmodel's own lm_head's token after the last fed row (the last step's, from the
+    /// device head rather than the host one).
+    pub lm_head_token: u32,
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -229,6 +242,11 @@ pub fn verify_with(
         on_step(&checks[checks.len() - 1]);
         token = dev.token;
     }
+    Ok(summarize(prompt, checks, thresholds))
+}
+
+/// Agreement, near ties, the first divergence and the worst block over `checks`.
+fn summarize(prompt: &[u32], checks: Vec<StepCheck>, thresholds: Thresholds) -> VerifyReport {
     let exact = checks
         .iter()
         .filter(|c| c.token == c.reference_token)
@@ -256,7 +274,7 @@ pub fn verify_with(
         }
     }
     let pass = min_cosine >= thresholds.min_cosine && agreement >= thresholds.min_agreement;
-    Ok(VerifyReport {
+    VerifyReport {
         prompt: prompt.to_vec(),
         tokens: checks.iter().map(|c| c.token).collect(),
         steps: checks,
@@ -269,12 +287,130 @@ pub fn verify_with(
         thresholds,
         pass,
         vit_cosine: None,
-    })
+        teacher_forced: None,
+    }
+}
+
+/// `verify --teacher-forced`: both sides follow the reference's greedy continuation of
+/// `prompt` (`steps` tokens), so different bmodels are scored on the same token sequence.
+/// The bmodel runs prompt + continuation in one prefill (causal, so row i sees what a decode
+/// at i would; one launch per net instead of `steps` slow decode steps); each step compares
+/// the top-1 of the bmodel's final-block row (the reference's head applied on the host) with
+/// the reference's. Only the last row goes through the bmodel's own lm_head.
+pub fn verify_teacher_forced(
+    pipeline: &mut Pipeline,
+    model: &Model,
+    prompt: &[u32],
+    steps: usize,
+    thresholds: Thresholds,
+    mut on_step: impl FnMut(&StepCheck),
+) -> Result<VerifyReport> {
+    check_steps(prompt.len(), steps, pipeline.nets.seq_length)?;
+    let mut reference = Reference::new(model)?.keep_hidden(true);
+    let continuation = reference.generate_greedy(prompt, steps)?;
+    let fed = [prompt, &continuation[..steps - 1]].concat();
+    pipeline.capture = true;
+    let t0 = std::time::Instant::now();
+    let dev = pipeline.prefill(&fed)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let refs = reference.prefill(&fed)?;
+    let final_norm = model.tensor(model.config.weights().final_norm)?;
+    let blocks = compare(model, &final_norm, &dev.block_outputs, &refs, fed.len())?;
+    let hidden = model.config.hidden_size;
+    let last = refs
+        .layer_outputs
+        .last()
+        .context("a model without layers")?;
+    let ref_logits = reference.head(&reference.final_norm(last)?)?;
+    // The last block's rows already hold the final norm (it is folded in).
+    let dev_rows = dev
+        .block_outputs
+        .last()
+        .context("no block output captured")?;
+    let dev_rows = Tensor::from_slice(dev_rows, (fed.len(), hidden), &candle_core::Device::Cpu)?;
+    let dev_logits = reference.head(&dev_rows)?;
+    let mut checks = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let row = prompt.len() - 1 + step;
+        let token = argmax(&dev_logits[row]);
+        checks.push(StepCheck {
+            step,
+            token,
+            reference_token: argmax(&ref_logits[row]),
+            reference_margin: margin(&ref_logits[row], token),
+            blocks: if step == 0 {
+                blocks.clone()
+            } else {
+                Vec::new()
+            },
+            seconds: if step == 0 { seconds } else { 0.0 },
+            prefill_chunks: (step == 0).then_some(dev.chunks),
+            decode_slots: None,
+        });
+        on_step(&checks[step]);
+    }
+    let mut report = summarize(prompt, checks, thresholds);
+    report.teacher_forced = Some(TeacherForced {
+        continuation,
+        lm_head_token: dev.token,
+    });
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(step: usize, token: u32, reference_token: u32, margin: f32, cos: &[f64]) -> StepCheck {
+        StepCheck {
+            step,
+            token,
+            reference_token,
+            reference_margin: margin,
+            blocks: cos
+                .iter()
+                .enumerate()
+                .map(|(layer, &cosine)| BlockCheck {
+                    layer,
+                    cosine,
+                    max_abs_diff: 0.0,
+                })
+                .collect(),
+            seconds: 0.0,
+            prefill_chunks: None,
+            decode_slots: None,
+        }
+    }
+
+    #[test]
+    fn agreement_counts_exact_tokens_and_near_ties_only() {
+        let t = Thresholds {
+            min_cosine: 0.9,
+            min_agreement: 0.5,
+            tie_margin: 0.05,
+        };
+        let checks = vec![
+            step(0, 5, 5, 0.0, &[0.99, 0.95]),
+            step(1, 6, 7, 0.04, &[]),          // a near tie
+            step(2, 8, 9, 0.2, &[0.98, 0.91]), // a miss
+            step(3, 1, 1, 0.0, &[]),
+        ];
+        let r = summarize(&[1, 2], checks, t);
+        assert_eq!(r.tokens, vec![5, 6, 8, 1]);
+        assert_eq!((r.exact_agreement, r.agreement), (0.5, 0.75));
+        assert_eq!(r.near_ties, vec![1]);
+        assert_eq!(r.first_divergence, Some(1));
+        assert_eq!((r.min_cosine, r.worst_block), (0.91, (2, 1)));
+        assert!(r.pass);
+        // The same steps fail a stricter agreement, and a miss beyond the tie margin counts.
+        let strict = Thresholds {
+            min_agreement: 0.8,
+            ..t
+        };
+        let checks = vec![step(0, 5, 5, 0.0, &[0.99]), step(1, 6, 7, 0.06, &[])];
+        let r = summarize(&[1], checks, strict);
+        assert_eq!((r.agreement, r.near_ties.len(), r.pass), (0.5, 0, false));
+    }
 
     #[test]
     fn steps_must_fit_the_kv_cache() {

@@ -30,6 +30,12 @@ pub struct VerifyArgs {
     /// Tokens to generate (the first comes from prefill).
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
+    /// Feed the reference's greedy tokens instead of the bmodel's, so two bmodels are scored on
+    /// the same sequence: prompt + continuation run in one prefill and each of the --steps
+    /// positions compares the top-1 of the bmodel's last block (through the reference's head,
+    /// on the host) with the reference's.
+    #[arg(long = "teacher-forced", conflicts_with = "image")]
+    pub teacher_forced: bool,
     /// The bmodel's quantization, for the default thresholds (default: from manifest.json next
     /// to the bmodel, else from its file name).
     #[arg(short = 'q', long)]
@@ -79,6 +85,14 @@ impl VerifyArgs {
                 &rt,
                 &model,
                 image,
+                &prompt,
+                self.steps,
+                thresholds,
+                on_step,
+            )?,
+            None if self.teacher_forced => super::verify::verify_teacher_forced(
+                &mut pipeline,
+                &model,
                 &prompt,
                 self.steps,
                 thresholds,
@@ -150,21 +164,23 @@ fn bmodel_quantize(bmodel: &Path) -> Option<String> {
 
 /// One progress line per step: the token, the reference's, the worst block.
 fn step_line(s: &StepCheck) -> String {
-    let worst = s.blocks.iter().min_by(|a, b| a.cosine.total_cmp(&b.cosine));
     let mark = if s.token == s.reference_token {
-        ""
+        String::new()
     } else {
-        "  <-- differs"
+        format!("  <-- differs (margin {:.4})", s.reference_margin)
     };
-    format!(
-        "step {:>3}: token {:>6} (reference {:>6}){mark}; worst block {} cosine {:.6} ({:.1} s)",
-        s.step,
-        s.token,
-        s.reference_token,
-        worst.map_or(0, |b| b.layer),
-        worst.map_or(1.0, |b| b.cosine),
-        s.seconds
-    )
+    let line = format!(
+        "step {:>3}: token {:>6} (reference {:>6}){mark}",
+        s.step, s.token, s.reference_token
+    );
+    // Teacher-forced steps after the first carry no blocks (one prefill compared them all).
+    match s.blocks.iter().min_by(|a, b| a.cosine.total_cmp(&b.cosine)) {
+        Some(w) => format!(
+            "{line}; worst block {} cosine {:.6} ({:.1} s)",
+            w.layer, w.cosine, s.seconds
+        ),
+        None => line,
+    }
 }
 
 /// The human-readable report: thresholds, every prefill block, agreement, PASS/FAIL.
@@ -211,6 +227,13 @@ fn write_text(out: &mut impl Write, report: &VerifyReport, quantize: &str) -> Re
         report.worst_block.0,
         report.worst_block.1
     )?;
+    if let Some(tf) = &report.teacher_forced {
+        writeln!(
+            out,
+            "teacher-forced on the reference's tokens {:?}; the bmodel's lm_head after the last one: {}",
+            tf.continuation, tf.lm_head_token
+        )?;
+    }
     writeln!(out, "{}", if report.pass { "PASS" } else { "FAIL" })?;
     Ok(())
 }
