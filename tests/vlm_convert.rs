@@ -423,7 +423,7 @@ fn internvl_native_bf16_dynamic_verifies_with_the_photo() {
     let model = intern_model(name);
     let c = common::converted(&model, INTERN_SEQ, &["-q", "bf16", "--dynamic"]);
     assert_eq!(
-        net_io(&c.out, "vit")[0],
+        common::net_io(&c.out, "vit")[0],
         "input: pixel_value, [max:1, max:3, max:112, max:112], float32"
     );
     let expected = intern_expected(name);
@@ -643,7 +643,7 @@ fn llm_convert_py_qwen2_5_vl_bmodel_verifies_with_the_photo() {
     ];
     let theirs = common::llm_convert_py(&model, &out, &flags);
     assert_eq!(
-        net_io(&out, "vit"),
+        common::net_io(&out, "vit"),
         [
             "input: input_states, [160, 1176], float32",
             "input: position_ids, [160, 2], int32",
@@ -654,7 +654,7 @@ fn llm_convert_py_qwen2_5_vl_bmodel_verifies_with_the_photo() {
         ]
     );
     assert_eq!(
-        net_io(&out, "block_0")[1],
+        common::net_io(&out, "block_0")[1],
         "input: position_ids, [3, 64], int32"
     );
     verifies_with_the_photo(&model, &theirs, &fixture("qwen25vl_hd80_bf16"));
