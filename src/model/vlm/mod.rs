@@ -184,6 +184,21 @@ pub struct Split {
     pub vlm: VlmConfig,
 }
 
+/// Copies into a VLM's text part the keys a VLM keeps at the top level and transformers reads
+/// from there (the text part's own value, if any, stays).
+pub(super) fn carry_top_level_keys(top: &Map<String, Value>, text: &mut Map<String, Value>) {
+    for k in [
+        "tie_word_embeddings",
+        "torch_dtype",
+        "dtype",
+        "quantization_config",
+    ] {
+        if let Some(v) = top.get(k).filter(|v| !v.is_null()) {
+            text.entry(k).or_insert_with(|| v.clone());
+        }
+    }
+}
+
 /// `Some` when `model_type` is a VLM: splits the config into its text part (to be parsed
 /// by the text family) and the vision description.
 pub fn text_part(keys: &ConfigKeys, model_type: &str) -> Result<Option<Split>, InputError> {
@@ -210,17 +225,7 @@ pub fn text_part(keys: &ConfigKeys, model_type: &str) -> Result<Option<Split>, I
             ))
         }
     };
-    // Keys a VLM keeps at the top level and transformers reads from there.
-    for k in [
-        "tie_word_embeddings",
-        "torch_dtype",
-        "dtype",
-        "quantization_config",
-    ] {
-        if let Some(v) = top.get(k).filter(|v| !v.is_null()) {
-            text.entry(k).or_insert_with(|| v.clone());
-        }
-    }
+    carry_top_level_keys(top, &mut text);
     // transformers' VLM classes tie lm_head by their own top-level flag and ignore the text
     // config's (5.6.2 drops lm_head from the file when the top-level one is true; class
     // defaults: Qwen2(.5)-VL false, InternVL true). OpenGVLab's remote code ties by

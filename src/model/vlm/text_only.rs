@@ -80,17 +80,12 @@ pub fn text_only_part(
     if !has_rotary {
         text.insert("rope_theta".into(), GEMMA3_ROPE_THETA.into());
     }
-    // Keys the VLM keeps at the top level and transformers reads from there.
-    for k in [
-        "tie_word_embeddings",
-        "torch_dtype",
-        "dtype",
-        "quantization_config",
-    ] {
-        if let Some(v) = top.get(k).filter(|v| !v.is_null()) {
-            text.insert(k.into(), v.clone());
-        }
+    // The top-level tie flag wins (transformers' VLM classes tie by their own); the other
+    // top-level keys fill what the text part lacks.
+    if let Some(tie) = top.get("tie_word_embeddings").filter(|v| !v.is_null()) {
+        text.insert("tie_word_embeddings".into(), tie.clone());
     }
+    super::carry_top_level_keys(top, &mut text);
     Ok(Some(text))
 }
 
