@@ -432,7 +432,7 @@ impl ConvertArgs {
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
         super::shifted_cache::check(cfg, &shape, &model_path)?;
-        let q_group_size = group_size(self.q_group_size, cfg, &model_path)?;
+        let q_group_size = super::quantize_choice::group_size(self.q_group_size, cfg, &model_path)?;
         if quantize.is_weight_only() {
             let g = q_group_size;
             for (what, k) in [
@@ -556,34 +556,6 @@ impl ConvertOptions {
         )
     }
 }
-
-/// The W4/W8 group size: a pre-quantized checkpoint's own (its integers are in those groups:
-/// a contradicting -g is refused); else -g; else a GGUF's own block size (its layers,
-/// dequantized on read, are requantized on their own blocks as llm_convert.py does: on another
-/// grid every weight is rounded twice — SmolLM2's Q4_1 at 64: 15% more weight error); else 64.
-fn group_size(
-    given: Option<usize>,
-    cfg: &ModelConfig,
-    model_path: &Path,
-) -> Result<usize, InputError> {
-    match (&cfg.quant, given, cfg.stored_group_size) {
-        (Some(q), Some(g), _) if g != q.group_size => Err(refuse(
-            &model_path.join("config.json"),
-            &format!(
-                "-g {g} contradicts the checkpoint's quantization_config group_size {}",
-                q.group_size
-            ),
-            "drop -g: a pre-quantized checkpoint keeps its own groups",
-        )),
-        (Some(q), _, _) => Ok(q.group_size),
-        (None, Some(g), _) => Ok(g),
-        (None, None, Some(g)) => Ok(g),
-        (None, None, None) => Ok(DEFAULT_GROUP_SIZE),
-    }
-}
-
-/// `-g` when neither the flag nor the checkpoint says otherwise (llm_convert.py's default).
-const DEFAULT_GROUP_SIZE: usize = 64;
 
 #[cfg(test)]
 mod tests {
