@@ -599,17 +599,14 @@ fn dry_run_vlm(fixture: &str, extra: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-/// TPU-MLIR's own llm_convert.py bmodel of a tiny Qwen2-VL (vision head_dim 80, which its
-/// converter hardcodes) runs in our runner: the vit is found by name and its three inputs,
-/// and `verify --image` passes as for ours.
-#[test]
-fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
-    let model = model_copy("qwen2vl_hd80_bf16");
+/// TPU-MLIR's own llm_convert.py bmodel of VLM fixture `name` (bf16, BM1684X, `-s seq`,
+/// `--max_pixels 140,224`, into `<dir>/theirs`): (model copy, dir, bmodel).
+fn llm_convert_py_vlm(name: &str, seq: &str) -> (PathBuf, tempfile::TempDir, PathBuf) {
+    let model = model_copy(name);
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("theirs");
     let flags = [
         "-s",
-        "256",
+        seq,
         "-q",
         "bf16",
         "-c",
@@ -617,7 +614,17 @@ fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
         "--max_pixels",
         "140,224",
     ];
-    let theirs = common::llm_convert_py(&model, &out, &flags);
+    let theirs = common::llm_convert_py(&model, &dir.path().join("theirs"), &flags);
+    (model, dir, theirs)
+}
+
+/// TPU-MLIR's own llm_convert.py bmodel of a tiny Qwen2-VL (vision head_dim 80, which its
+/// converter hardcodes) runs in our runner: the vit is found by name and its three inputs,
+/// and `verify --image` passes as for ours.
+#[test]
+fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
+    let (model, dir, theirs) = llm_convert_py_vlm("qwen2vl_hd80_bf16", "256");
+    let out = dir.path().join("theirs");
     assert_qwen2_vl_contract(&out, "visual.merger.mlp.2", "bfloat16");
     verifies_with_the_photo(&model, &theirs, &fixture("qwen2vl_hd80_bf16"));
 }
@@ -628,20 +635,8 @@ fn llm_convert_py_qwen2_vl_bmodel_verifies_with_the_photo() {
 /// `verify --image` passes with transformers' tokens as on our own bmodels.
 #[test]
 fn llm_convert_py_qwen2_5_vl_bmodel_verifies_with_the_photo() {
-    let model = model_copy("qwen25vl_hd80_bf16");
-    let dir = tempfile::tempdir().unwrap();
+    let (model, dir, theirs) = llm_convert_py_vlm("qwen25vl_hd80_bf16", "64");
     let out = dir.path().join("theirs");
-    let flags = [
-        "-s",
-        "64",
-        "-q",
-        "bf16",
-        "-c",
-        "bm1684x",
-        "--max_pixels",
-        "140,224",
-    ];
-    let theirs = common::llm_convert_py(&model, &out, &flags);
     assert_eq!(
         common::net_io(&out, "vit"),
         [
