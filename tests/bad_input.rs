@@ -142,6 +142,39 @@ fn unsupported_dtype() {
 }
 
 #[test]
+fn weight_stored_as_int32() {
+    // A lying file: a float weight stored as I32 (the dtype of packed quantized tensors).
+    let dir = copy_model("llama_tied");
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.norm.weight";
+    let n: usize = file.tensor(name).unwrap().shape().iter().product();
+    let ints = vec![0u8; n * 4];
+    let views: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == name {
+                let dt = safetensors::Dtype::I32;
+                safetensors::tensor::TensorView::new(dt, vec![n], &ints).unwrap()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&st, out).unwrap();
+    let (code, err) = reference(dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains(name) && err.contains("int32"),
+        "{err}"
+    );
+}
+
+#[test]
 fn no_weights_in_folder() {
     let dir = copy_model("llama_tied");
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();

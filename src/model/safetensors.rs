@@ -347,11 +347,15 @@ impl WeightSource for SafetensorsWeights {
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
         let (shard, bytes, dtype, shape) = self.stored_bytes(name)?;
-        anyhow::ensure!(
-            dtype != StoredDtype::I32,
-            "{}: tensor \"{name}\" holds packed int32 values, not weights to read as floats",
-            shard.path.display()
-        );
+        if dtype == StoredDtype::I32 {
+            // A user's file that lies about a weight's dtype: input error (exit 2), not a bug.
+            return Err(InputError::invalid(
+                &shard.path,
+                format!("tensor \"{name}\" is stored as int32 (packed integers), but it is read as a float weight"),
+                "store this tensor as F32/F16/BF16, or give the checkpoint the quantization_config its packed int32 tensors belong to",
+            )
+            .into());
+        }
         let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;
         // The data is copied: its pages can go.
@@ -383,11 +387,14 @@ impl WeightSource for SafetensorsWeights {
 
     fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
         let (shard, bytes, dtype, _) = self.stored_bytes(name)?;
-        anyhow::ensure!(
-            dtype == StoredDtype::I32,
-            "{}: tensor \"{name}\" is {dtype:?}, not int32",
-            shard.path.display()
-        );
+        if dtype != StoredDtype::I32 {
+            return Err(InputError::invalid(
+                &shard.path,
+                format!("tensor \"{name}\" is {dtype:?}, but its quantization format stores it as packed int32"),
+                "use the checkpoint as the quantizer wrote it (its packed tensors are I32)",
+            )
+            .into());
+        }
         let v = bytes
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
