@@ -167,6 +167,12 @@ FAMILIES = {
     "baichuan": (LlamaConfig, dims(num_key_value_heads=4, tie_word_embeddings=False,
                                    initializer_range=0.09),
                  torch.float32, None),
+    # baichuan_alibi (remote code, Baichuan2-13B): the baichuan fixture's layout with ALiBi in
+    # place of rotary; 6 heads, so the slopes follow the non-power-of-two rule (see REMOTE).
+    "baichuan_alibi": (LlamaConfig, dims(hidden_size=192, num_attention_heads=6,
+                                         num_key_value_heads=6, tie_word_embeddings=False,
+                                         initializer_range=0.09),
+                       torch.float32, None),
     # longrope: the 8-token prompt + 16 steps cross original_max_position_embeddings 16, so the
     # short factors turn the first 16 positions and the long ones the rest, and cos/sin are
     # x sqrt(1 + ln(64/16)/ln(16)) (see REMOTE for the check that the long factors matter).
@@ -279,36 +285,89 @@ def to_internlm2(d, cfg, result):
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
 
 
-def to_baichuan(d, cfg, result):
+def to_baichuan(d, cfg, result, alibi=None):
     """The llama twin's folder rewritten as a Baichuan2-7B checkpoint (W_pack, the upstream
     config keys). The twin's lm_head rows get random norms first, so that NormHead matters; the
     expectation is the twin with its lm_head rows L2-normalised (what NormHead computes), and
-    the twin's own tokens are the quirk dropped."""
+    the twin's own tokens are the quirk dropped. With `alibi` (a twin_alibi), the twin runs
+    with ALiBi instead of rotary and the folder is written as a Baichuan2-13B checkpoint."""
     t = load_tensors(d)
     head = t["lm_head.weight"]
     t["lm_head.weight"] = head * (0.5 + torch.rand(head.shape[0], 1))
     save_tensors(d, t)
-    result["tokens_quirk_dropped"] = tokens_with_weights(d, {})
     twin = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
                                                 attn_implementation="eager").eval()
     with torch.no_grad():
         twin.lm_head.weight.copy_(torch.nn.functional.normalize(twin.lm_head.weight))
-    result.update(expected(twin, PROMPT))
+    if alibi:
+        alibi(twin, result)
+    else:
+        result["tokens_quirk_dropped"] = tokens_with_weights(d, {})
+        result.update(expected(twin, PROMPT))
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}.self_attn."
         t[p + "W_pack.weight"] = torch.cat([t.pop(f"{p}{m}_proj.weight") for m in "qkv"])
     save_tensors(d, t)
+    # Baichuan2-13B's config class has no max_position_embeddings, only model_max_length.
+    positions = {} if alibi else {"max_position_embeddings": cfg.max_position_embeddings}
     write_config(d, {
         "architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
         "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
                      "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads, "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_position_embeddings,
+        "num_attention_heads": cfg.num_attention_heads, "hidden_act": "silu", **positions,
         "model_max_length": cfg.max_position_embeddings, "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": False, "torch_dtype": "float32", "z_loss_weight": 0,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
+
+
+def alibi_slopes(n):
+    """Baichuan2-13B's `_get_interleave` (modeling_baichuan.py), as the remote code has it."""
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][:n - closest]
+
+
+def alibi_mask(slopes):
+    """A 4D float mask function for `expected`: causal, plus `slope_h * (k - q)` per head (the
+    remote code adds `slope_h * k`, the same after softmax)."""
+    def mask(query_positions, keys):
+        k = torch.arange(keys, dtype=torch.float32)
+        q = torch.tensor(list(query_positions), dtype=torch.float32)
+        rel = k[None, :] - q[:, None]
+        bias = torch.tensor(slopes, dtype=torch.float32)[:, None, None] * rel[None]
+        return bias.masked_fill(rel[None] > 0, torch.finfo(torch.float32).min)[None]
+    return mask
+
+
+class NoRotary:
+    """Within the block, llama's rotary embedding turns nothing (ALiBi models have none)."""
+    def __enter__(self):
+        from transformers.models.llama import modeling_llama
+        self.module, self.saved = modeling_llama, modeling_llama.apply_rotary_pos_emb
+        modeling_llama.apply_rotary_pos_emb = lambda q, k, *args, **kw: (q, k)
+
+    def __exit__(self, *exc):
+        self.module.apply_rotary_pos_emb = self.saved
+
+
+def twin_alibi(twin, result):
+    """Baichuan2-13B's math on the llama twin: no rotary, ALiBi biases as a 4D float mask.
+    Records the tokens with no position information at all (ALiBi dropped) and with the
+    power-of-two slope formula applied to the head count (the interleave rule dropped)."""
+    heads = twin.config.num_attention_heads
+    assert not math.log2(heads).is_integer(), "the fixture must exercise the interleave rule"
+    with NoRotary():
+        result.update(expected(twin, PROMPT, mask=alibi_mask(alibi_slopes(heads))))
+        result["tokens_quirk_dropped"] = expected(twin, PROMPT, mask=alibi_mask([0.0] * heads))["tokens"]
+        start = 2 ** (-8 / heads)
+        geometric = [start ** (i + 1) for i in range(heads)]
+        result["tokens_geometric_slopes"] = expected(twin, PROMPT, mask=alibi_mask(geometric))["tokens"]
 
 
 def to_chatglm(d, cfg, result):
@@ -375,6 +434,7 @@ def short_factors_only(d, cfg, result):
 # Remote-code families: the fixture is a native twin with the same math, its folder rewritten
 # into the family's layout after the expectation is computed from the twin.
 REMOTE = {"internlm2": to_internlm2, "baichuan": to_baichuan,
+          "baichuan_alibi": lambda d, cfg, result: to_baichuan(d, cfg, result, alibi=twin_alibi),
           "phi3_longrope": short_factors_only, "minicpm4": short_factors_only,
           "chatglm": to_chatglm}
 
@@ -412,19 +472,24 @@ def use_native_embed_scale(reloaded, d, dtype):
 
 
 @torch.no_grad()
-def expected(model, prompt):
+def expected(model, prompt, mask=None):
+    """With `mask(query_positions, keys)`, every call gets that 4D float attention mask."""
+    def masked(queries, keys):
+        return {"attention_mask": mask(queries, keys)} if mask else {}
     ids = torch.tensor([prompt])
-    out = model(ids, use_cache=True, output_hidden_states=True)
+    out = model(ids, use_cache=True, output_hidden_states=True, **masked(range(len(prompt)), len(prompt)))
     n_layers = model.config.get_text_config().num_hidden_layers
     # hidden_states[i] is the input of layer i; the last one is after the final norm.
     hidden = [out.hidden_states[i][0].tolist() for i in range(1, n_layers)]
     result = {"prompt": prompt, "prefill_logits": out.logits[0, -1].tolist(), "hidden": hidden,
               "tokens": [], "step_logits": []}
     past, logits = out.past_key_values, out.logits[0, -1]
-    for _ in range(STEPS):
+    for step in range(STEPS):
         tok = int(torch.argmax(logits))
         result["tokens"].append(tok)
-        out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+        pos = len(prompt) + step
+        out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True,
+                    **masked([pos], pos + 1))
         past, logits = out.past_key_values, out.logits[0, -1]
         result["step_logits"].append(logits.tolist())
     return result

@@ -206,6 +206,11 @@ fn baichuan_w4bf16_contract() {
     w4bf16_converts_to_contract("baichuan");
 }
 
+#[test]
+fn baichuan_alibi_w4bf16_contract() {
+    w4bf16_converts_to_contract("baichuan_alibi");
+}
+
 /// chatglm follows llm_convert.py's contract for it: block_cache returns the whole KV cache
 /// shifted by one, `[1,S,KVH,D]`.
 #[test]

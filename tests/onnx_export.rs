@@ -624,6 +624,30 @@ fn baichuan_history_kv() {
     assert_eq!(used, vec![16, 32], "baichuan: decode stages used");
 }
 
+/// baichuan_alibi (Baichuan2-13B: ALiBi biases from the positions in-graph): static.
+#[test]
+fn baichuan_alibi_static() {
+    check("baichuan_alibi", 32, 16);
+}
+
+#[test]
+fn baichuan_alibi_dynamic() {
+    check_variant("baichuan_alibi", 32, 16, true);
+}
+
+/// baichuan_alibi `--use_history_kv --chunk_length 4`: the biases of history keys come from
+/// their slots.
+#[test]
+fn baichuan_alibi_history_kv() {
+    let prompt = [3, 17, 256, 999, 42, 7, 511, 128, 64, 5];
+    let opts = PieceOptions::new(32, Some(4))
+        .unwrap()
+        .with_dynamic(true)
+        .with_history(true, 4);
+    let used = check_with("baichuan_alibi", &opts, &prompt);
+    assert_eq!(used, vec![16, 32], "baichuan_alibi: decode stages used");
+}
+
 /// phi3 with longrope at S = 32 > original_max_position_embeddings 16: the graph switches to
 /// the long factors when the call's largest position id reaches 16 (static, dynamic, history
 /// KV), as transformers does per call.

@@ -27,6 +27,10 @@ struct Expected {
     /// wqkv read as plain q | k | v rows, baichuan's head not normalised, …).
     #[serde(default)]
     tokens_quirk_dropped: Option<Vec<u32>>,
+    /// baichuan_alibi: the twin's tokens with the power-of-two slope formula applied to its
+    /// 6 heads (the interleave rule dropped).
+    #[serde(default)]
+    tokens_geometric_slopes: Option<Vec<u32>>,
 }
 
 const TOL: f32 = 1e-4;
@@ -492,6 +496,21 @@ fn baichuan_packed_qkv_norm_head() {
     check_remote("baichuan");
     let model = Model::open(&common::fixtures().join("baichuan")).unwrap();
     assert!(model.config.layer.stored.lm_head_rows_normalised);
+}
+
+/// baichuan_alibi (Baichuan2-13B's layout: no max_position_embeddings): ALiBi biases in
+/// place of rotary, 6 heads so the slopes follow the interleave rule; the twin without ALiBi
+/// (no positions at all), or with the power-of-two formula over 6 heads, picks other tokens.
+#[test]
+fn baichuan13b_alibi() {
+    check_remote("baichuan_alibi");
+    let model = Model::open(&common::fixtures().join("baichuan_alibi")).unwrap();
+    assert!(model.config.layer.attention.alibi);
+    let exp = expected("baichuan_alibi");
+    let geometric = exp
+        .tokens_geometric_slopes
+        .expect("expected.json has tokens_geometric_slopes");
+    assert_ne!(geometric, exp.tokens, "the interleave rule does not matter");
 }
 
 /// phi3 with longrope: the prompt + steps cross original_max_position_embeddings (16), so

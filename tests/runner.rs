@@ -596,6 +596,19 @@ fn baichuan_bf16_dynamic() {
     bf16_matches_reference("baichuan", &["--dynamic"]);
 }
 
+/// Baichuan2-13B's layout at bf16, static: ALiBi biases from the position ids in-graph, in
+/// prefill (over the runtime's mask) and decode (history slot j at position j).
+#[test]
+fn baichuan_alibi_bf16_static() {
+    bf16_matches_reference("baichuan_alibi", &[]);
+}
+
+/// The same with `--dynamic` (the causal mask built in-graph too).
+#[test]
+fn baichuan_alibi_bf16_dynamic() {
+    bf16_matches_reference("baichuan_alibi", &["--dynamic"]);
+}
+
 /// phi3 with longrope at bf16, static, S = 64: the short factors for the prompt, the long
 /// ones once a position reaches original_max_position_embeddings (16), in-graph.
 #[test]

@@ -4,7 +4,8 @@
 //! so cached keys are post-RoPE.
 
 use super::mask::{
-    causal_mask, decode_key_positions, effective_window, key_positions, positions_f32, with_window,
+    causal_mask, decode_key_positions, effective_window, key_positions, positions_f32, with_alibi,
+    with_window,
 };
 use super::softcap::maybe_softcap;
 use super::{mrope, rope, PieceOptions};
@@ -15,18 +16,20 @@ use crate::model::ModelConfig;
 /// `block_i`: input_states `[1,L,H]`, position_ids `[1,L]`, attention_mask `[1,1,L,L]` →
 /// output_states, k `[1,L,KVH,D]`, v. With `dynamic`, L varies per call (up to
 /// MAX_INPUT_LENGTH) and there is no mask input: the causal mask is built from position_ids.
-/// A sliding window is applied in-graph from position_ids either way.
+/// A sliding window and ALiBi's biases are applied in-graph from position_ids either way.
 pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph {
     let l = o.max_input_length;
     let axis = o.dynamic.then_some(1);
     let window = effective_window(cfg, layer, l);
+    let alibi = cfg.layer.attention.alibi;
     let mut g = Graph::new(format!("block_{layer}"));
     let x = g.input_with_axis("input_states", Elem::F32, &[1, l, cfg.hidden_size], axis);
     let pos_dims = mrope::position_dims(cfg, l);
     let pos = g.input_with_axis("position_ids", Elem::I32, &pos_dims, axis);
     // M-RoPE positions repeat within an image: its causal mask counts rows instead.
     let mrope = mrope::section(cfg).is_some();
-    let p = ((o.dynamic && !mrope) || window.is_some()).then(|| positions_f32(&mut g, &pos));
+    let p =
+        ((o.dynamic && !mrope) || window.is_some() || alibi).then(|| positions_f32(&mut g, &pos));
     let mut mask = match &p {
         Some(p) if o.dynamic => causal_mask(&mut g, p, p),
         _ if o.dynamic => mrope::sequence_causal_mask(&mut g, &pos),
@@ -34,6 +37,9 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
     };
     if let (Some(w), Some(p)) = (window, &p) {
         mask = with_window(&mut g, &mask, p, p, w);
+    }
+    if let (true, Some(p)) = (alibi, &p) {
+        mask = with_alibi(&mut g, cfg, &mask, p, p);
     }
     layer_body(
         &mut g,
@@ -51,8 +57,8 @@ pub fn prefill_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize) -> Graph
 /// `block_cache_i`: input_states `[1,1,H]`, position_ids `[1,1]`, attention_mask
 /// `[1,1,1,kv+1]`, history_k/v `[1,kv,KVH,D]` → output_states, k `[1,1,KVH,D]`, v (the new token
 /// is concatenated after the kv history slots). `kv` is S, or a shorter decode stage's length.
-/// A sliding window hides the history slots too far behind position_ids (slot j holds
-/// position j).
+/// A sliding window hides the history slots too far behind position_ids, and ALiBi biases
+/// them by their distance (slot j holds position j).
 pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize) -> Graph {
     let (kvh, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let mut g = Graph::new(format!("block_cache_{layer}"));
@@ -61,10 +67,16 @@ pub fn decode_block(cfg: &ModelConfig, o: &PieceOptions, layer: usize, kv: usize
     let mut mask = g.input("attention_mask", Elem::F32, &[1, 1, 1, kv + 1]);
     let hk = g.input("history_k", Elem::F32, &[1, kv, kvh, d]);
     let hv = g.input("history_v", Elem::F32, &[1, kv, kvh, d]);
-    if let Some(w) = effective_window(cfg, layer, kv) {
+    let window = effective_window(cfg, layer, kv);
+    if window.is_some() || cfg.layer.attention.alibi {
         let p = positions_f32(&mut g, &pos);
         let keys = decode_key_positions(&mut g, kv, &p);
-        mask = with_window(&mut g, &mask, &p, &keys, w);
+        if let Some(w) = window {
+            mask = with_window(&mut g, &mask, &p, &keys, w);
+        }
+        if cfg.layer.attention.alibi {
+            mask = with_alibi(&mut g, cfg, &mask, &p, &keys);
+        }
     }
     let attn = Attn::Decode {
         history: (&hk, &hv),
@@ -178,35 +190,10 @@ fn layer_body(
         q = norm(g, cfg, &q, &n.weight(layer, n.q_norm), d);
         k = norm(g, cfg, &k, &n.weight(layer, n.k_norm), d);
     }
-    let rotary = spec.attention.rotary;
-    let rd = rotary.dim(d);
-    let (cos_t, sin_t) = rope::tables(cfg, layer, o.seq_length);
-    let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
-    let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
-    let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
-    let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
-    let (cos, sin) = rope::longrope_select(g, cfg, o.seq_length, pos, (cos, sin));
-    let (cos, sin) = (
-        mrope::select(g, cfg, cos, rd),
-        mrope::select(g, cfg, sin, rd),
-    );
-    let turn = |g: &mut Graph, x: &str, heads: usize| {
-        let rope = |g: &mut Graph, x: &str| match rotary.pairs {
-            RotaryPairs::HalfSplit => apply_rope(g, x, &cos, &sin, rd),
-            RotaryPairs::Interleaved => apply_rope_interleaved(g, x, &cos, &sin, heads, rd),
-        };
-        match rotary.dims {
-            RotaryDims::Full => rope(g, x),
-            RotaryDims::Partial { rotary_dim } => {
-                let (rd, d) = (rotary_dim as i64, d as i64);
-                let x_rot = g.slice(x, 3, 0, rd);
-                let x_pass = g.slice(x, 3, rd, d);
-                let turned = rope(g, &x_rot);
-                g.concat(&[&turned, &x_pass], 3)
-            }
-        }
+    let (q, k) = match spec.attention.alibi {
+        true => (q, k),
+        false => rotate(g, cfg, o, layer, pos, &q, &k),
     };
-    let (q, k) = (turn(g, &q, nh), turn(g, &k, kvh));
     // (keys, additive mask) parts of the score matrix, and the values in the same order.
     let (parts, v_all): (Vec<(String, Option<String>)>, String) = match &attn {
         Attn::Prefill { mask } => (vec![(k.clone(), Some(mask.to_string()))], v.clone()),
@@ -228,6 +215,9 @@ fn layer_body(
             let mut mask = causal_mask(g, &query_pos, &key_pos);
             if let Some(w) = effective_window(cfg, layer, o.seq_length) {
                 mask = with_window(g, &mask, &query_pos, &key_pos, w);
+            }
+            if cfg.layer.attention.alibi {
+                mask = with_alibi(g, cfg, &mask, &query_pos, &key_pos);
             }
             (vec![(k_all, Some(mask))], g.concat(&[hv, &v], 1))
         }
@@ -268,6 +258,52 @@ fn layer_body(
     };
     g.output_with_axis(&k, "k_cache", Elem::F32, &[1, len, kvh, d], axis);
     g.output_with_axis(&v, "v_cache", Elem::F32, &[1, len, kvh, d], axis);
+}
+
+/// q and k turned by the layer's rotary embedding at `pos`.
+fn rotate(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    o: &PieceOptions,
+    layer: usize,
+    pos: &str,
+    q: &str,
+    k: &str,
+) -> (String, String) {
+    let (nh, kvh, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let rotary = cfg.layer.attention.rotary;
+    let rd = rotary.dim(d);
+    let (cos_t, sin_t) = rope::tables(cfg, layer, o.seq_length);
+    let cos_w = g.const_f32("rotary_cos", &[o.seq_length, 1, rd], cos_t);
+    let sin_w = g.const_f32("rotary_sin", &[o.seq_length, 1, rd], sin_t);
+    let cos = g.op("Gather", &[&cos_w, pos], vec![("axis", Attr::Int(0))]);
+    let sin = g.op("Gather", &[&sin_w, pos], vec![("axis", Attr::Int(0))]);
+    let (cos, sin) = rope::longrope_select(g, cfg, o.seq_length, pos, (cos, sin));
+    let (cos, sin) = (
+        mrope::select(g, cfg, cos, rd),
+        mrope::select(g, cfg, sin, rd),
+    );
+    let turn = |g: &mut Graph, x: &str, heads: usize| {
+        let rope = |g: &mut Graph, x: &str| match rotary.pairs {
+            RotaryPairs::HalfSplit => apply_rope(g, x, &cos, &sin, rd),
+            RotaryPairs::Interleaved => apply_rope_interleaved(g, x, &cos, &sin, heads, rd),
+        };
+        match rotary.dims {
+            RotaryDims::Full => rope(g, x),
+            RotaryDims::Partial { rotary_dim } => {
+                let (rd, d) = (rotary_dim as i64, d as i64);
+                let x_rot = g.slice(x, 3, 0, rd);
+                let x_pass = g.slice(x, 3, rd, d);
+                let turned = rope(g, &x_rot);
+                g.concat(&[&turned, &x_pass], 3)
+            }
+        }
+    };
+    (turn(g, q, nh), turn(g, k, kvh))
 }
 
 /// `down(act(gate(x)) * up(x))`, before the residual scale.

@@ -1,7 +1,8 @@
-//! Attention masks built in-graph from positions: causal (dynamic prefill, block_kv) and
-//! the sliding window (mistral). Positions are exact integers in f32, but bf16 rounds them
-//! above 256 (two neighbours would compare equal and a future token would leak), so these
-//! ops are kept in f32 by the quantize table; the mask's sign survives the final cast.
+//! Attention masks built in-graph from positions: causal (dynamic prefill, block_kv), the
+//! sliding window (mistral) and ALiBi's per-head biases (Baichuan2-13B). Positions are exact
+//! integers in f32, but bf16 rounds them above 256 (two neighbours would compare equal and a
+//! future token would leak), so these ops are kept in f32 by the quantize table; the mask's
+//! sign survives the final cast.
 
 use crate::graph::{Attr, Graph};
 use crate::model::ModelConfig;
@@ -89,6 +90,32 @@ pub fn with_window(
     // input, an f32 consumer would make TPU-MLIR keep that input in f32, and LLM-TPU's runtime
     // writes 16-bit masks. Only the sum's sign matters, which 16 bits keep.
     g.add(mask, &hidden)
+}
+
+/// `mask` plus ALiBi's biases `slope_h · (k − q)` (`family::alibi`): query positions
+/// `[Lq]`-shaped, key positions `[Lk]`-shaped, mask `[1,1,Lq,Lk]` → `[1,heads,Lq,Lk]`. The
+/// biases are made in f32 and, as in [`with_window`], added outside the f32 set.
+pub fn with_alibi(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    mask: &str,
+    query_pos: &str,
+    key_pos: &str,
+) -> String {
+    let first = g.nodes.len();
+    let q = g.reshape(query_pos, &[1, 1, -1, 1]);
+    let k = g.reshape(key_pos, &[1, 1, 1, -1]);
+    let distance = g.op("Sub", &[&k, &q], vec![]);
+    let heads = cfg.num_attention_heads;
+    let slopes = crate::family::alibi::slopes(heads);
+    let slopes = g.const_f32(
+        "alibi_slopes",
+        &[1, heads, 1, 1],
+        slopes.iter().map(|&s| s as f32).collect(),
+    );
+    let bias = g.mul(&distance, &slopes);
+    g.keep_f32_since(first);
+    g.add(mask, &bias)
 }
 
 /// Positions of a decode step's keys, f32 `[1, kv+1]`: history slot j holds position j, the

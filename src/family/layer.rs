@@ -83,6 +83,10 @@ pub struct Attention {
     /// support/docs/runtime-contract.md §5).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shifted_kv_cache: bool,
+    /// ALiBi position biases instead of rotary (Baichuan2-13B): `rotary` is not applied, and
+    /// head h's scores get `slope_h · (key position − query position)` ([`super::alibi`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub alibi: bool,
 }
 
 /// The MLP's gate activation.
@@ -177,6 +181,7 @@ impl LayerSpec {
                 rotary: Rotary::FULL_HALF_SPLIT,
                 scores: Scores::PLAIN,
                 shifted_kv_cache: false,
+                alibi: false,
             },
             mlp: Mlp {
                 activation: Activation::Silu,

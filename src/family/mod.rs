@@ -3,6 +3,7 @@
 //! This is the only place that matches on `model_type`: adding a family means adding a file
 //! here and a line to [`REGISTRY`].
 
+pub mod alibi;
 mod baichuan;
 mod chatglm;
 mod gemma;

@@ -390,9 +390,11 @@ fn layer_forward(
         RotaryPairs::HalfSplit => rope::apply,
         RotaryPairs::Interleaved => rope::apply_interleaved,
     };
-    let (q, k) = match rotary.dims {
-        RotaryDims::Full => (turn(&q, cos, sin)?, turn(&k, cos, sin)?),
-        RotaryDims::Partial { rotary_dim } => (
+    let (q, k) = match (c.layer.attention.alibi, rotary.dims) {
+        // ALiBi models have no rotary: positions enter through the score biases.
+        (true, _) => (q, k),
+        (false, RotaryDims::Full) => (turn(&q, cos, sin)?, turn(&k, cos, sin)?),
+        (false, RotaryDims::Partial { rotary_dim }) => (
             rope::apply_partial(&q, cos, sin, rotary_dim, turn)?,
             rope::apply_partial(&k, cos, sin, rotary_dim, turn)?,
         ),
@@ -404,7 +406,17 @@ fn layer_forward(
     *cache = Some((keys.clone(), values.clone()));
     let window = c.layer.window(index);
     let scores = &c.layer.attention.scores;
-    let attn = attention(&q, &keys, &values, start, window, scores)?; // [t, nh*d]
+    let alibi = c
+        .layer
+        .attention
+        .alibi
+        .then(|| crate::family::alibi::slopes(nh));
+    let positions = Positions {
+        start,
+        window,
+        alibi,
+    };
+    let attn = attention(&q, &keys, &values, &positions, scores)?; // [t, nh*d]
     let res = c.residual_scale();
     let mut attn_out = l.o.forward(&attn)?;
     if let Some(w) = &l.attn_output_norm {
@@ -427,17 +439,32 @@ pub fn norm(c: &ModelConfig, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Where the queries are and what their positions do to the scores.
+struct Positions {
+    /// The first query's position (key j is at position j).
+    start: usize,
+    /// With a sliding window, the query at position p sees only keys at positions j with
+    /// `p - window < j`.
+    window: Option<usize>,
+    /// ALiBi's per-head slopes: head h's score for key j from the query at p gets
+    /// `slope_h · (j - p)`.
+    alibi: Option<Vec<f64>>,
+}
+
 /// Causal grouped-query attention. `q`: `[t, heads, d]` at absolute positions `start..start+t`;
-/// `k`, `v`: `[start+t, kv_heads, d]`. With a sliding `window`, the query at position p sees
-/// only keys at positions j with `p - window < j`. Returns `[t, heads*d]`.
+/// `k`, `v`: `[start+t, kv_heads, d]`. Returns `[t, heads*d]`.
 fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    start: usize,
-    window: Option<usize>,
+    positions: &Positions,
     scoring: &Scores,
 ) -> Result<Tensor> {
+    let Positions {
+        start,
+        window,
+        ref alibi,
+    } = *positions;
     let (t, nh, d) = q.dims3()?;
     let (s, kvh, _) = k.dims3()?;
     let groups = nh / kvh;
@@ -452,19 +479,25 @@ fn attention(
     let q = q.transpose(0, 1)?.contiguous()?; // [nh, t, d]
     let scores = (q.matmul(&k.t()?)? * scoring.scale(d))?; // [nh, t, s]
     let scores = softcap(scores, scoring.softcap)?;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                let p = start + i;
-                if j <= p && window.is_none_or(|w| p - j < w) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
+    let no_bias = [0.0];
+    let slopes: &[f64] = alibi.as_deref().unwrap_or(&no_bias);
+    let mask: Vec<f32> = slopes
+        .iter()
+        .flat_map(|&slope| {
+            (0..t).flat_map(move |i| {
+                (0..s).map(move |j| {
+                    let p = start + i;
+                    if j <= p && window.is_none_or(|w| p - j < w) {
+                        (slope * (j as f64 - p as f64)) as f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
             })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (t, s), &Device::Cpu)?;
+    // One `[t, s]` mask for every head, or one per head with ALiBi.
+    let mask = Tensor::from_vec(mask, (slopes.len(), t, s), &Device::Cpu)?;
     let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
     let out = probs.matmul(&v)?; // [nh, t, d]
     Ok(out.transpose(0, 1)?.reshape((t, nh * d))?)
