@@ -522,6 +522,15 @@ fn attention(
         let scores = g.scale(&scores, cfg.layer.attention.scores.scale(d as usize));
         let scores = maybe_softcap(g, &scores, cfg.layer.attention.scores.softcap);
         all_scores.push(match mask {
+            Some(m) if cfg.layer.attention.alibi => {
+                // TPU-MLIR fuses scores + mask → Softmax → MatMul into one FAttention op whose
+                // mask is one [L, K] plane for every head: ALiBi's per-head biases would be
+                // lost. An f32 add keeps the pattern from matching.
+                let first = g.nodes.len();
+                let masked = g.add(&scores, m);
+                g.keep_f32_since(first);
+                masked
+            }
             Some(m) => g.add(&scores, m),
             None => scores,
         });
