@@ -23,12 +23,22 @@ are quantized with a known rule and stored in the method's exact packing:
            way; weight_scale [N, K/g] in the model's dtype (bf16 here, the rule's rounding too);
            weight_shape int32 [2] = [N, K]; lm_head in `ignore`.
 
+  fp8      transformers' FineGrainedFP8 layout (DeepSeek-V3, Qwen3-FP8): per block of
+           weight_block_size [bn, bk] of W [N, K] (edge blocks partial), s = max|w| / 448 (f32),
+           weight = (w / s) as float8_e4m3fn [N, K], weight_scale_inv f32 [ceil(N/bn),
+           ceil(K/bk)] = s; the layer computes with weight * s. The rest of the model is bf16.
+           Also e4m3_table.json: torch's float value of each of the 256 e4m3fn bytes (NaN: null),
+           and instead of dequantized.safetensors (its names would clash with the fp8 weights
+           in one folder) a sibling folder <name>_float: the same model as a float32 checkpoint
+           with the dequantized weights and no quantization_config.
+
 Every fixture also gets
   dequantized.safetensors  each quantized layer's float weight (q - z) * s, torch order [N, K]
   expected.json            what transformers computes (float32, eager attention) with those
                            weights: prompt, prefill_logits, 16 greedy tokens, step_logits
 """
 import json
+import math
 import os
 import sys
 import zlib
@@ -51,6 +61,11 @@ FIXTURES = {
     "awq_g64": (LlamaConfig, "awq", 64, False, False),
     "ct_asym_g64": (Qwen2Config, "ct", 64, False, False),
     "ct_sym_g32": (LlamaConfig, "ct", 32, True, False),
+}
+# name: (config class, weight_block_size); blocks that do not divide 128 / 256 leave partial
+# edge blocks, and non-square ones catch a transposed scale grid.
+FP8_FIXTURES = {
+    "fp8_b32x48": (LlamaConfig, [32, 48]),
 }
 # compressed-tensors checkpoints ship in bf16 (llm-compressor keeps the model's dtype).
 BF16 = {"ct"}
@@ -189,6 +204,63 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
 
 
 @torch.no_grad()
+def make_fp8(out_dir, name, cls, block):
+    d = os.path.join(out_dir, name)
+    torch.manual_seed(zlib.crc32(name.encode()))
+    cfg = cls(**dims())
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+    for p in model.parameters():
+        p.normal_(0, 0.1)
+    model.to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
+    from safetensors.torch import load_file
+    stored = load_file(os.path.join(d, "model.safetensors"))
+    dequantized = {}
+    bn, bk = block
+    for layer in range(cfg.num_hidden_layers):
+        for lin in LINEARS:
+            prefix = f"model.layers.{layer}.{lin}"
+            w = stored.pop(prefix + ".weight").float()
+            n, k = w.shape
+            rows, cols = -(-n // bn), -(-k // bk)
+            s = torch.zeros(rows, cols)
+            f8 = torch.zeros(n, k, dtype=torch.float8_e4m3fn)
+            for i in range(rows):
+                for j in range(cols):
+                    blk = w[i * bn:(i + 1) * bn, j * bk:(j + 1) * bk]
+                    s[i, j] = blk.abs().max() / 448.0
+                    f8[i * bn:(i + 1) * bn, j * bk:(j + 1) * bk] = (blk / s[i, j]).to(torch.float8_e4m3fn)
+            grid = s.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+            dequantized[prefix + ".weight"] = f8.float() * grid
+            stored[prefix + ".weight"] = f8
+            stored[prefix + ".weight_scale_inv"] = s
+    save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(d, "model.safetensors"),
+              metadata={"format": "pt"})
+    path = os.path.join(d, "config.json")
+    c = json.load(open(path))
+    float_dir = d + "_float"
+    os.makedirs(float_dir)
+    floats = {k: v.float() for k, v in stored.items() if v.dtype != torch.float8_e4m3fn
+              and not k.endswith(".weight_scale_inv")}
+    save_file({**floats, **dequantized}, os.path.join(float_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+    json.dump(dict(c, dtype="float32"), open(os.path.join(float_dir, "config.json"), "w"), indent=2)
+    c["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                "weight_block_size": block}
+    json.dump(c, open(path, "w"), indent=2)
+    table = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    json.dump([None if math.isnan(v) else v for v in table.tolist()],
+              open(os.path.join(d, "e4m3_table.json"), "w"))
+    model.float()
+    params = dict(model.named_parameters())
+    for k, v in stored.items():
+        if k in params and v.dtype != torch.float8_e4m3fn:
+            params[k].copy_(v.float())
+    for k, v in dequantized.items():
+        params[k].copy_(v)
+    json.dump(expected(model, PROMPT), open(os.path.join(d, "expected.json"), "w"))
+
+
+@torch.no_grad()
 def expected(model, prompt):
     out = model(torch.tensor([prompt]), use_cache=True)
     result = {"prompt": prompt, "prefill_logits": out.logits[0, -1].tolist(), "tokens": [],
@@ -207,6 +279,8 @@ def main():
     out_dir = sys.argv[1]
     for name, spec in FIXTURES.items():
         make(out_dir, name, *spec)
+    for name, spec in FP8_FIXTURES.items():
+        make_fp8(out_dir, name, *spec)
 
 
 if __name__ == "__main__":

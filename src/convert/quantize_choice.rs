@@ -14,6 +14,9 @@ pub fn resolve(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize,
     if let Some(qc) = &cfg.quant {
         return checkpoint_quantize(q, qc, cfg, model);
     }
+    if cfg.fp8.is_some() {
+        return fp8_quantize(q, cfg, model);
+    }
     if q != Quantize::Auto {
         return Ok(q);
     }
@@ -98,6 +101,30 @@ fn checkpoint_quantize(
                 qc.bits,
                 qc.method,
                 qc.group_size
+            ),
+            &format!("omit -q (or pass -q auto, or -q {})", own.name()),
+        )),
+    }
+}
+
+/// An fp8 checkpoint compiles at 16 bits (its weights dequantized on read, `quant::fp8`):
+/// `auto` picks its dtype's mode, a float -q is kept, and a W4/W8 -q would re-quantize the fp8
+/// weights onto an integer grid, which contradicts the checkpoint.
+fn fp8_quantize(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize, InputError> {
+    let own = match cfg.torch_dtype.as_deref() {
+        Some("float16") => Quantize::F16,
+        _ => Quantize::Bf16,
+    };
+    match q {
+        Quantize::Auto => Ok(own),
+        Quantize::Bf16 | Quantize::F16 | Quantize::F32 => Ok(q),
+        other => Err(refuse(
+            &model.join("config.json"),
+            &format!(
+                "-q {} contradicts the checkpoint: its weights are fp8 (e4m3, block scales), which \
+                 would be re-quantized to {}-bit integers; they compile at 16 bits (BM1684X has no fp8 matmul)",
+                other.name(),
+                if other.name().starts_with("w4") { 4 } else { 8 }
             ),
             &format!("omit -q (or pass -q auto, or -q {})", own.name()),
         )),

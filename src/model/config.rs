@@ -57,6 +57,9 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
     /// A pre-quantized checkpoint's `quantization_config` (GPTQ / AWQ / auto-round).
     pub quant: Option<super::quant::QuantConfig>,
+    /// An fp8 checkpoint's `quantization_config` (its weights are dequantized on read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp8: Option<super::quant::fp8::Fp8Config>,
     /// The group the layers' weights were stored quantized in when they are dequantized on
     /// read (a GGUF's 32-element blocks); W4/W8 requantize on it (see `ConvertArgs::resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,6 +200,11 @@ impl ModelConfig {
         if let Some(RopeScaling::LongRope(l)) = &rope.1 {
             l.check_width(r, layer.attention.rotary.dim(head_dim))?;
         }
+        let quantization = r.raw("quantization_config").filter(|v| !v.is_null());
+        let fp8 = match quantization {
+            Some(qc) => super::quant::fp8::Fp8Config::parse(qc, r.path())?,
+            None => None,
+        };
         let cfg = ModelConfig {
             family,
             hidden_size,
@@ -223,10 +231,11 @@ impl ModelConfig {
                 Some(d) => Some(d),
                 None => r.opt_str("dtype")?,
             },
-            quant: match r.raw("quantization_config").filter(|v| !v.is_null()) {
+            quant: match quantization.filter(|_| fp8.is_none()) {
                 Some(qc) => Some(super::quant::QuantConfig::parse(qc, r.path())?),
                 None => None,
             },
+            fp8,
             stored_group_size: None,
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,

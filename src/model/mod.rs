@@ -84,7 +84,8 @@ impl Model {
         )?;
         let stored: Box<dyn WeightSource> =
             Box::new(safetensors::SafetensorsWeights::open_dir(dir)?);
-        // GPTQ / AWQ layers read as their exactly dequantized weights (`quant`).
+        // GPTQ / AWQ / fp8 layers read as their exactly dequantized weights (`quant`).
+        let stored = quant::fp8::view(config.fp8.as_ref(), stored, dir)?;
         let stored = quant::view(config.quant.as_ref(), stored, dir)?;
         // A VLM's text part may sit under another prefix (see `vlm::text_renames`).
         let stored = match (&config.vlm, config.text_only_of) {

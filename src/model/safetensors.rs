@@ -269,7 +269,7 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, Metadata), Inpu
             InputError::invalid(
                 path,
                 format!("tensor \"{name}\" has unsupported dtype {:?}", info.dtype),
-                "supported dtypes: F32, F16, BF16 (and I32 for GPTQ / AWQ packed weights)",
+                "supported dtypes: F32, F16, BF16 (and I32 for GPTQ / AWQ packed weights, F8_E4M3 for fp8 checkpoints)",
             )
         })?;
     }
@@ -317,6 +317,7 @@ fn stored_dtype(d: Dtype) -> Option<StoredDtype> {
         Dtype::F16 => Some(StoredDtype::F16),
         Dtype::BF16 => Some(StoredDtype::Bf16),
         Dtype::I32 => Some(StoredDtype::I32),
+        Dtype::F8_E4M3 => Some(StoredDtype::F8E4m3),
         _ => None,
     }
 }
@@ -328,6 +329,7 @@ fn candle_dtype(d: StoredDtype) -> DType {
         StoredDtype::Bf16 | StoredDtype::Quantized => DType::BF16,
         // Never read as floats (read_f32 refuses them first).
         StoredDtype::I32 => DType::U32,
+        StoredDtype::F8E4m3 => DType::F8E4M3,
     }
 }
 
@@ -356,6 +358,14 @@ impl WeightSource for SafetensorsWeights {
             )
             .into());
         }
+        if dtype == StoredDtype::F8E4m3 {
+            return Err(InputError::invalid(
+                &shard.path,
+                format!("tensor \"{name}\" is stored as fp8 (e4m3), which means nothing without its weight_scale_inv"),
+                "give the checkpoint the quantization_config (quant_method \"fp8\") its fp8 tensors belong to",
+            )
+            .into());
+        }
         let t = Tensor::from_raw_buffer(bytes, candle_dtype(dtype), &shape, &Device::Cpu)
             .with_context(|| format!("{}: reading tensor \"{name}\"", shard.path.display()))?;
         // The data is copied: its pages can go.
@@ -374,6 +384,7 @@ impl WeightSource for SafetensorsWeights {
                 StoredDtype::Bf16 => "BF16",
                 StoredDtype::Quantized => "quantized",
                 StoredDtype::I32 => "I32",
+                StoredDtype::F8E4m3 => "F8_E4M3",
             };
             fingerprint::stored("safetensors", dtype, &shape, bytes.len() as u64, |h| {
                 for chunk in bytes.chunks(16 << 20) {
@@ -399,6 +410,21 @@ impl WeightSource for SafetensorsWeights {
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        shard.release(bytes);
+        Ok(v)
+    }
+
+    fn read_f8(&self, name: &str) -> Result<Vec<f32>> {
+        let (shard, bytes, dtype, _) = self.stored_bytes(name)?;
+        if dtype != StoredDtype::F8E4m3 {
+            return Err(InputError::invalid(
+                &shard.path,
+                format!("tensor \"{name}\" is {dtype:?}, but the checkpoint's fp8 quantization stores it as F8_E4M3"),
+                "use the checkpoint as the quantizer wrote it (its quantized weights are F8_E4M3)",
+            )
+            .into());
+        }
+        let v = bytes.iter().map(|&b| super::quant::fp8::e4m3(b)).collect();
         shard.release(bytes);
         Ok(v)
     }

@@ -20,6 +20,9 @@ pub enum StoredDtype {
     /// Packed integers of a pre-quantized checkpoint (GPTQ / AWQ `qweight`, `qzeros`,
     /// `g_idx`): read only as integers ([`WeightSource::read_i32`]), never as floats.
     I32,
+    /// fp8 (OCP e4m3fn) weights of an fp8 checkpoint: read only with their block scales
+    /// (`quant::fp8`), through [`WeightSource::read_f8`], never as floats by themselves.
+    F8E4m3,
 }
 
 /// Name, torch-order shape and stored dtype of one tensor.
@@ -48,6 +51,14 @@ pub trait WeightSource: Send + Sync {
     fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
         anyhow::bail!(
             "tensor \"{name}\" is not an int32 tensor of {}",
+            self.describe()
+        )
+    }
+    /// Reads an fp8 tensor's values exactly, without any scale. Sources without fp8 tensors
+    /// have none.
+    fn read_f8(&self, name: &str) -> Result<Vec<f32>> {
+        anyhow::bail!(
+            "tensor \"{name}\" is not an fp8 tensor of {}",
             self.describe()
         )
     }

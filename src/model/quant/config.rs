@@ -66,7 +66,7 @@ impl QuantConfig {
             .ok_or_else(|| {
                 bad(
                     "quantization_config has no quant_method".into(),
-                    "add quant_method (gptq, awq, auto-round or compressed-tensors) or use an unquantized checkpoint",
+                    "add quant_method (gptq, awq, auto-round, compressed-tensors or fp8) or use an unquantized checkpoint",
                 )
             })?
             .to_string();
@@ -89,15 +89,9 @@ impl QuantConfig {
                 }
                 }
                 "compressed-tensors" => return compressed_tensors(qc, config),
-                "fp8" => return Err(bad(
-                    format!(
-                    "quant_method {method:?} is not supported yet (GPTQ, AWQ, auto-round and compressed-tensors are)"
-                ),
-                    "use the model's GPTQ or AWQ release, or its unquantized checkpoint with -q",
-                )),
                 other => return Err(bad(
                     format!("unknown quant_method {other:?} in quantization_config"),
-                    "supported: gptq, awq, auto-round, compressed-tensors; or use the unquantized checkpoint with -q",
+                    "supported: gptq, awq, auto-round, compressed-tensors, fp8; or use the unquantized checkpoint with -q",
                 )),
             };
         let int = |key: &str| qc.get(key).and_then(Value::as_i64);
@@ -412,10 +406,6 @@ mod tests {
             (
                 json!({"quant_method": "hqq", "bits": 4}),
                 "unknown quant_method \"hqq\"",
-            ),
-            (
-                json!({"quant_method": "fp8"}),
-                "\"fp8\" is not supported yet",
             ),
             (
                 json!({"quant_method": "awq", "bits": 8, "group_size": 128}),

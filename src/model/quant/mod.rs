@@ -9,6 +9,7 @@
 //! features in group order, the rows permuted to match.
 
 pub mod config;
+pub mod fp8;
 pub mod unpack;
 
 use std::collections::BTreeMap;
