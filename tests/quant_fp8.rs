@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::quant::Expected;
 use llm_convert::model::Model;
-use llm_convert::reference::Reference;
 use safetensors::{Dtype, SafeTensors};
 
 const FIXTURE: &str = "fp8_b32x48";
@@ -17,32 +17,8 @@ fn fixture(name: &str) -> PathBuf {
     common::quant_fixtures().join(name)
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0 as u32
-}
-
-#[derive(serde::Deserialize)]
-struct Expected {
-    prompt: Vec<u32>,
-    prefill_logits: Vec<f32>,
-    tokens: Vec<u32>,
-    step_logits: Vec<Vec<f32>>,
-}
-
 fn expected() -> Expected {
-    let text = std::fs::read_to_string(fixture(FIXTURE).join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::quant::expected(&fixture(FIXTURE))
 }
 
 /// Our e4m3 decoding gives torch's float8_e4m3fn value for every byte.
@@ -91,20 +67,7 @@ fn model_reads_the_exactly_dequantized_weights() {
 /// logits within 1e-4, prefill and 16 steps, same greedy tokens).
 #[test]
 fn reference_equals_transformers_on_the_dequantized_weights() {
-    let exp = expected();
-    let model = Model::open(&fixture(FIXTURE)).unwrap();
-    let mut r = Reference::new(&model).unwrap();
-    let out = r.prefill(&exp.prompt).unwrap();
-    let d = max_abs_diff(&out.logits, &exp.prefill_logits);
-    assert!(d <= 1e-4, "prefill logits differ by {d}");
-    let mut logits = out.logits;
-    for (step, &want) in exp.tokens.iter().enumerate() {
-        let tok = argmax(&logits);
-        assert_eq!(tok, want, "greedy token {step}");
-        logits = r.decode(tok).unwrap().logits;
-        let d = max_abs_diff(&logits, &exp.step_logits[step]);
-        assert!(d <= 1e-4, "step {step} logits differ by {d}");
-    }
+    common::quant::assert_reference_matches(FIXTURE, &fixture(FIXTURE));
 }
 
 /// A copy of the fixture with its tensors and config edited.

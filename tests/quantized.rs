@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::quant::{expected, Expected};
 use llm_convert::model::Model;
-use llm_convert::reference::{argmax, Reference};
 use safetensors::{Dtype, SafeTensors};
 
 const FIXTURES: [&str; 5] = [
@@ -230,12 +230,6 @@ fn model_reads_the_exactly_dequantized_weights() {
     }
 }
 
-/// What transformers computes on the dequantized weights (written by the fixture script).
-fn expected(dir: &std::path::Path) -> Expected {
-    let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 /// `verify BMODEL` against the fixture's reference on its prompt, 4 steps, at the thresholds
 /// of 16-bit `dtype` (`f16` / `bf16`).
 fn verify_at(
@@ -259,41 +253,10 @@ fn verify_at(
     ])
 }
 
-#[derive(serde::Deserialize)]
-struct Expected {
-    prompt: Vec<u32>,
-    prefill_logits: Vec<f32>,
-    tokens: Vec<u32>,
-    step_logits: Vec<Vec<f32>>,
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn reference_equals_transformers_on_the_dequantized_weights() {
     for name in FIXTURES {
-        let dir = fixture(name);
-        let exp = expected(&dir);
-        let model = Model::open(&dir).unwrap();
-        let mut r = Reference::new(&model).unwrap();
-        let out = r.prefill(&exp.prompt).unwrap();
-        let d = max_abs_diff(&out.logits, &exp.prefill_logits);
-        println!("{name}: prefill logits max |diff| = {d:.2e}");
-        assert!(d <= 1e-4, "{name}: prefill logits differ by {d}");
-        let mut logits = out.logits;
-        for (step, &want) in exp.tokens.iter().enumerate() {
-            let tok = argmax(&logits);
-            assert_eq!(tok, want, "{name}: greedy token {step}");
-            logits = r.decode(tok).unwrap().logits;
-            let d = max_abs_diff(&logits, &exp.step_logits[step]);
-            assert!(d <= 1e-4, "{name}: step {step} logits differ by {d}");
-        }
+        common::quant::assert_reference_matches(name, &fixture(name));
     }
 }
 

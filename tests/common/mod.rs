@@ -298,6 +298,7 @@ pub fn count_files(dir: &Path, ext: &str) -> usize {
         .sum()
 }
 
+pub mod quant;
 pub mod vlm;
 
 /// Converts `model` with TPU-MLIR's own llm_convert.py into `out` (`args`: its other flags);
