@@ -190,9 +190,11 @@ fn layer_body(
         q = norm(g, cfg, &q, &n.weight(layer, n.q_norm), d);
         k = norm(g, cfg, &k, &n.weight(layer, n.k_norm), d);
     }
-    let (q, k) = match spec.attention.alibi {
-        true => (q, k),
-        false => rotate(g, cfg, o, layer, pos, &q, &k),
+    // ALiBi models have no rotary: their positions enter as score biases (`with_alibi`).
+    let (q, k) = if spec.attention.alibi {
+        (q, k)
+    } else {
+        rotate(g, cfg, o, layer, pos, &q, &k)
     };
     // (keys, additive mask) parts of the score matrix, and the values in the same order.
     let (parts, v_all): (Vec<(String, Option<String>)>, String) = match &attn {
