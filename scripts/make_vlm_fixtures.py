@@ -8,6 +8,8 @@ For each fixture it writes OUT_DIR/<name>/ with
   config.json + model.safetensors   as save_pretrained writes them (the internvl_chat ones are
                                     rewritten into OpenGVLab's layout, see below)
   photo.png                         the real photo (scikit-image's chelsea) the processor read
+  photo2.png                        the two-image prompt's second photo (astronaut; qwen25vl,
+                                    internvl)
   expected/inputs.safetensors       pixel_values as the processor made them (f32), image_grid_thw
                                     (Qwen, i64), image_embeds (f32 [tokens, H], what the vision
                                     tower + projector computed), and vision_block_{i} (each vision
@@ -356,6 +358,8 @@ def make(out_dir, name, kind, build, dtype):
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     tensors, result = expected(name, kind, reloaded, reloaded.config)
     shutil.copyfile(PHOTO, os.path.join(d, "photo.png"))
+    if "two_images" in result:
+        shutil.copyfile(PHOTO2, os.path.join(d, "photo2.png"))
     os.makedirs(os.path.join(d, "expected"))
     # In a sub-folder: the model folder's *.safetensors are the checkpoint.
     save_file(tensors, os.path.join(d, "expected", "inputs.safetensors"))
