@@ -253,3 +253,74 @@ pub fn run_vit(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::vision::VitOutput;
+
+    const PAD: u32 = 9;
+
+    /// An image of a t=1 patch grid `h`×`w` (merge 2) whose vit rows are `byte`.
+    fn image(h: usize, w: usize, byte: u8) -> ImagePrompt {
+        let tokens = h * w / 4;
+        ImagePrompt {
+            path: PathBuf::from(format!("img{byte}.png")),
+            ids: vec![],
+            extras: PromptExtras::default(),
+            vit: VitOutput {
+                bytes: vec![byte; tokens],
+                tokens,
+                dtype: crate::bmrt::DType::BF16,
+                seconds: 0.0,
+            },
+            pixel_rows: vec![],
+            row_width: 0,
+            grid: [1, h, w],
+            image_token_id: PAD,
+            vit_launches: 1,
+            placement: Placement {
+                image_token: PAD,
+                tokens,
+                vision_start: Some(7),
+                vision_end: Some(8),
+                mrope: Some((vision::Grid { t: 1, h, w }, 2)),
+            },
+        }
+    }
+
+    /// Each placeholder gets its own image, in order; positions continue after each image
+    /// at max + 1 (get_rope_index), so the second image starts past the first's extent.
+    #[test]
+    fn two_images_each_at_their_placeholder() {
+        let (a, b) = (image(2, 4, 1), image(4, 2, 2));
+        let prompt = [1, 7, PAD, 8, 5, 7, PAD, PAD, 8, 6];
+        let (ids, extras) = place_all(&[a, b], &prompt).unwrap();
+        assert_eq!(ids, [1, 7, PAD, PAD, 8, 5, 7, PAD, PAD, 8, 6]);
+        assert_eq!(extras.embeds, vec![(2, vec![1; 2]), (7, vec![2; 2])]);
+        let pos = extras.positions.unwrap();
+        // text 0,1; image a (1×2 units) at 2: w 2,3; text 4,5,6; image b (2×1) at 7: h 7,8.
+        let t: Vec<i32> = pos.iter().map(|p| p[0]).collect();
+        let h: Vec<i32> = pos.iter().map(|p| p[1]).collect();
+        let w: Vec<i32> = pos.iter().map(|p| p[2]).collect();
+        assert_eq!(t, [0, 1, 2, 2, 4, 5, 6, 7, 7, 9, 10]);
+        assert_eq!(h, [0, 1, 2, 2, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(w, [0, 1, 2, 3, 4, 5, 6, 7, 7, 9, 10]);
+    }
+
+    #[test]
+    fn images_go_first_without_placeholders_and_counts_must_match() {
+        let (ids, extras) = place_all(&[image(2, 2, 1), image(2, 2, 2)], &[5, 6]).unwrap();
+        assert_eq!(ids, [7, PAD, 8, 7, PAD, 8, 5, 6]);
+        assert_eq!(extras.embeds, vec![(1, vec![1]), (4, vec![2])]);
+        let err = place_all(&[image(2, 2, 1), image(2, 2, 2)], &[PAD, 5])
+            .unwrap_err()
+            .downcast::<InputError>()
+            .expect("an input error (exit 2)");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("img2.png") && msg.contains("1 image placeholder(s)"),
+            "{msg}"
+        );
+    }
+}
