@@ -1171,6 +1171,21 @@ fn generate_two_images_gives_transformers_tokens() {
         err.contains("2 image placeholder(s)") && err.contains("1 --image"),
         "{err}"
     );
+    // An id outside the vocabulary (1024) is a usage error too.
+    let o = common::llm_convert(&[
+        "generate",
+        bmodel.to_str().unwrap(),
+        "-m",
+        config.path().to_str().unwrap(),
+        "--tokens",
+        "3,5000",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("id 5000") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 /// `chat --image A --image B`: both images in the first user turn, in order, each expanded
@@ -1193,11 +1208,13 @@ fn chat_takes_two_images() {
             "2",
             "--json",
         ],
-        b"what are they\n",
+        b"what are they\n<|image_pad|> and this\n",
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("for 2 images"), "{err}");
+    // The second line brings a placeholder of its own: that turn is skipped, the chat goes on.
+    assert!(err.contains("3 image placeholder(s)"), "{err}");
     let turn: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     let p = ids(&turn["prompt_ids"]);
     let (want_prompt, _) = two_images_expected();

@@ -152,11 +152,21 @@ impl ChatArgs {
         // The image's tokens and embeddings (and M-RoPE positions) at the placeholder: the
         // same placement every turn, so a re-prefill sees the image where the first did.
         let ids = match image.filter(|_| with_image) {
-            Some(ci) => {
-                let (ids, extras) = ci.place(&ids)?;
-                pipeline.set_extras(extras);
-                ids
-            }
+            Some(ci) => match ci.place(&ids) {
+                Ok((ids, extras)) => {
+                    pipeline.set_extras(extras);
+                    ids
+                }
+                // A line with image placeholders of its own: the chat's images are fixed, so
+                // this turn is skipped, not the chat.
+                Err(e) => {
+                    status(format!("{e:#}"));
+                    if templated {
+                        conversation.pop_user();
+                    }
+                    return Ok(());
+                }
+            },
             None => ids,
         };
         let g = tg.reply(pipeline, &ids, self.common.max_tokens, self.json)?;
