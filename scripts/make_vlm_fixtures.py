@@ -8,6 +8,8 @@ For each fixture it writes OUT_DIR/<name>/ with
   config.json + model.safetensors   as save_pretrained writes them (the internvl_chat ones are
                                     rewritten into OpenGVLab's layout, see below)
   photo.png                         the real photo (scikit-image's chelsea) the processor read
+  photo2.png                        the two-image prompt's second photo (astronaut; qwen25vl,
+                                    internvl)
   expected/inputs.safetensors       pixel_values as the processor made them (f32), image_grid_thw
                                     (Qwen, i64), image_embeds (f32 [tokens, H], what the vision
                                     tower + projector computed), and vision_block_{i} (each vision
@@ -22,9 +24,11 @@ For each fixture it writes OUT_DIR/<name>/ with
                                                    prompt (transformers' get_rope_index)
                                     prefill_logits logits of the last prompt position
                                     tokens         16 greedy tokens (KV-cached decoding)
-                                    two_images     (qwen25vl) prompt, position_ids, prefill_logits
-                                                   and tokens of a prompt with two images
-                                                   (two_images.* tensors in inputs.safetensors)
+                                    two_images     (qwen25vl, internvl) prompt, position_ids
+                                                   (Qwen), prefill_logits and tokens of a
+                                                   prompt with two images (two_images.* tensors
+                                                   in inputs.safetensors; internvl also tiles:
+                                                   each image's tile count)
                                     tokens_text_only  16 greedy tokens for the same prompt with
                                                    the image placeholders left as plain token
                                                    embeddings (1D positions): shows the image
@@ -242,17 +246,39 @@ def intern_resized_tile(model, cfg):
             "resized.image_embeds": embeds.reshape(-1, cfg.text_config.hidden_size).contiguous()}
 
 
-def intern_inputs(cfg, name):
+def intern_inputs(cfg, name, photos=(PHOTO,)):
+    """Each photo's tiles (in order, concatenated) and a prompt with each image between <img>
+    and </img> (a text token between two images)."""
     size = cfg.vision_config.image_size[0]
     settings = dict(crop_to_patches=True, min_patches=1, max_patches=INTERN_MAX_TILES.get(name, 4),
                     **IMAGENET)
     proc = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, **settings)
-    pixel_values = proc(images=[photo()], return_tensors="pt")["pixel_values"]
-    n_tokens = pixel_values.shape[0] * cfg.image_seq_length
-    prompt = (BEFORE + [INTERN_IDS["img_start"]] + [INTERN_IDS["image_token_id"]] * n_tokens
-              + [INTERN_IDS["img_end"]] + AFTER)
-    info = {"class": type(proc).__name__, "size": size, **settings}
-    return pixel_values, None, prompt, info
+    tiles, prompt = [], list(BEFORE)
+    for i, p in enumerate(photos):
+        pv = proc(images=[photo(p)], return_tensors="pt")["pixel_values"]
+        tiles.append(pv)
+        prompt += ([5] if i else []) + [INTERN_IDS["img_start"]]
+        prompt += [INTERN_IDS["image_token_id"]] * (pv.shape[0] * cfg.image_seq_length)
+        prompt += [INTERN_IDS["img_end"]]
+    prompt += AFTER
+    info = {"class": type(proc).__name__, "size": size, **settings,
+            "tiles": [int(t.shape[0]) for t in tiles]}
+    return torch.cat(tiles, 0), None, prompt, info
+
+
+@torch.no_grad()
+def intern_two_images(model, cfg, name):
+    """A prompt with two images (photo, then PHOTO2): embeddings (every tile in order), tokens."""
+    pixel_values, _, prompt, info = intern_inputs(cfg, name, (PHOTO, PHOTO2))
+    assert info["tiles"][0] != info["tiles"][1], info
+    embeds = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
+                                            vision_feature_select_strategy="default",
+                                            return_dict=True).pooler_output
+    logits, tokens = greedy(model, dict(input_ids=torch.tensor([prompt]), pixel_values=pixel_values))
+    tensors = {"two_images.pixel_values": pixel_values.float().contiguous(),
+               "two_images.image_embeds": embeds.reshape(-1, cfg.text_config.hidden_size).contiguous()}
+    return tensors, {"prompt": prompt, "tiles": info["tiles"], "prefill_logits": logits,
+                     "tokens": tokens}
 
 
 @torch.no_grad()
@@ -310,6 +336,8 @@ def expected(name, kind, model, cfg):
         tensors.update(more)
     if name == "internvl":
         tensors.update(intern_resized_tile(model, cfg))
+        more, result["two_images"] = intern_two_images(model, cfg, name)
+        tensors.update(more)
     return tensors, result
 
 
@@ -330,6 +358,8 @@ def make(out_dir, name, kind, build, dtype):
     reloaded = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     tensors, result = expected(name, kind, reloaded, reloaded.config)
     shutil.copyfile(PHOTO, os.path.join(d, "photo.png"))
+    if "two_images" in result:
+        shutil.copyfile(PHOTO2, os.path.join(d, "photo2.png"))
     os.makedirs(os.path.join(d, "expected"))
     # In a sub-folder: the model folder's *.safetensors are the checkpoint.
     save_file(tensors, os.path.join(d, "expected", "inputs.safetensors"))

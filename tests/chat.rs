@@ -658,7 +658,7 @@ fn chat_json_on_history_kv_bmodel() {
 /// tokens, with the ChatML template.
 fn qwen25vl_chat() -> &'static (PathBuf, tempfile::TempDir) {
     static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
-    B.get_or_init(|| qwen25vl_chat_bmodel(&[]))
+    B.get_or_init(|| vlm_chat_bmodel("qwen25vl", &[]))
 }
 
 /// The same with `--use_history_kv --chunk_length 128`: block_kv nets, and a MAX_INPUT_LENGTH
@@ -666,14 +666,27 @@ fn qwen25vl_chat() -> &'static (PathBuf, tempfile::TempDir) {
 /// re-prefill the block_kv continuation is compared with.
 fn qwen25vl_history_chat() -> &'static (PathBuf, tempfile::TempDir) {
     static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
-    B.get_or_init(|| qwen25vl_chat_bmodel(&["--use_history_kv", "--chunk_length", "128"]))
+    B.get_or_init(|| vlm_chat_bmodel("qwen25vl", &["--use_history_kv", "--chunk_length", "128"]))
 }
 
-/// The tiny Qwen2.5-VL at bf16, seq 256, `--max_pixels 140,224` and `extra`: the bmodel, and
-/// its config folder with the vision tokens in the tokenizer.
-fn qwen25vl_chat_bmodel(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
-    let src = common::vlm::vlm_fixtures().join("qwen25vl");
-    let model = common::scratch().join("chat-vlm-qwen25vl");
+/// The tiny Qwen2.5-VL with `--do_sample` (greedy_head and sample_head after lm_head).
+fn qwen25vl_sample_chat() -> &'static (PathBuf, tempfile::TempDir) {
+    static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    B.get_or_init(|| vlm_chat_bmodel("qwen25vl", &["--do_sample"]))
+}
+
+/// The tiny Qwen2-VL (LayerNorm vit, full attention) with `--use_history_kv --chunk_length
+/// 128`, as [`qwen25vl_history_chat`].
+fn qwen2vl_history_chat() -> &'static (PathBuf, tempfile::TempDir) {
+    static B: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    B.get_or_init(|| vlm_chat_bmodel("qwen2vl", &["--use_history_kv", "--chunk_length", "128"]))
+}
+
+/// A tiny Qwen VL fixture at bf16, seq 256, `--max_pixels 140,224` and `extra`: the bmodel,
+/// and its config folder with the vision tokens in the tokenizer.
+fn vlm_chat_bmodel(fixture: &str, extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
+    let src = common::vlm::vlm_fixtures().join(fixture);
+    let model = common::scratch().join(format!("chat-vlm-{fixture}"));
     std::fs::create_dir_all(&model).unwrap();
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         if src.join(f).exists() && !model.join(f).exists() {
@@ -825,11 +838,23 @@ fn qwen25vl_history_kv_contract() {
 fn image_conversation_continues_through_block_kv() {
     common::toolchain();
     let (bmodel, config) = qwen25vl_history_chat();
+    image_conversation_through_block_kv(bmodel, config.path());
+}
+
+/// The same for Qwen2-VL (issue 12: its `--use_history_kv` was only dry-run tested).
+#[test]
+fn qwen2vl_image_conversation_continues_through_block_kv() {
+    common::toolchain();
+    let (bmodel, config) = qwen2vl_history_chat();
+    image_conversation_through_block_kv(bmodel, config.path());
+}
+
+fn image_conversation_through_block_kv(bmodel: &Path, config: &Path) {
     let _sim = simulator();
     let rt = load(bmodel);
-    let model = ModelConfig::from_file(&config.path().join("config.json")).unwrap();
+    let model = ModelConfig::from_file(&config.join("config.json")).unwrap();
     let turn1 = [3, 17, 1002, 42, 7];
-    let image = image_prompt::prepare(&rt, &model, config.path(), &photo(), &turn1).unwrap();
+    let image = image_prompt::prepare(&rt, &model, config, &photo(), &turn1).unwrap();
     assert_eq!(image.placement.tokens, 35);
     let mut p = Pipeline::new(&rt).unwrap();
     assert!(p.nets.history_kv());
@@ -971,7 +996,7 @@ fn chat_image_on_history_kv_bmodel_continues_through_block_kv() {
 }
 
 /// `bench --image` times the vit apart from prefill (text and JSON); `--image` on a text-only
-/// bmodel, and a second `--image` for chat, are usage errors (exit 2) that say why.
+/// bmodel is a usage error (exit 2) that says why.
 #[test]
 fn bench_image_reports_the_vit_and_bad_image_uses_exit_2() {
     common::toolchain();
@@ -1040,17 +1065,224 @@ fn bench_image_reports_the_vit_and_bad_image_uses_exit_2() {
         err.contains("--image needs a vision-language model"),
         "{err}"
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_llm-convert"))
-        .args(["chat", bmodel.to_str().unwrap(), "-m"])
-        .arg(config.path())
-        .arg("--image")
-        .arg(&photo)
-        .arg("--image")
-        .arg(&photo)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+}
+
+// ---- several images, sampling (issue 12) ----
+
+/// The qwen25vl fixture's two-image case (expected.json `two_images`, transformers 5.6.2):
+/// the prompt ids with each image's run expanded, and transformers' greedy tokens.
+fn two_images_expected() -> (Vec<u32>, Vec<u32>) {
+    let dir = common::vlm::vlm_fixtures().join("qwen25vl");
+    let e: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    (
+        ids(&e["two_images"]["prompt"]),
+        ids(&e["two_images"]["tokens"]),
+    )
+}
+
+fn photo2() -> PathBuf {
+    common::vlm::vlm_fixtures().join("qwen25vl/photo2.png")
+}
+
+/// The lengths of the runs of the image token (1002) in `ids`, in order.
+fn image_runs(ids: &[u32]) -> Vec<usize> {
+    let mut runs = Vec::new();
+    let mut prev = None;
+    for &t in ids {
+        if t == 1002 {
+            if prev == Some(1002) {
+                *runs.last_mut().unwrap() += 1;
+            } else {
+                runs.push(1);
+            }
+        }
+        prev = Some(t);
+    }
+    runs
+}
+
+/// `generate --image A --image B` (issue 12): one vit call per image (our preprocessing gives
+/// transformers' grids: the prompt ids equal its expanded prompt), each image's embeddings at
+/// its own placeholder, M-RoPE positions over both (get_rope_index), and the tokens
+/// transformers picks. Control: the images the other way round give other runs and tokens.
+/// A placeholder count other than the --image count is exit 2.
+#[test]
+fn generate_two_images_gives_transformers_tokens() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_chat();
+    let _sim = simulator();
+    let (prompt, want) = two_images_expected();
+    let runs = image_runs(&prompt);
+    assert!(runs.len() == 2 && runs[0] != runs[1], "{runs:?}");
+    let steps = 4;
+    let tokens = common::tokens_arg(&prompt);
+    let (a, b) = (photo(), photo2());
+    let run = |first: &Path, second: &Path| {
+        let t0 = std::time::Instant::now();
+        let g = generate(
+            bmodel,
+            config.path(),
+            &[
+                "--tokens",
+                &tokens,
+                "--image",
+                first.to_str().unwrap(),
+                "--image",
+                second.to_str().unwrap(),
+                "--max-tokens",
+                &steps.to_string(),
+            ],
+        );
+        println!("two-image generate: {:.1} s", t0.elapsed().as_secs_f64());
+        g
+    };
+    let g = run(&a, &b);
+    assert_eq!(
+        ids(&g["prompt_ids"]),
+        prompt,
+        "transformers' expanded prompt"
+    );
+    let got = ids(&g["tokens"]);
+    println!("tokens {got:?}, transformers {:?}", &want[..steps]);
+    assert_eq!(got, want[..steps], "transformers' greedy tokens");
+
+    let swapped = run(&b, &a);
+    let swapped_ids = ids(&swapped["prompt_ids"]);
+    assert_eq!(image_runs(&swapped_ids), [runs[1], runs[0]]);
+    let other = ids(&swapped["tokens"]);
+    println!("swapped: tokens {other:?}");
+    assert_ne!(other, got, "swapping the two images changes nothing");
+
+    // Two placeholders, one image: a usage error naming the counts.
+    let o = common::llm_convert(&[
+        "generate",
+        bmodel.to_str().unwrap(),
+        "-m",
+        config.path().to_str().unwrap(),
+        "--tokens",
+        &tokens,
+        "--image",
+        a.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("one --image"), "{err}");
+    assert!(
+        err.contains("2 image placeholder(s)") && err.contains("1 --image"),
+        "{err}"
+    );
+    // An id outside the vocabulary (1024) is a usage error too.
+    let o = common::llm_convert(&[
+        "generate",
+        bmodel.to_str().unwrap(),
+        "-m",
+        config.path().to_str().unwrap(),
+        "--tokens",
+        "3,5000",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("id 5000") && err.contains("config.json"),
+        "{err}"
+    );
+}
+
+/// `chat --image A --image B`: both images in the first user turn, in order, each expanded
+/// to its own tokens; the prompt is the one `generate` builds from the same conversation.
+#[test]
+fn chat_takes_two_images() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_chat();
+    let _sim = simulator();
+    let (a, b) = (photo(), photo2());
+    let o = run_chat(
+        bmodel,
+        config.path(),
+        &[
+            "--image",
+            a.to_str().unwrap(),
+            "--image",
+            b.to_str().unwrap(),
+            "--max-tokens",
+            "2",
+            "--json",
+        ],
+        b"what are they\n<|image_pad|> and this\n",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("for 2 images"), "{err}");
+    // The second line brings a placeholder of its own: that turn is skipped, the chat goes on.
+    assert!(err.contains("3 image placeholder(s)"), "{err}");
+    let turn: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let p = ids(&turn["prompt_ids"]);
+    let (want_prompt, _) = two_images_expected();
+    assert_eq!(image_runs(&p), image_runs(&want_prompt));
+    let whole = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\
+                 <|vision_start|><|image_pad|><|vision_end|>what are they<|im_end|>\n\
+                 <|im_start|>assistant\n";
+    let g = generate(
+        bmodel,
+        config.path(),
+        &[
+            "--no-template",
+            "--prompt",
+            whole,
+            "--image",
+            a.to_str().unwrap(),
+            "--image",
+            b.to_str().unwrap(),
+            "--max-tokens",
+            "2",
+        ],
+    );
+    assert_eq!(ids(&g["prompt_ids"]), p);
+    assert_eq!(ids(&g["tokens"]), ids(&turn["tokens"]));
+}
+
+/// A VLM converted with `--do_sample` (issue 12): `generate --image` with top_k 1 through
+/// sample_head gives the greedy tokens (and transformers'); temperature 5 over 50 candidates
+/// does not (the sampling path is the one running).
+#[test]
+fn vlm_do_sample_top_k_1_is_greedy() {
+    common::toolchain();
+    let (bmodel, config) = qwen25vl_sample_chat();
+    let _sim = simulator();
+    let (prompt, want) = two_images_expected();
+    let tokens = common::tokens_arg(&prompt);
+    let (a, b) = (photo(), photo2());
+    let steps = "4";
+    let base = [
+        "--tokens",
+        &tokens,
+        "--image",
+        a.to_str().unwrap(),
+        "--image",
+        b.to_str().unwrap(),
+        "--max-tokens",
+        steps,
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        generate(bmodel, config.path(), &args)
+    };
+    let greedy = with(&[]);
+    assert_eq!(greedy["sampling"], Value::Null);
+    let top1 = with(&["--top-k", "1", "--temperature", "0.7", "--seed", "3"]);
+    assert_eq!(top1["sampling"]["top_k"], 1, "{top1}");
+    let hot = with(&["--top-k", "50", "--temperature", "5", "--seed", "3"]);
+    let (g, t, h) = (
+        ids(&greedy["tokens"]),
+        ids(&top1["tokens"]),
+        ids(&hot["tokens"]),
+    );
+    println!(
+        "greedy {g:?}, top_k 1 {t:?}, temperature 5 {h:?}, transformers {:?}",
+        &want[..4]
+    );
+    assert_eq!(t, g, "top_k 1 samples the greedy tokens");
+    assert_eq!(g, want[..4], "transformers' tokens");
+    assert_ne!(h, g, "temperature 5 over 50 candidates is not greedy");
 }

@@ -684,3 +684,65 @@ fn qwen2_5_vl_bf16_dynamic_verifies_with_the_photo() {
     );
     verifies_with_the_photo(&model, &c.bmodel, &f);
 }
+
+/// Two images on the InternVL bmodel (issue 12), through the runner's own multi-image path
+/// (`image_prompt::prepare_all`, what `generate --image A --image B` runs): our tiling gives
+/// transformers' 3 and 5 tiles (one vit launch per tile, in order), each image's rows go at
+/// its own `<IMG_CONTEXT>` run, and the tokens are transformers' (teacher-forced after the
+/// first). Control: the images the other way round swap the runs and change the last prompt
+/// row. S 256: the prompt is 140 tokens.
+#[test]
+fn internvl_two_images_give_transformers_tokens() {
+    use llm_convert::model::ModelConfig;
+    use llm_convert::runner::image_prompt;
+    let name = "internvl";
+    let model = intern_model(name);
+    let c = common::converted(&model, 256, &["-q", "bf16"]);
+    let expected = intern_expected(name);
+    let two = &expected["two_images"];
+    let prompt = ids(&two["prompt"]);
+    let want = ids(&two["tokens"]);
+    let dir = common::vlm::vlm_fixtures().join(name);
+    let (a, b) = (dir.join("photo.png"), dir.join("photo2.png"));
+    let layout = common::toolchain();
+    let libs = RuntimeLibs::select(&layout, Some("simulator"));
+    let mut rt = Runtime::open(&libs, 0).expect("opening the simulator runtime");
+    rt.load_bmodel(&c.bmodel).expect("loading the bmodel");
+    let cfg = ModelConfig::from_file(&model.join("config.json")).unwrap();
+    let mut p = Pipeline::new(&rt).unwrap();
+    p.capture = true;
+    let mut run = |paths: &[PathBuf], steps: usize| {
+        let t0 = std::time::Instant::now();
+        let (images, ids, extras) =
+            image_prompt::prepare_all(&rt, &cfg, &model, paths, &prompt).unwrap();
+        let tiles: Vec<usize> = images.iter().map(|i| i.vit_launches).collect();
+        p.set_extras(extras);
+        let first = p.prefill(&ids).unwrap();
+        let h = p.nets.hidden_size;
+        let rows = &first.block_outputs[p.nets.layers() - 1];
+        let last = rows[(ids.len() - 1) * h..ids.len() * h].to_vec();
+        let mut tokens = vec![first.token];
+        for &t in &want[..steps - 1] {
+            tokens.push(p.decode(t).unwrap().token);
+        }
+        eprintln!(
+            "internvl two images: tiles {tiles:?}, tokens {tokens:?} ({:.1} s)",
+            t0.elapsed().as_secs_f64()
+        );
+        (tiles, ids, tokens, last)
+    };
+    let (tiles, got_ids, tokens, last) = run(&[a.clone(), b.clone()], 6);
+    assert_eq!(tiles, [3, 5]);
+    assert_eq!(got_ids, prompt, "transformers' expanded prompt");
+    assert_eq!(tokens, want[..6], "transformers' tokens");
+    let (tiles, swapped_ids, _, swapped_last) = run(&[b, a], 1);
+    assert_eq!(tiles, [5, 3]);
+    assert_eq!(count(&Value::from(swapped_ids.clone()), 1002), 128);
+    assert_ne!(swapped_ids, prompt);
+    let cos = cosine(&swapped_last, &last);
+    eprintln!("swapped: last prompt row cosine {cos:.6}");
+    assert!(
+        cos < 0.999,
+        "swapping the images leaves the last row alone ({cos})"
+    );
+}

@@ -272,6 +272,70 @@ fn qwen25vl_two_images_match_transformers() {
     assert_eq!(tokens, want_tokens, "two images: greedy tokens");
 }
 
+/// Two InternVL images in one prompt (3 and 5 tiles): every tile through the tower in order,
+/// each image's embeddings spliced at its own `<IMG_CONTEXT>` run, the tokens transformers'.
+#[test]
+fn internvl_two_images_match_transformers() {
+    let f = fixture("internvl");
+    let two = &f.expected["two_images"];
+    let tiles: Vec<usize> = serde_json::from_value(two["tiles"].clone()).unwrap();
+    assert!(tiles.len() == 2 && tiles[0] != tiles[1], "{tiles:?}");
+    let input = VisionInput {
+        pixel_values: f.tensors["two_images.pixel_values"].clone(),
+        grid_thw: vec![],
+    };
+    let image = vision::image_embeddings(&f.model, &input).unwrap();
+    let diff = max_diff(&image, &f.tensors["two_images.image_embeds"]);
+    eprintln!("internvl two images ({tiles:?} tiles): embeddings max |diff| {diff:.2e}");
+    assert!(diff <= TOLERANCE, "two images: embeddings differ by {diff}");
+    let ids: Vec<u32> = serde_json::from_value(two["prompt"].clone()).unwrap();
+    let token = f.image_token_id();
+    let mut reference = Reference::new(&f.model).unwrap();
+    let step = vision::prefill_spliced(&mut reference, &ids, token, &image, &[]).unwrap();
+    let want_tokens: Vec<u32> = serde_json::from_value(two["tokens"].clone()).unwrap();
+    let tokens = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
+    assert_eq!(tokens, want_tokens, "two images: greedy tokens");
+    // Control: the images the other way round (each run gets the other image's rows) answer
+    // differently, so the order of the splice reaches the tokens.
+    let per = image.dim(0).unwrap() / tiles.iter().sum::<usize>();
+    let first = image.narrow(0, 0, tiles[0] * per).unwrap();
+    let second = image.narrow(0, tiles[0] * per, tiles[1] * per).unwrap();
+    let swapped_ids = swap_runs(&ids, token);
+    let swapped = Tensor::cat(&[&second, &first], 0).unwrap();
+    let step = vision::prefill_spliced(&mut reference, &swapped_ids, token, &swapped, &[]).unwrap();
+    let other = vision::greedy_from(&mut reference, step, want_tokens.len()).unwrap();
+    assert_ne!(other, tokens, "swapping the two images changes nothing");
+}
+
+/// `ids` with its two image-token runs exchanged (the text around them kept).
+fn swap_runs(ids: &[u32], token: u32) -> Vec<u32> {
+    let runs: Vec<(usize, usize)> = {
+        let (mut v, mut i) = (Vec::new(), 0);
+        while i < ids.len() {
+            if ids[i] == token {
+                let n = ids[i..].iter().take_while(|&&t| t == token).count();
+                v.push((i, n));
+                i += n;
+            } else {
+                i += 1;
+            }
+        }
+        v
+    };
+    let [(a, na), (b, nb)] = runs[..] else {
+        panic!("two image runs expected: {runs:?}")
+    };
+    let run = |n| std::iter::repeat_n(token, n);
+    ids[..a]
+        .iter()
+        .copied()
+        .chain(run(nb))
+        .chain(ids[a + na..b].iter().copied())
+        .chain(run(na))
+        .chain(ids[b + nb..].iter().copied())
+        .collect()
+}
+
 /// A tile larger than the config's: the position embedding is resampled as torch's bicubic.
 #[test]
 fn internvl_resized_tile_interpolates_the_position_embedding() {

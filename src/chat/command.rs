@@ -46,12 +46,17 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub common: TextGenArgs,
     /// The prompt (a user message, unless --no-template).
+    #[arg(long, required_unless_present = "tokens")]
+    pub prompt: Option<String>,
+    /// The prompt as token ids, comma separated, used as they are (no chat template); image
+    /// placeholders are runs of the image token.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    pub tokens: Option<Vec<u32>>,
+    /// An image for a vision-language bmodel (JPEG/PNG/WebP), repeatable: the k-th image goes
+    /// at the prompt's k-th image placeholder (`<|image_pad|>`, `<IMG_CONTEXT>`); without
+    /// placeholders every image goes before the prompt, in order.
     #[arg(long)]
-    pub prompt: String,
-    /// An image for a vision-language bmodel (JPEG/PNG/WebP); it goes where the prompt has
-    /// the image token (`<|image_pad|>`), else before the prompt.
-    #[arg(long)]
-    pub image: Option<PathBuf>,
+    pub image: Vec<PathBuf>,
     /// Print a JSON report (text, token ids, stop reason, timings) instead of the text.
     #[arg(long)]
     pub json: bool,
@@ -199,15 +204,23 @@ impl GenerateArgs {
         let (mut tg, rt) = TextGen::open(args, layout)?;
         let mut pipeline = tg.pipeline(args, &rt)?;
         let mut prompt = self.prompt_ids(&tg)?;
-        if let Some(image) = &self.image {
+        if !self.image.is_empty() {
             let cfg = crate::model::ModelConfig::from_file(&args.config.join("config.json"))?;
-            let ip = crate::runner::image_prompt::prepare(&rt, &cfg, &args.config, image, &prompt)?;
-            status(format!(
-                "image: {} tokens (vit {:.2} s)",
-                ip.vit.tokens, ip.vit.seconds
-            ));
-            pipeline.set_extras(ip.extras);
-            prompt = ip.ids;
+            let (images, ids, extras) = crate::runner::image_prompt::prepare_all(
+                &rt,
+                &cfg,
+                &args.config,
+                &self.image,
+                &prompt,
+            )?;
+            for ip in &images {
+                status(format!(
+                    "image: {} tokens (vit {:.2} s)",
+                    ip.vit.tokens, ip.vit.seconds
+                ));
+            }
+            pipeline.set_extras(extras);
+            prompt = ids;
         }
         let limit = TextGen::limit(&pipeline);
         if prompt.len() > limit {
@@ -240,13 +253,18 @@ impl GenerateArgs {
 
     /// The prompt through the chat template (unless `--no-template` or there is none).
     fn prompt_ids(&self, tg: &TextGen) -> Result<Vec<u32>> {
+        let prompt = match (&self.tokens, &self.prompt) {
+            (Some(ids), _) => return self.checked_tokens(ids),
+            (None, Some(p)) => p,
+            (None, None) => anyhow::bail!("generate needs --prompt or --tokens"),
+        };
         match (&tg.cfg.template, self.common.no_template) {
             (Some(t), false) => {
                 let mut messages = Vec::new();
                 if let Some(s) = &self.common.system {
                     messages.push(Message::new("system", s));
                 }
-                messages.push(Message::new("user", &self.prompt));
+                messages.push(Message::new("user", prompt));
                 tg.cfg.encode(&t.render(&messages, true)?, false)
             }
             (None, false) => {
@@ -254,9 +272,24 @@ impl GenerateArgs {
                     "note: {} has no chat template: using the prompt as is (--no-template)",
                     tg.cfg.source.display()
                 ));
-                tg.cfg.encode(&self.prompt, true)
+                tg.cfg.encode(prompt, true)
             }
-            (_, true) => tg.cfg.encode(&self.prompt, true),
+            (_, true) => tg.cfg.encode(prompt, true),
         }
+    }
+
+    /// `--tokens`, each below the config's vocab_size (the embedding has no other rows).
+    fn checked_tokens(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        let path = self.common.config.join("config.json");
+        let vocab = crate::model::ModelConfig::from_file(&path)?.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(InputError::invalid(
+                path,
+                format!("--tokens: id {bad} is outside the vocabulary (vocab_size {vocab})"),
+                format!("pass token ids from 0 to {}", vocab.saturating_sub(1)),
+            )
+            .into());
+        }
+        Ok(ids.to_vec())
     }
 }

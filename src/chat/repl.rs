@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
 
-use super::chat_image::{self, ChatImage};
+use super::chat_image::ChatImages;
 use super::command::{TextGen, TextGenArgs};
 use super::conversation::Conversation;
 use super::generate::StopReason;
@@ -19,8 +19,8 @@ pub struct ChatArgs {
     /// One JSON report per turn, a line each (as generate --json), instead of streamed text.
     #[arg(long)]
     pub json: bool,
-    /// An image for a vision-language bmodel (JPEG/PNG/WebP), part of the conversation: it
-    /// goes into the first user turn, its vit runs once. One image per chat for now.
+    /// An image for a vision-language bmodel (JPEG/PNG/WebP), part of the conversation;
+    /// repeatable: the images go into the first user turn in order, each vit runs once.
     #[arg(long)]
     pub image: Vec<std::path::PathBuf>,
 }
@@ -28,7 +28,7 @@ pub struct ChatArgs {
 /// What one turn works on besides the line.
 struct Turn<'a> {
     conversation: &'a mut Conversation,
-    image: Option<&'a ChatImage>,
+    image: Option<&'a ChatImages>,
     templated: bool,
 }
 
@@ -42,21 +42,20 @@ fn prompt_mark() {
 impl ChatArgs {
     pub fn run(&self, layout: &Layout) -> Result<()> {
         let args = &self.common;
-        let image = chat_image::single(&self.image, &args.bmodel)?;
         let (mut tg, rt) = TextGen::open(args, layout)?;
         let mut pipeline = tg.pipeline(args, &rt)?;
-        let image = match image {
-            Some(path) => {
-                let ci = ChatImage::open(&rt, &args.config, &tg.cfg, &path)?;
-                status(format!(
-                    "image: {} tokens (vit {:.2} s), in the first user turn",
-                    ci.tokens(),
-                    ci.vit_seconds()
-                ));
-                Some(ci)
-            }
-            None => None,
-        };
+        let image = ChatImages::open(&rt, &args.config, &tg.cfg, &self.image)?;
+        if let Some(ci) = &image {
+            status(format!(
+                "image: {} tokens (vit {:.2} s){}, in the first user turn",
+                ci.tokens(),
+                ci.vit_seconds(),
+                match ci.count() {
+                    1 => String::new(),
+                    n => format!(" for {n} images"),
+                }
+            ));
+        }
         let limit = TextGen::limit(&pipeline);
         let templated = tg.cfg.template.is_some() && !args.no_template;
         if !templated {
@@ -140,7 +139,7 @@ impl ChatArgs {
             }
         } else {
             let ids = tg.cfg.encode(line, true)?;
-            let image_tokens = image.map_or(0, |i| i.tokens() + 2);
+            let image_tokens = image.map_or(0, ChatImages::framed_tokens);
             if ids.len() + image_tokens > limit {
                 status(format!(
                     "this line is {} tokens; the bmodel takes at most {limit} (MAX_INPUT_LENGTH): send a shorter one",
@@ -153,11 +152,21 @@ impl ChatArgs {
         // The image's tokens and embeddings (and M-RoPE positions) at the placeholder: the
         // same placement every turn, so a re-prefill sees the image where the first did.
         let ids = match image.filter(|_| with_image) {
-            Some(ci) => {
-                let (ids, extras) = ci.place(&ids)?;
-                pipeline.set_extras(extras);
-                ids
-            }
+            Some(ci) => match ci.place(&ids) {
+                Ok((ids, extras)) => {
+                    pipeline.set_extras(extras);
+                    ids
+                }
+                // A line with image placeholders of its own: the chat's images are fixed, so
+                // this turn is skipped, not the chat.
+                Err(e) => {
+                    status(format!("{e:#}"));
+                    if templated {
+                        conversation.pop_user();
+                    }
+                    return Ok(());
+                }
+            },
             None => ids,
         };
         let g = tg.reply(pipeline, &ids, self.common.max_tokens, self.json)?;

@@ -1,4 +1,4 @@
-//! One image in an InternVL prompt, on the bmodel, as LLM-TPU's InternVL3 pipeline does it
+//! An image for an InternVL prompt, on the bmodel, as LLM-TPU's InternVL3 pipeline does it
 //! (vlm.md §2.4-2.5): the image tiled (`crate::vision::internvl`), one `vit` launch per tile
 //! (`pixel_value [1, 3, S, S]` → `[T, H]`), the prompt's `<IMG_CONTEXT>` run expanded to
 //! tiles · T tokens and each tile's rows written over the embedding at `first + k·T`. The text
@@ -51,14 +51,13 @@ fn image_token(vlm: &VlmConfig, model_dir: &Path) -> Result<u32> {
     }
 }
 
-/// Tiles `image`, runs the vit on each tile and places the image in `prompt`.
-pub(super) fn prepare(
+/// Tiles `image` and runs the vit on each tile, in order (the caller places it).
+pub(super) fn run_vit(
     rt: &Runtime,
     vit: &VitNet,
     vlm: &VlmConfig,
     model_dir: &Path,
     image: &Path,
-    prompt: &[u32],
 ) -> Result<ImagePrompt> {
     let token = image_token(vlm, model_dir)?;
     let params = InternVlParams::load(model_dir)?;
@@ -94,7 +93,9 @@ pub(super) fn prepare(
         seconds: outs.iter().map(|o| o.seconds).sum(),
     };
     let s = pixels.image_size;
-    let mut ip = ImagePrompt {
+    // Tile k's rows start at first + k·T: the tiles' bytes back to back are one write.
+    Ok(ImagePrompt {
+        path: image.to_path_buf(),
         ids: Vec::new(),
         extras: PromptExtras::default(),
         vit: vit_out,
@@ -110,10 +111,7 @@ pub(super) fn prepare(
             vision_end: vlm.vision_end_token_id,
             mrope: None,
         },
-    };
-    // Tile k's rows start at first + k·T: the tiles' bytes back to back are one write.
-    (ip.ids, ip.extras) = ip.place(prompt)?;
-    Ok(ip)
+    })
 }
 
 /// The reference's input for an InternVL image prompt: the tiles as `[tiles, 3, S, S]`; None
