@@ -17,7 +17,7 @@ pub struct TpucCall {
 }
 
 impl TpucCall {
-    fn new(step: &'static str, tokens: Vec<String>) -> TpucCall {
+    pub(crate) fn new(step: &'static str, tokens: Vec<String>) -> TpucCall {
         TpucCall { step, tokens }
     }
 
@@ -68,7 +68,7 @@ fn shell_words(line: &str) -> Result<Vec<String>> {
 }
 
 /// Python's `str(bool)`.
-fn py(b: bool) -> &'static str {
+pub(crate) fn py(b: bool) -> &'static str {
     if b {
         "True"
     } else {
@@ -369,6 +369,12 @@ pub fn deploy_files(a: &DeployArgs, module_name: &str) -> DeployFiles {
 /// `module_name`: lowering, (with --debug: tpu optimisation alone), layer group + address
 /// assignment, codegen.
 pub fn deploy_calls(a: &DeployArgs, module_name: &str) -> Vec<TpucCall> {
+    deploy_calls_split(a, module_name, a.debug)
+}
+
+/// [`deploy_calls`], with the tpu optimisation as a call of its own when `split` (as --debug
+/// does, without its other effects): compile-once keys a layer on that call's output.
+pub fn deploy_calls_split(a: &DeployArgs, module_name: &str, split: bool) -> Vec<TpucCall> {
     let files = deploy_files(a, module_name);
     let s = |v: &str| v.to_string();
     let mut calls = vec![];
@@ -414,7 +420,7 @@ pub fn deploy_calls(a: &DeployArgs, module_name: &str) -> Vec<TpucCall> {
     ];
     let mut cmd = vec![s("tpuc-opt"), files.tpu_mlir.clone()];
     cmd.extend(tpu_opt);
-    if a.debug {
+    if split {
         cmd.extend([s("-o"), files.tpu_opt_mlir.clone(), debug_cmd.clone()]);
         calls.push(TpucCall::new("tpu_opt", cmd));
         cmd = vec![s("tpuc-opt"), files.tpu_opt_mlir.clone()];
