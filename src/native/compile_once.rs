@@ -97,7 +97,7 @@ impl Templates {
     }
 }
 
-/// The shape key of a layer whose tpu optimisation wrote `files.tpu_opt_mlir` in `cwd`; None
+/// The shape key of a layer whose lowering wrote `files.tpu_mlir` in `cwd`; None
 /// where compile-once does not apply (--debug embeds per-layer names in the bmodel).
 pub fn shape_key(a: &DeployArgs, module: &str, cwd: &Path) -> Result<Option<String>> {
     if a.debug {
@@ -105,10 +105,7 @@ pub fn shape_key(a: &DeployArgs, module: &str, cwd: &Path) -> Result<Option<Stri
     }
     let files = passes::deploy_files(a, module);
     let mut h = Sha256::new();
-    h.update(normalise(
-        &read_text(&cwd.join(&files.tpu_opt_mlir))?,
-        module,
-    ));
+    h.update(normalise(&read_text(&cwd.join(&files.tpu_mlir))?, module));
     let mut flags = a.clone();
     flags.mlir.clear();
     flags.model.clear();
@@ -148,35 +145,37 @@ fn normalise(text: &str, module: &str) -> String {
     out
 }
 
-/// The call that gives a layer's weights their final values and addresses: the final call's
-/// passes up to address assignment, without layer group (which moves no weight here: the
-/// template's slots must match, see [`patched`]).
-pub fn coeff_call(a: &DeployArgs, module: &str, out: &str) -> TpucCall {
-    let files = passes::deploy_files(a, module);
-    let s = |v: &str| v.to_string();
+/// The call that gives a layer's weights their final values and addresses: model_deploy's
+/// final call (`calls[1]` of a non-debug [`passes::deploy_calls`]) through its tpu
+/// optimisation, then its passes up to address assignment without layer group (which moves no
+/// weight: [`patched`] checks the slots are the template's) and codegen. No io-alone config is
+/// saved (the template's is, by [`save_io_alone`]).
+pub fn coeff_call(final_call: &TpucCall, a: &DeployArgs, out: &str) -> Result<TpucCall> {
+    let opt_end = final_call
+        .tokens
+        .iter()
+        .position(|t| t == "--processor-tpu-optimize")
+        .context("the final call has no --processor-tpu-optimize")?;
+    let mut tokens = final_call.tokens[..=opt_end].to_vec();
     let address_assign = if a.use_io_alone_config.is_empty() {
-        s("--address-assign")
+        "--address-assign".to_string()
     } else {
         format!(
             "--address-assign=\"use_io_alone_config={}\"",
             a.use_io_alone_config
         )
     };
-    TpucCall::new(
-        "coeff",
-        vec![
-            s("tpuc-opt"),
-            files.tpu_opt_mlir,
-            s("--dev-parallel"),
-            s("--weight-reorder"),
-            format!("--subnet-divide=\"dynamic={}\"", py(a.dynamic)),
-            s("--op-reorder"),
-            s("--topo-sort"),
-            address_assign,
-            s("-o"),
-            s(out),
-        ],
-    )
+    tokens.extend([
+        "--dev-parallel".to_string(),
+        "--weight-reorder".to_string(),
+        format!("--subnet-divide=\"dynamic={}\"", py(a.dynamic)),
+        "--op-reorder".to_string(),
+        "--topo-sort".to_string(),
+        address_assign,
+        "-o".to_string(),
+        out.to_string(),
+    ]);
+    Ok(TpucCall::new("coeff", tokens))
 }
 
 /// The layer's bmodel from `t`, given the MLIR `coeff_call` wrote in `cwd`; Err (and the

@@ -369,12 +369,6 @@ pub fn deploy_files(a: &DeployArgs, module_name: &str) -> DeployFiles {
 /// `module_name`: lowering, (with --debug: tpu optimisation alone), layer group + address
 /// assignment, codegen.
 pub fn deploy_calls(a: &DeployArgs, module_name: &str) -> Vec<TpucCall> {
-    deploy_calls_split(a, module_name, a.debug)
-}
-
-/// [`deploy_calls`], with the tpu optimisation as a call of its own when `split` (as --debug
-/// does, without its other effects): compile-once keys a layer on that call's output.
-pub fn deploy_calls_split(a: &DeployArgs, module_name: &str, split: bool) -> Vec<TpucCall> {
     let files = deploy_files(a, module_name);
     let s = |v: &str| v.to_string();
     let mut calls = vec![];
@@ -420,7 +414,7 @@ pub fn deploy_calls_split(a: &DeployArgs, module_name: &str, split: bool) -> Vec
     ];
     let mut cmd = vec![s("tpuc-opt"), files.tpu_mlir.clone()];
     cmd.extend(tpu_opt);
-    if split {
+    if a.debug {
         cmd.extend([s("-o"), files.tpu_opt_mlir.clone(), debug_cmd.clone()]);
         calls.push(TpucCall::new("tpu_opt", cmd));
         cmd = vec![s("tpuc-opt"), files.tpu_opt_mlir.clone()];

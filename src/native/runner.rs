@@ -179,7 +179,7 @@ impl NativeRunner {
         Ok(())
     }
 
-    /// The deploy calls with compile-once: lowering and tpu optimisation, then either a patch
+    /// The deploy calls with compile-once: lowering, then either a patch
     /// of this shape's template (returning its name) or the rest of a full compile, which
     /// becomes the template when none exists yet.
     fn deploy_once(
@@ -190,14 +190,15 @@ impl NativeRunner {
         cwd: &Path,
         log: &Path,
     ) -> Result<Option<String>> {
-        let calls = passes::deploy_calls_split(a, module, true);
-        let (opt, rest) = calls.split_at(2.min(calls.len()));
-        for call in opt {
+        let calls = passes::deploy_calls(a, module);
+        let (lowering, rest) = calls.split_at(1.min(calls.len()));
+        for call in lowering {
             self.run_call(call, cwd, log)?;
         }
         let key = compile_once::shape_key(a, module, cwd)?;
-        if let Some(t) = key.as_deref().and_then(|k| once.get(k)) {
-            match self.patch(&t, a, module, cwd, log) {
+        let template = key.as_deref().and_then(|k| once.get(k));
+        if let (Some(t), Some(final_call)) = (template, rest.first()) {
+            match self.patch(&t, final_call, a, module, cwd, log) {
                 Ok(()) => return Ok(Some(t.name.clone())),
                 Err(e) => append(
                     log,
@@ -222,6 +223,7 @@ impl NativeRunner {
     fn patch(
         &self,
         t: &compile_once::Template,
+        final_call: &TpucCall,
         a: &DeployArgs,
         module: &str,
         cwd: &Path,
@@ -229,7 +231,7 @@ impl NativeRunner {
     ) -> Result<()> {
         let t0 = Instant::now();
         let out = format!("{}_coeff.mlir", a.prefix(module));
-        self.run_call(&compile_once::coeff_call(a, module, &out), cwd, log)?;
+        self.run_call(&compile_once::coeff_call(final_call, a, &out)?, cwd, log)?;
         let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;
         compile_once::save_io_alone(t, a, cwd)?;
         let model = cwd.join(&a.model);
