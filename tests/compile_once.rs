@@ -108,8 +108,8 @@ fn assert_patches_match(model: &Path, extra: &[&str]) -> (Vec<String>, Vec<Strin
         );
         if let Some(t) = p["patched_from"].as_str() {
             // The control: a patched layer is not its template's bytes (its own weights are in).
-            let template = once["pieces"].as_array().unwrap().iter();
-            let t = template.filter(|q| q["name"] == t).next().unwrap();
+            let mut pieces = once["pieces"].as_array().unwrap().iter();
+            let t = pieces.find(|q| q["name"] == t).unwrap();
             assert_ne!(p["masked"], t["masked"], "{name} kept {t}'s weights");
             patched.push(name.to_string());
         } else {
