@@ -1,11 +1,12 @@
 //! Compile a layer once (`--compile-once`): identically shaped layers compile to bmodels that
 //! differ only in their coefficient blob, its sha256 and the net name (create time aside). The
 //! first layer of a shape is compiled fully and kept as a template; for every later layer of
-//! that shape only the passes that give its weights their final values and addresses run (no
+//! that shape only the passes that give its weights their final values and addresses run, in
+//! one tpuc-opt call (lowering, tpu optimisation, weight reorder, address assignment: no
 //! layer group, no codegen), and its blob is written into a copy of the template
 //! (`bmodel::patch`).
 //!
-//! "Same shape" is the layer's tpu-optimised MLIR with its names taken out, its deploy flags
+//! "Same shape" is the layer's Top MLIR with its names taken out, its deploy flags
 //! and the contents of the files those name; anything that differs falls back to a full compile.
 //! A template is only kept if its own blob rebuilds byte for byte from its final MLIR and
 //! weights, and a patch only made if the layer's weight slots (address, type, op) are the
@@ -13,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -47,26 +48,78 @@ pub struct Template {
 /// The templates of one run, shared by its workers, by shape key.
 #[derive(Default)]
 pub struct Templates {
-    map: Mutex<HashMap<String, Arc<Template>>>,
+    map: Mutex<HashMap<String, State>>,
+    changed: Condvar,
+}
+
+enum State {
+    /// A worker is compiling this shape's first layer.
+    Compiling,
+    Ready(Arc<Template>),
+    /// Its first layer could not be a template: every layer of the shape compiles fully.
+    Unusable,
+}
+
+/// A claim on compiling the template of a key: unless [`Templates::register`] fills it, its
+/// drop marks the shape unusable, so no worker waits for a template that never comes.
+pub struct Claim<'a> {
+    templates: &'a Templates,
+    key: String,
+    filled: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.templates.set(&self.key, State::Unusable);
+        }
+    }
 }
 
 impl Templates {
-    pub fn get(&self, key: &str) -> Option<Arc<Template>> {
-        self.map.lock().ok()?.get(key).cloned()
+    /// The template of `key`; while another worker compiles one, waits for it (a patch is
+    /// cheaper than the wait). Else a claim: the caller compiles fully and registers it.
+    pub fn get_or_claim(&self, key: &str) -> (Option<Arc<Template>>, Option<Claim<'_>>) {
+        let Ok(mut m) = self.map.lock() else {
+            return (None, None);
+        };
+        loop {
+            match m.get(key) {
+                Some(State::Ready(t)) => return (Some(t.clone()), None),
+                Some(State::Unusable) => return (None, None),
+                Some(State::Compiling) => match self.changed.wait(m) {
+                    Ok(g) => m = g,
+                    Err(_) => return (None, None),
+                },
+                None => {
+                    m.insert(key.to_string(), State::Compiling);
+                    let claim = Claim {
+                        templates: self,
+                        key: key.to_string(),
+                        filled: false,
+                    };
+                    return (None, Some(claim));
+                }
+            }
+        }
     }
 
-    fn insert(&self, key: String, t: Template) {
+    fn set(&self, key: &str, state: State) {
         if let Ok(mut m) = self.map.lock() {
-            m.entry(key).or_insert_with(|| Arc::new(t));
+            m.insert(key.to_string(), state);
         }
+        self.changed.notify_all();
     }
 
-    /// Keeps a layer just compiled in `cwd` as the template of `key`, once its own blob is
-    /// seen to rebuild from its final MLIR and weights. Returns why not, if not.
-    pub fn register(&self, key: String, module: &str, a: &DeployArgs, cwd: &Path) -> Result<()> {
-        if self.get(&key).is_some() {
-            return Ok(());
-        }
+    /// Keeps a layer just compiled in `cwd` as the template of the claim's key, once its own
+    /// blob is seen to rebuild from its final MLIR and weights. Returns why not, if not.
+    pub fn register(
+        &self,
+        mut claim: Claim,
+        module: &str,
+        a: &DeployArgs,
+        cwd: &Path,
+    ) -> Result<()> {
         let files = passes::deploy_files(a, module);
         let bmodel = read(&cwd.join(&a.model))?;
         let final_mlir = read_text(&cwd.join(&files.final_mlir))?;
@@ -83,29 +136,27 @@ impl Templates {
         } else {
             Some(read(&cwd.join(&a.save_io_alone_config))?)
         };
-        self.insert(
-            key,
-            Template {
-                name: module.to_string(),
-                bmodel,
-                slots,
-                base,
-                io_alone,
-            },
-        );
+        let t = Template {
+            name: module.to_string(),
+            bmodel,
+            slots,
+            base,
+            io_alone,
+        };
+        self.set(&claim.key, State::Ready(Arc::new(t)));
+        claim.filled = true;
         Ok(())
     }
 }
 
-/// The shape key of a layer whose lowering wrote `files.tpu_mlir` in `cwd`; None
+/// The shape key of a layer whose Top MLIR is `a.mlir` in `cwd`; None
 /// where compile-once does not apply (--debug embeds per-layer names in the bmodel).
 pub fn shape_key(a: &DeployArgs, module: &str, cwd: &Path) -> Result<Option<String>> {
     if a.debug {
         return Ok(None);
     }
-    let files = passes::deploy_files(a, module);
     let mut h = Sha256::new();
-    h.update(normalise(&read_text(&cwd.join(&files.tpu_mlir))?, module));
+    h.update(normalise(&read_text(&cwd.join(&a.mlir))?, module));
     let mut flags = a.clone();
     flags.mlir.clear();
     flags.model.clear();
@@ -145,18 +196,31 @@ fn normalise(text: &str, module: &str) -> String {
     out
 }
 
-/// The call that gives a layer's weights their final values and addresses: model_deploy's
-/// final call (`calls[1]` of a non-debug [`passes::deploy_calls`]) through its tpu
-/// optimisation, then its passes up to address assignment without layer group (which moves no
-/// weight: [`patched`] checks the slots are the template's) and codegen. No io-alone config is
-/// saved (the template's is, by [`save_io_alone`]).
-pub fn coeff_call(final_call: &TpucCall, a: &DeployArgs, out: &str) -> Result<TpucCall> {
+/// The one call that gives a layer's weights their final values and addresses: model_deploy's
+/// lowering call (`calls[0]` of a non-debug [`passes::deploy_calls`]) and its final call
+/// (`calls[1]`) through the tpu optimisation, chained, then the final call's passes up to
+/// address assignment without layer group (which moves no weight: [`patched`] checks the
+/// slots are the template's) and codegen. No io-alone config is saved (the template's is, by
+/// [`save_io_alone`]).
+pub fn coeff_call(
+    lowering: &TpucCall,
+    final_call: &TpucCall,
+    a: &DeployArgs,
+    out: &str,
+) -> Result<TpucCall> {
+    let lowered = lowering
+        .tokens
+        .len()
+        .checked_sub(2)
+        .filter(|&n| lowering.tokens.get(n).map(String::as_str) == Some("-o"))
+        .context("the lowering call does not end in -o FILE")?;
     let opt_end = final_call
         .tokens
         .iter()
         .position(|t| t == "--processor-tpu-optimize")
         .context("the final call has no --processor-tpu-optimize")?;
-    let mut tokens = final_call.tokens[..=opt_end].to_vec();
+    let mut tokens = lowering.tokens[..lowered].to_vec();
+    tokens.extend_from_slice(final_call.tokens.get(2..=opt_end).unwrap_or_default());
     let address_assign = if a.use_io_alone_config.is_empty() {
         "--address-assign".to_string()
     } else {

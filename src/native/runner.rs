@@ -179,9 +179,8 @@ impl NativeRunner {
         Ok(())
     }
 
-    /// The deploy calls with compile-once: lowering, then either a patch
-    /// of this shape's template (returning its name) or the rest of a full compile, which
-    /// becomes the template when none exists yet.
+    /// The deploy calls with compile-once: a patch of this shape's template (returning its
+    /// name), or else a full compile, which becomes the template when none exists yet.
     fn deploy_once(
         &self,
         once: &Templates,
@@ -191,14 +190,13 @@ impl NativeRunner {
         log: &Path,
     ) -> Result<Option<String>> {
         let calls = passes::deploy_calls(a, module);
-        let (lowering, rest) = calls.split_at(1.min(calls.len()));
-        for call in lowering {
-            self.run_call(call, cwd, log)?;
-        }
         let key = compile_once::shape_key(a, module, cwd)?;
-        let template = key.as_deref().and_then(|k| once.get(k));
-        if let (Some(t), Some(final_call)) = (template, rest.first()) {
-            match self.patch(&t, final_call, a, module, cwd, log) {
+        let (template, claim) = match key.as_deref() {
+            Some(k) => once.get_or_claim(k),
+            None => (None, None),
+        };
+        if let (Some(t), [lowering, final_call, ..]) = (template, calls.as_slice()) {
+            match self.patch(&t, lowering, final_call, a, module, cwd, log) {
                 Ok(()) => return Ok(Some(t.name.clone())),
                 Err(e) => append(
                     log,
@@ -206,11 +204,11 @@ impl NativeRunner {
                 )?,
             }
         }
-        for call in rest {
+        for call in &calls {
             self.run_call(call, cwd, log)?;
         }
-        if let Some(key) = key {
-            if let Err(e) = once.register(key, module, a, cwd) {
+        if let Some(claim) = claim {
+            if let Err(e) = once.register(claim, module, a, cwd) {
                 append(
                     log,
                     &format!("[native] compile-once: not a template ({e:#})\n"),
@@ -220,9 +218,11 @@ impl NativeRunner {
         Ok(None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn patch(
         &self,
         t: &compile_once::Template,
+        lowering: &TpucCall,
         final_call: &TpucCall,
         a: &DeployArgs,
         module: &str,
@@ -231,7 +231,8 @@ impl NativeRunner {
     ) -> Result<()> {
         let t0 = Instant::now();
         let out = format!("{}_coeff.mlir", a.prefix(module));
-        self.run_call(&compile_once::coeff_call(final_call, a, &out)?, cwd, log)?;
+        let call = compile_once::coeff_call(lowering, final_call, a, &out)?;
+        self.run_call(&call, cwd, log)?;
         let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;
         compile_once::save_io_alone(t, a, cwd)?;
         let model = cwd.join(&a.model);
