@@ -209,3 +209,14 @@ fn onnx_backend_refuses_it() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("--compile-once"));
 }
+
+/// gemma3: sliding (0, 1) and global (2) layers are two shapes, and the last (3) a third; its
+/// decode blocks' cheap coefficient passes give 64 bytes other values than the full pipeline,
+/// which the template's self-check catches: they compile fully, still byte-identical.
+#[test]
+fn gemma3_local_and_global_layers() {
+    let (patched, compiled) =
+        assert_patches_match(&common::fixtures().join("gemma3_text"), &["-q", "w4bf16"]);
+    assert_eq!(patched, ["block_1"], "{compiled:?}");
+    assert!(compiled.iter().any(|p| p == "block_2"));
+}

@@ -112,13 +112,17 @@ impl Templates {
     }
 
     /// Keeps a layer just compiled in `cwd` as the template of the claim's key, once its own
-    /// blob is seen to rebuild from its final MLIR and weights. Returns why not, if not.
+    /// blob is seen to rebuild from its final MLIR's weight slots, and a patch of itself from
+    /// `coeff_mlir` (what [`coeff_call`] wrote for it, over the same npz name) to give its own
+    /// bytes: the cheap passes must give this shape's weights the values the full pipeline
+    /// does (gemma3's decode blocks: 64 bytes of coefficients differ). Returns why not, if not.
     pub fn register(
         &self,
         mut claim: Claim,
         module: &str,
         a: &DeployArgs,
         cwd: &Path,
+        coeff_mlir: &Path,
     ) -> Result<()> {
         let files = passes::deploy_files(a, module);
         let bmodel = read(&cwd.join(&a.model))?;
@@ -143,6 +147,9 @@ impl Templates {
             base,
             io_alone,
         };
+        if patched(&t, module, coeff_mlir, cwd)? != t.bmodel {
+            bail!("a patch of itself from the coefficient call is not its own bytes");
+        }
         self.set(&claim.key, State::Ready(Arc::new(t)));
         claim.filled = true;
         Ok(())

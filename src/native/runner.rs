@@ -207,8 +207,12 @@ impl NativeRunner {
         for call in &calls {
             self.run_call(call, cwd, log)?;
         }
-        if let Some(claim) = claim {
-            if let Err(e) = once.register(claim, module, a, cwd) {
+        if let (Some(claim), [lowering, final_call, ..]) = (claim, calls.as_slice()) {
+            let out = format!("{}_coeff.mlir", a.prefix(module));
+            let check = compile_once::coeff_call(lowering, final_call, a, &out)
+                .and_then(|call| self.run_call(&call, cwd, log))
+                .and_then(|()| once.register(claim, module, a, cwd, &cwd.join(&out)));
+            if let Err(e) = check {
                 append(
                     log,
                     &format!("[native] compile-once: not a template ({e:#})\n"),
