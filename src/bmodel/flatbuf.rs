@@ -112,6 +112,31 @@ impl<'a> Table<'a> {
             .collect()
     }
 
+    /// A sub-table field, if present.
+    pub fn table(&self, id: usize) -> Result<Option<Table<'a>>> {
+        match self.field(id)? {
+            Some(at) => Ok(Some(Table {
+                buf: self.buf,
+                pos: follow(self.buf, at)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the bytes of a string or `[ubyte]` field lie in the buffer: (start, length).
+    pub fn bytes_span(&self, id: usize) -> Result<Option<(usize, usize)>> {
+        let Some(at) = self.field(id)? else {
+            return Ok(None);
+        };
+        let start = follow(self.buf, at)?;
+        let len = u32_at(self.buf, start)? as usize;
+        let end = (start + 4).checked_add(len).context("vector overflows")?;
+        if end > self.buf.len() {
+            bail!("vector beyond the flatbuffer");
+        }
+        Ok(Some((start + 4, len)))
+    }
+
     /// The length of a vector field (0 when absent).
     pub fn vector_len(&self, id: usize) -> Result<usize> {
         match self.field(id)? {

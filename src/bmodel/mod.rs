@@ -3,6 +3,7 @@
 
 mod dynamic_ir;
 mod flatbuf;
+pub mod patch;
 pub mod version;
 
 use std::fs::File;
@@ -161,9 +162,12 @@ pub mod fields {
     pub const MODEL_NET: usize = 4;
     pub const NET_NAME: usize = 0;
     pub const NET_PARAMETER: usize = 3;
+    pub const PARAM_COEFF_MEM: usize = 4;
     pub const PARAM_BINARY_IR: usize = 11;
     pub const PARAM_SUB_NET: usize = 12;
     pub const PARAM_CORE_NUM: usize = 16;
+    pub const COEFF_CHECK_CODE: usize = 1;
+    pub const COEFF_BINARY: usize = 2;
     pub const SUBNET_INPUT_TENSOR: usize = 3;
     pub const SUBNET_OUTPUT_TENSOR: usize = 4;
     pub const SUBNET_IS_DYNAMIC: usize = 5;

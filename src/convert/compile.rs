@@ -38,6 +38,8 @@ pub struct Compiled {
     pub bmodel: Option<PathBuf>,
     pub transform_s: f64,
     pub deploy_s: f64,
+    /// Compile-once: the template this step's bmodel was patched from (None: compiled).
+    pub patched_from: Option<String>,
 }
 
 /// Parallel workers: --jobs, else the cores, bounded by memory and the number of jobs.
@@ -57,10 +59,15 @@ pub fn start_runners(
     n: usize,
     wrap: WrapRunner,
 ) -> Vec<Box<dyn ToolRunner>> {
+    let templates = std::sync::Arc::new(crate::native::compile_once::Templates::default());
     (0..n)
         .map(|i| {
             let runner: Box<dyn ToolRunner> = if opts.backend == Backend::Native {
-                Box::new(crate::native::NativeRunner::new(layout))
+                Box::new(if opts.compile_once {
+                    crate::native::NativeRunner::with_templates(layout, templates.clone())
+                } else {
+                    crate::native::NativeRunner::new(layout)
+                })
             } else if opts.spawn_tools {
                 Box::new(SpawnRunner::new(layout))
             } else {
@@ -200,6 +207,7 @@ fn compile_step(
         bmodel: None,
         transform_s,
         deploy_s: 0.0,
+        patched_from: None,
     };
     if opts.only_mlir {
         return Ok((compiled, None));
@@ -207,6 +215,8 @@ fn compile_step(
     compiled.deploy_s = runner
         .run("model_deploy.py", &deploy_argv, &work, &log)
         .map_err(|e| fail("model_deploy.py", e))?;
+    compiled.patched_from =
+        std::fs::read_to_string(work.join(crate::native::compile_once::MARKER)).ok();
     let produced = work.join(format!("{name}.bmodel"));
     if !produced.is_file() {
         return Err(fail(

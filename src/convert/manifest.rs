@@ -23,6 +23,10 @@ pub struct PieceRecord {
     pub bmodel: Option<PathBuf>,
     pub bmodel_bytes: Option<u64>,
     pub bmodel_sha256: Option<String>,
+    /// `--compile-once`: the layer whose bmodel this one's weights were patched into (absent:
+    /// compiled fully, or taken from the cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patched_from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -34,6 +34,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use sha2::Digest;
 
+pub use combine::mask_create_time;
 pub use compile::WrapRunner;
 pub use manifest::{Manifest, PieceRecord};
 pub use options::{ConvertArgs, ConvertOptions};

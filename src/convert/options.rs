@@ -153,6 +153,11 @@ pub struct ConvertArgs {
     /// Python); `onnx` exports ONNX for TPU-MLIR's model_transform.py + model_deploy.py.
     #[arg(long, value_enum, default_value = "native")]
     pub backend: super::backend::Backend,
+    /// Native backend: compile one layer of each shape fully and patch every other layer of
+    /// that shape's weights into a copy (byte-identical to a full compile, create time aside;
+    /// anything else compiles fully).
+    #[arg(long = "compile-once")]
+    pub compile_once: bool,
     /// Compile only shard I of N (1-based, balanced by expected compile time) into the cache
     /// and write no bmodel; `llm-convert combine` with the same flags and a cache holding
     /// every shard's pieces then writes it.
@@ -347,6 +352,7 @@ pub struct ConvertOptions {
     pub cache_dir: Option<PathBuf>,
     pub spawn_tools: bool,
     pub backend: super::backend::Backend,
+    pub compile_once: bool,
     pub shard: Option<super::shard::Shard>,
 }
 
@@ -408,6 +414,13 @@ impl ConvertArgs {
                 here,
                 "--jobs must be at least 1",
                 "omit --jobs for the default",
+            ));
+        }
+        if self.compile_once && self.backend != super::backend::Backend::Native {
+            return Err(refuse(
+                here,
+                "--compile-once patches layers in the native backend only",
+                "drop --backend onnx, or drop --compile-once",
             ));
         }
         if self.spawn_tools && self.backend == super::backend::Backend::Native {
@@ -492,6 +505,7 @@ impl ConvertArgs {
             cache_dir: self.cache_dir.clone(),
             spawn_tools: self.spawn_tools,
             backend: self.backend,
+            compile_once: self.compile_once,
             shard: self.shard,
         })
     }

@@ -44,6 +44,7 @@ pub fn collect(
                     Some(b) => Some(cache.sha256(b)?),
                     None => None,
                 },
+                patched_from: c.as_ref().and_then(|c| c.patched_from.clone()),
                 bmodel,
             });
         }

@@ -7,6 +7,7 @@
 //! - `passes`: the tpuc-opt pass lists of each model_deploy flag set, and running them.
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
 
+pub mod compile_once;
 pub mod emit;
 mod emit_ops;
 mod emit_prep;

@@ -17,7 +17,7 @@ pub struct TpucCall {
 }
 
 impl TpucCall {
-    fn new(step: &'static str, tokens: Vec<String>) -> TpucCall {
+    pub(crate) fn new(step: &'static str, tokens: Vec<String>) -> TpucCall {
         TpucCall { step, tokens }
     }
 
@@ -68,7 +68,7 @@ fn shell_words(line: &str) -> Result<Vec<String>> {
 }
 
 /// Python's `str(bool)`.
-fn py(b: bool) -> &'static str {
+pub(crate) fn py(b: bool) -> &'static str {
     if b {
         "True"
     } else {

@@ -8,18 +8,32 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use std::sync::Arc;
+
+use super::compile_once::{self, Templates};
 use super::passes::{self, DeployArgs, TpucCall, TransformArgs};
 use crate::convert::worker::{self, ToolRunner};
 use crate::toolchain::{env, Layout};
 
 pub struct NativeRunner {
     layout: Layout,
+    /// Compile-once's templates, shared by a run's runners (None: every layer compiles fully).
+    once: Option<Arc<Templates>>,
 }
 
 impl NativeRunner {
     pub fn new(layout: &Layout) -> NativeRunner {
         NativeRunner {
             layout: layout.clone(),
+            once: None,
+        }
+    }
+
+    /// A runner that compiles each shape of layer once and patches the others (`--compile-once`).
+    pub fn with_templates(layout: &Layout, once: Arc<Templates>) -> NativeRunner {
+        NativeRunner {
+            layout: layout.clone(),
+            once: Some(once),
         }
     }
 
@@ -123,8 +137,19 @@ impl NativeRunner {
         let context_dir = model.with_extension("");
         std::fs::create_dir_all(&context_dir)
             .with_context(|| format!("creating {}", context_dir.display()))?;
-        for call in passes::deploy_calls(&a, &module) {
-            self.run_call(&call, cwd, log)?;
+        let patched_from = match &self.once {
+            Some(once) => self.deploy_once(once, &a, &module, cwd, log)?,
+            None => {
+                for call in passes::deploy_calls(&a, &module) {
+                    self.run_call(&call, cwd, log)?;
+                }
+                None
+            }
+        };
+        if let Some(t) = patched_from {
+            let marker = cwd.join(compile_once::MARKER);
+            std::fs::write(&marker, t).with_context(|| format!("writing {}", marker.display()))?;
+            return Ok(());
         }
         // mlir_to_model's epilogue: the debug copies next to the bmodel.
         let copy = |from: &Path, to: &Path| {
@@ -152,6 +177,78 @@ impl NativeRunner {
             let _ = std::fs::remove_file(cwd.join(&files.tpu_weights));
         }
         Ok(())
+    }
+
+    /// The deploy calls with compile-once: a patch of this shape's template (returning its
+    /// name), or else a full compile, which becomes the template when none exists yet.
+    fn deploy_once(
+        &self,
+        once: &Templates,
+        a: &DeployArgs,
+        module: &str,
+        cwd: &Path,
+        log: &Path,
+    ) -> Result<Option<String>> {
+        let calls = passes::deploy_calls(a, module);
+        let key = compile_once::shape_key(a, module, cwd)?;
+        let (template, claim) = match key.as_deref() {
+            Some(k) => once.get_or_claim(k),
+            None => (None, None),
+        };
+        if let (Some(t), [lowering, final_call, ..]) = (template, calls.as_slice()) {
+            match self.patch(&t, lowering, final_call, a, module, cwd, log) {
+                Ok(()) => return Ok(Some(t.name.clone())),
+                Err(e) => append(
+                    log,
+                    &format!("[native] compile-once: full compile ({e:#})\n"),
+                )?,
+            }
+        }
+        for call in &calls {
+            self.run_call(call, cwd, log)?;
+        }
+        if let (Some(claim), [lowering, final_call, ..]) = (claim, calls.as_slice()) {
+            let out = format!("{}_coeff.mlir", a.prefix(module));
+            let check = compile_once::coeff_call(lowering, final_call, a, &out)
+                .and_then(|call| self.run_call(&call, cwd, log))
+                .and_then(|()| once.register(claim, module, a, cwd, &cwd.join(&out)));
+            if let Err(e) = check {
+                append(
+                    log,
+                    &format!("[native] compile-once: not a template ({e:#})\n"),
+                )?;
+            }
+        }
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn patch(
+        &self,
+        t: &compile_once::Template,
+        lowering: &TpucCall,
+        final_call: &TpucCall,
+        a: &DeployArgs,
+        module: &str,
+        cwd: &Path,
+        log: &Path,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let out = format!("{}_coeff.mlir", a.prefix(module));
+        let call = compile_once::coeff_call(lowering, final_call, a, &out)?;
+        self.run_call(&call, cwd, log)?;
+        let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;
+        compile_once::save_io_alone(t, a, cwd)?;
+        let model = cwd.join(&a.model);
+        std::fs::write(&model, bytes).with_context(|| format!("writing {}", model.display()))?;
+        append(
+            log,
+            &format!(
+                "[native] compile-once: patched template {}: {:.3} s\n",
+                t.name,
+                t0.elapsed().as_secs_f64()
+            ),
+        )
     }
 }
 
