@@ -203,6 +203,11 @@ fn normalise(text: &str, module: &str) -> String {
     out
 }
 
+/// Where [`coeff_call`] writes its MLIR, in the step's work dir.
+pub fn coeff_mlir(a: &DeployArgs, module: &str) -> String {
+    format!("{}_coeff.mlir", a.prefix(module))
+}
+
 /// The one call that gives a layer's weights their final values and addresses: model_deploy's
 /// lowering call (`calls[0]` of a non-debug [`passes::deploy_calls`]) and its final call
 /// (`calls[1]`) through the tpu optimisation, chained, then the final call's passes up to

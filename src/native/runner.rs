@@ -4,11 +4,10 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-
-use std::sync::Arc;
 
 use super::compile_once::{self, Templates};
 use super::passes::{self, DeployArgs, TpucCall, TransformArgs};
@@ -208,7 +207,7 @@ impl NativeRunner {
             self.run_call(call, cwd, log)?;
         }
         if let (Some(claim), [lowering, final_call, ..]) = (claim, calls.as_slice()) {
-            let out = format!("{}_coeff.mlir", a.prefix(module));
+            let out = compile_once::coeff_mlir(a, module);
             let check = compile_once::coeff_call(lowering, final_call, a, &out)
                 .and_then(|call| self.run_call(&call, cwd, log))
                 .and_then(|()| once.register(claim, module, a, cwd, &cwd.join(&out)));
@@ -234,7 +233,7 @@ impl NativeRunner {
         log: &Path,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let out = format!("{}_coeff.mlir", a.prefix(module));
+        let out = compile_once::coeff_mlir(a, module);
         let call = compile_once::coeff_call(lowering, final_call, a, &out)?;
         self.run_call(&call, cwd, log)?;
         let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;

@@ -65,11 +65,12 @@ impl Fp8Config {
         let block = match qc.get("weight_block_size") {
             // transformers' FineGrainedFP8Config default.
             None => [128, 128],
-            Some(v) => match v.as_array().map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()) {
-                Some(dims) if dims.len() == 2 && dims.iter().all(|d| d.is_some_and(|d| d > 0)) => {
-                    let d = |i: usize| dims[i].unwrap_or(1) as usize;
-                    [d(0), d(1)]
-                }
+            Some(v) => match v.as_array().map(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().filter(|&d| d > 0))
+                    .collect::<Option<Vec<u64>>>()
+            }) {
+                Some(Some(dims)) if dims.len() == 2 => [dims[0] as usize, dims[1] as usize],
                 _ => {
                     return Err(bad(
                         format!(
