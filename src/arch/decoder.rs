@@ -141,6 +141,35 @@ enum Attn<'a> {
     History { history: (&'a str, &'a str) },
 }
 
+/// Which of the block's linears are `A16MatMul`s: a pre-quantized checkpoint's, or a GGUF's
+/// quantized ones when the conversion keeps the file's own quantization.
+fn weight_only(cfg: &ModelConfig, o: &PieceOptions) -> Option<crate::graph::WeightOnly> {
+    if let Some(q) = &cfg.quant {
+        return Some(crate::graph::WeightOnly {
+            bits: q.bits,
+            group_size: q.group_size,
+            not_converted: q.modules_to_not_convert.clone(),
+            permuted: q.desc_act,
+            per_layer: None,
+        });
+    }
+    if !o.gguf_own_quant || cfg.gguf_linears.is_empty() {
+        return None;
+    }
+    let layers = cfg
+        .gguf_linears
+        .iter()
+        .map(|(prefix, f)| (prefix.clone(), f.bits))
+        .collect();
+    Some(crate::graph::WeightOnly {
+        bits: 4,
+        group_size: crate::model::gguf_linear::GROUP,
+        not_converted: Vec::new(),
+        permuted: false,
+        per_layer: Some(layers),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn layer_body(
     g: &mut Graph,
@@ -152,12 +181,7 @@ fn layer_body(
     attn: Attn,
     len: usize,
 ) {
-    g.weight_only = cfg.quant.as_ref().map(|q| crate::graph::WeightOnly {
-        bits: q.bits,
-        group_size: q.group_size,
-        not_converted: q.modules_to_not_convert.clone(),
-        permuted: q.desc_act,
-    });
+    g.weight_only = weight_only(cfg, o);
     let (h, nh, kvh, d) = (
         cfg.hidden_size,
         cfg.num_attention_heads,
@@ -432,8 +456,12 @@ pub(super) fn linear(
     out: usize,
     bias: bool,
 ) -> String {
-    let y = match g.weight_only.clone().filter(|wo| wo.covers(prefix)) {
-        Some(wo) => g.a16_matmul(x, prefix, inp, out, &wo),
+    let quantized = g
+        .weight_only
+        .clone()
+        .and_then(|wo| Some((wo.bits_of(prefix)?, wo)));
+    let y = match quantized {
+        Some((bits, wo)) => g.a16_matmul(x, prefix, inp, out, &wo, bits),
         None => {
             let w = g.weight(&format!("{prefix}.weight"), &[inp, out], true);
             g.op("MatMul", &[x, &w], vec![])

@@ -34,6 +34,9 @@ pub struct PieceOptions {
     pub decode_stages: Vec<usize>,
     /// `--max_pixels` as W·H (vision-language models; None: the model's default).
     pub max_pixels: Option<usize>,
+    /// A GGUF's quantized block linears become A16MatMuls on the file's own blocks (see
+    /// `model::gguf_linear`) instead of float weights.
+    pub gguf_own_quant: bool,
 }
 
 impl PieceOptions {
@@ -50,6 +53,7 @@ impl PieceOptions {
             history_kv: false,
             decode_stages: Vec::new(),
             max_pixels: None,
+            gguf_own_quant: false,
         })
     }
 
@@ -60,6 +64,11 @@ impl PieceOptions {
 
     pub fn with_do_sample(mut self, do_sample: bool) -> PieceOptions {
         self.do_sample = do_sample;
+        self
+    }
+
+    pub fn with_gguf_own_quant(mut self, own: bool) -> PieceOptions {
+        self.gguf_own_quant = own;
         self
     }
 

@@ -1,5 +1,6 @@
 //! `manifest.json`: what was built, from what, with which flags and tools, and how long it took.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -59,6 +60,9 @@ pub struct Manifest {
     /// tools, files unchanged) and ran no model_tool: it wrote config/ and this manifest only.
     pub up_to_date: bool,
     pub config_files: Vec<String>,
+    /// How each GGUF block linear was kept, when the conversion kept the file's quantization.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub gguf_linears: BTreeMap<String, crate::model::gguf_linear::LinearFormat>,
     pub pieces: Vec<PieceRecord>,
     pub timings: Timings,
 }
@@ -108,6 +112,10 @@ impl Manifest {
             model_log_sha256: outputs.model_log_sha256,
             up_to_date: outputs.up_to_date,
             config_files: outputs.config_files,
+            gguf_linears: match opts.gguf_own_quant {
+                true => model.config.gguf_linears.clone(),
+                false => BTreeMap::new(),
+            },
             pieces,
             timings,
         }

@@ -105,6 +105,12 @@ pub fn run_mode(
              converted, so the bmodel takes text (no --image)"
         );
     }
+    if opts.gguf_own_quant && !quiet {
+        eprintln!(
+            "{}",
+            crate::model::gguf_linear::summary(&model.config.gguf_linears)
+        );
+    }
     let template = DeployTemplate::builtin()?;
     let piece_opts = opts.piece_options()?;
     let folder = opts.out_dir.join(opts.folder_name());

@@ -354,6 +354,9 @@ pub struct ConvertOptions {
     pub backend: super::backend::Backend,
     pub compile_once: bool,
     pub shard: Option<super::shard::Shard>,
+    /// `-q auto` on a GGUF: its quantized block linears keep the file's own blocks (see
+    /// `model::gguf_linear`); everything else compiles at f16.
+    pub gguf_own_quant: bool,
 }
 
 pub(super) fn refuse(path: &Path, what: &str, fix: &str) -> InputError {
@@ -436,11 +439,14 @@ impl ConvertArgs {
     /// Full normalisation once the model's config is known.
     pub fn resolve(&self, cfg: &ModelConfig) -> Result<ConvertOptions, InputError> {
         let (model_path, seq_length) = self.validate()?;
-        let quantize = super::quantize_choice::resolve(
-            self.quantize.unwrap_or(Quantize::Auto),
-            cfg,
-            &model_path,
-        )?;
+        let asked = self.quantize.unwrap_or(Quantize::Auto);
+        let gguf_own_quant = super::quantize_choice::keeps_gguf_quant(asked, cfg, self.backend);
+        let quantize = match gguf_own_quant {
+            // The blocks' A16MatMuls carry the file's bits; the rest (and activations) is f16,
+            // the type of Q4_0 / Q8_0 scales.
+            true => Quantize::F16,
+            false => super::quantize_choice::resolve(asked, cfg, &model_path)?,
+        };
         super::quantize_choice::check_backend(cfg, self.backend, &model_path)?;
         let shape = self.pieces.resolve(seq_length, &model_path)?;
         super::max_pixels::check(cfg, &shape, &model_path)?;
@@ -507,6 +513,7 @@ impl ConvertArgs {
             backend: self.backend,
             compile_once: self.compile_once,
             shard: self.shard,
+            gguf_own_quant,
         })
     }
 }
@@ -549,7 +556,10 @@ impl ConvertOptions {
     }
 
     pub fn piece_options(&self) -> anyhow::Result<PieceOptions> {
-        self.piece_shape().piece_options()
+        Ok(self
+            .piece_shape()
+            .piece_options()?
+            .with_gguf_own_quant(self.gguf_own_quant))
     }
 
     /// `<model>_<q>_seq<S>_<chip>_<n>dev[_history]_{static|dynamic}` (other chips: `_<c>core`).

@@ -34,6 +34,13 @@ pub fn resolve(q: Quantize, cfg: &ModelConfig, model: &Path) -> Result<Quantize,
     }
 }
 
+/// Whether a conversion keeps a GGUF's own quantization per tensor: `-q auto` (or omitted) on
+/// a GGUF with quantized block linears, on the native backend (the ONNX path cannot express
+/// A16MatMul and requantizes as `auto` does for other checkpoints).
+pub fn keeps_gguf_quant(q: Quantize, cfg: &ModelConfig, backend: Backend) -> bool {
+    q == Quantize::Auto && !cfg.gguf_linears.is_empty() && backend == Backend::Native
+}
+
 /// A pre-quantized checkpoint's mode: its 4-bit weights with the checkpoint's activation dtype
 /// (AWQ: f16, as llm_convert.py forces w4f16); `-q auto` picks it, any other -q but a w4 mode
 /// contradicts the checkpoint.

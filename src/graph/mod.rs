@@ -51,7 +51,7 @@ pub struct Initializer {
 }
 
 /// The linear layers of a pre-quantized checkpoint: which are quantized and how, so a linear
-/// becomes `A16MatMul` on the checkpoint's own integers (see `model::quant`).
+/// becomes `A16MatMul` on the checkpoint's own integers (see `model::quant`, `model::gguf`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightOnly {
     pub bits: usize,
@@ -60,15 +60,21 @@ pub struct WeightOnly {
     pub not_converted: Vec<String>,
     /// GPTQ desc_act: each linear first gathers its input features into group order.
     pub permuted: bool,
+    /// A GGUF's: exactly these layers are quantized, each with its own bits.
+    pub per_layer: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 impl WeightOnly {
-    /// Whether linear layer `prefix` is stored quantized.
-    pub fn covers(&self, prefix: &str) -> bool {
-        !self
+    /// The bits linear layer `prefix` is stored on, if it is stored quantized.
+    pub fn bits_of(&self, prefix: &str) -> Option<usize> {
+        if let Some(layers) = &self.per_layer {
+            return layers.get(prefix).copied();
+        }
+        let float = self
             .not_converted
             .iter()
-            .any(|m| prefix.contains(m.as_str()))
+            .any(|m| prefix.contains(m.as_str()));
+        (!float).then_some(self.bits)
     }
 }
 
@@ -264,6 +270,7 @@ impl Graph {
         inp: usize,
         out: usize,
         wo: &WeightOnly,
+        bits: usize,
     ) -> String {
         let permuted;
         let x = if wo.permuted {
@@ -283,23 +290,18 @@ impl Graph {
         } else {
             x
         };
-        let groups = inp / wo.group_size;
-        let per_byte = 8 / wo.bits;
+        use crate::model::quant::A16Part;
         let mut names = Vec::new();
-        for (part, dims, uint8) in [
-            ("a16_qweight", [out, inp / per_byte], true),
-            ("a16_scales", [out, groups], false),
-            ("a16_qzeros", [out, groups], true),
-        ] {
-            let name = format!("{prefix}.{part}");
+        for part in A16Part::ALL {
+            let name = format!("{prefix}.{}", part.suffix());
             self.initializers.push(Initializer {
                 name: name.clone(),
-                dims: dims.to_vec(),
+                dims: part.shape(out, inp, bits, wo.group_size),
                 data: InitData::Weight {
                     name: name.clone(),
                     transpose: false,
                 },
-                uint8,
+                uint8: part != A16Part::Scales,
             });
             names.push(name);
         }
@@ -308,7 +310,7 @@ impl Graph {
             &[x, &names[0], &names[1], &names[2]],
             vec![
                 ("q_group_size", Attr::Int(wo.group_size as i64)),
-                ("weight_bits", Attr::Int(wo.bits as i64)),
+                ("weight_bits", Attr::Int(bits as i64)),
             ],
         )
     }

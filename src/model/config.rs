@@ -64,6 +64,10 @@ pub struct ModelConfig {
     /// read (a GGUF's 32-element blocks); W4/W8 requantize on it (see `ConvertArgs::resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_group_size: Option<usize>,
+    /// A GGUF's quantized block linears (HF prefix → how its blocks become an A16MatMul),
+    /// used when a conversion keeps the file's own quantization (`-q auto`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub gguf_linears: std::collections::BTreeMap<String, super::gguf_linear::LinearFormat>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The vision tower and image tokens, when the config is a VLM's.
@@ -237,6 +241,7 @@ impl ModelConfig {
             },
             fp8,
             stored_group_size: None,
+            gguf_linears: Default::default(),
             bos_token_id: r.opt_usize("bos_token_id")?.map(|v| v as u32),
             eos_token_ids: r.token_ids("eos_token_id")?,
             vlm: None,

@@ -17,6 +17,8 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use super::fingerprint::{self, Fingerprint, Memo};
+use super::gguf_linear::{self, Handling, LinearFormat};
+use super::quant::{A16Part, QuantizedLinear};
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
 use crate::family::{Family, Gguf};
@@ -229,6 +231,57 @@ impl GgufFile {
         }
     }
 
+    /// The quantized linears inside the blocks (HF prefix → how they become A16MatMuls):
+    /// 2-D `model.layers.*.weight` tensors of a quantized type whose rows are whole groups.
+    pub fn block_linears(&self) -> BTreeMap<String, LinearFormat> {
+        self.hf_to_gguf
+            .iter()
+            .filter_map(|(hf, gguf_name)| {
+                let prefix = hf.strip_suffix(".weight")?;
+                let info = self.content.tensor_infos.get(gguf_name)?;
+                let format = gguf_linear::format_of(info.ggml_dtype)?;
+                let whole = matches!(info.shape.dims(), [_, k] if k % gguf_linear::GROUP == 0);
+                (prefix.starts_with("model.layers.") && whole).then(|| (prefix.to_string(), format))
+            })
+            .collect()
+    }
+
+    /// Block linear `prefix` as A16MatMul's integers, scales and zero points: the file's own
+    /// for Q4_0 / Q8_0 (rows un-permuted like the float read), else requantized from the
+    /// dequantized weight (see [`gguf_linear`]).
+    fn a16_layer(&self, prefix: &str, f: LinearFormat) -> Result<QuantizedLinear> {
+        let name = format!("{prefix}.weight");
+        let gguf_name = &self.hf_to_gguf[&name];
+        let [n, k] = self.content.tensor_infos[gguf_name].shape.dims()[..] else {
+            anyhow::bail!("{}: tensor {gguf_name} is not 2-D", self.path.display());
+        };
+        let layer = match f.handling {
+            Handling::Requantized => {
+                let w = self.read_f32(&name)?.flatten_all()?.to_vec1::<f32>()?;
+                return gguf_linear::requantize(&w, n, k, f.bits);
+            }
+            Handling::Exact => {
+                gguf_linear::unpack_exact(f.gguf, &self.read_blocks(gguf_name)?, n, k)
+                    .with_context(|| format!("{}: tensor {gguf_name}", self.path.display()))?
+            }
+        };
+        Ok(match self.unpermute_heads(&name) {
+            Some(heads) => {
+                gguf_linear::permute_rows(layer, &gguf_linear::unpermuted_row_sources(n, heads)?)
+            }
+            None => layer,
+        })
+    }
+
+    /// `name` as an A16 part of a quantized block linear.
+    fn a16_part<'n>(&self, name: &'n str) -> Option<(&'n str, A16Part, LinearFormat)> {
+        let (prefix, part) = A16Part::split(name)?;
+        let gguf_name = self.hf_to_gguf.get(&format!("{prefix}.weight"))?;
+        let info = self.content.tensor_infos.get(gguf_name)?;
+        let f = gguf_linear::format_of(info.ggml_dtype)?;
+        Some((prefix, part, f))
+    }
+
     /// The quantization group of the layers' weights (see [`layer_group_size`]).
     pub fn layer_group_size(&self) -> Option<usize> {
         layer_group_size(
@@ -239,36 +292,54 @@ impl GgufFile {
         )
     }
 
+    /// The file positioned at `gguf_name`'s stored blocks, and their length, checked against
+    /// the element count and the file's size.
+    fn open_blocks(&self, gguf_name: &str) -> Result<(File, u64)> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(gguf_name)
+            .with_context(|| format!("{}: no tensor {gguf_name}", self.path.display()))?;
+        let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
+        let len = (elems % dtype.block_size() == 0)
+            .then(|| (elems / dtype.block_size()).checked_mul(dtype.type_size()))
+            .flatten()
+            .with_context(|| {
+                format!(
+                    "{}: tensor {gguf_name}: {elems} elements are no whole number of \
+                     {dtype:?} blocks",
+                    self.path.display()
+                )
+            })? as u64;
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        let mut file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        anyhow::ensure!(
+            start.checked_add(len).is_some_and(|end| end <= file_len),
+            "{}: tensor {gguf_name} ({len} bytes at {start}) lies past the end of the file",
+            self.path.display()
+        );
+        file.seek(std::io::SeekFrom::Start(start))?;
+        Ok((file, len))
+    }
+
+    /// `gguf_name`'s stored blocks as they are in the file (their length checked first).
+    fn read_blocks(&self, gguf_name: &str) -> Result<Vec<u8>> {
+        let (mut file, len) = self.open_blocks(gguf_name)?;
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact(&mut bytes)
+            .with_context(|| format!("{}: reading tensor {gguf_name}", self.path.display()))?;
+        Ok(bytes)
+    }
+
     /// The tensor's stored blocks with their type and dims, hashed as read from the file (in
     /// chunks: no allocation follows a size in the file), once per run.
     fn stored_fingerprint(&self, gguf_name: &str) -> Result<Fingerprint> {
         self.fingerprints.get_or(gguf_name, || {
-            let info = self
-                .content
-                .tensor_infos
-                .get(gguf_name)
-                .with_context(|| format!("{}: no tensor {gguf_name}", self.path.display()))?;
-            let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
-            let len = (elems % dtype.block_size() == 0)
-                .then(|| (elems / dtype.block_size()).checked_mul(dtype.type_size()))
-                .flatten()
-                .with_context(|| {
-                    format!(
-                        "{}: tensor {gguf_name}: {elems} elements are no whole number of \
-                         {dtype:?} blocks",
-                        self.path.display()
-                    )
-                })? as u64;
-            let start = self.content.tensor_data_offset.saturating_add(info.offset);
-            let mut file = File::open(&self.path)
-                .with_context(|| format!("opening {}", self.path.display()))?;
-            let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            anyhow::ensure!(
-                start.checked_add(len).is_some_and(|end| end <= file_len),
-                "{}: tensor {gguf_name} ({len} bytes at {start}) lies past the end of the file",
-                self.path.display()
-            );
-            file.seek(std::io::SeekFrom::Start(start))?;
+            let (mut file, len) = self.open_blocks(gguf_name)?;
+            let info = &self.content.tensor_infos[gguf_name];
+            let dtype = info.ggml_dtype;
             // The variant name of candle's type (a fieldless enum) and its block layout.
             let ty = format!("{dtype:?}/{}/{}", dtype.block_size(), dtype.type_size());
             fingerprint::stored("gguf", &ty, info.shape.dims(), len, |h| {
@@ -290,6 +361,16 @@ impl GgufFile {
 
 impl WeightSource for GgufFile {
     fn meta(&self, name: &str) -> Option<TensorMeta> {
+        if let Some((prefix, part, f)) = self.a16_part(name) {
+            let weight = self.meta(&format!("{prefix}.weight"))?;
+            let [n, k] = weight.shape[..] else {
+                return None;
+            };
+            return Some(TensorMeta {
+                shape: part.shape(n, k, f.bits, gguf_linear::GROUP),
+                dtype: StoredDtype::F32,
+            });
+        }
         let info = self.content.tensor_infos.get(self.hf_to_gguf.get(name)?)?;
         let dtype = match info.ggml_dtype {
             GgmlDType::F32 => StoredDtype::F32,
@@ -309,6 +390,15 @@ impl WeightSource for GgufFile {
     }
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
+        if let Some((prefix, part, f)) = self.a16_part(name) {
+            let layer = self.a16_layer(prefix, f)?;
+            let shape = part.shape(layer.n, layer.k, f.bits, gguf_linear::GROUP);
+            return Ok(Tensor::from_vec(
+                layer.a16(part, f.bits),
+                shape,
+                &Device::Cpu,
+            )?);
+        }
         let gguf_name = self
             .hf_to_gguf
             .get(name)
@@ -322,6 +412,15 @@ impl WeightSource for GgufFile {
 
     /// The stored blocks' fingerprint; q/k rows that read un-permutes carry that step too.
     fn fingerprint(&self, name: &str) -> Result<Fingerprint> {
+        if let Some((prefix, part, f)) = self.a16_part(name) {
+            let weight = self.fingerprint(&format!("{prefix}.weight"))?;
+            let params = [part as u64, f.bits as u64, f.handling as u64];
+            return Ok(fingerprint::derived(
+                "gguf blocks as A16",
+                &params,
+                &[weight],
+            ));
+        }
         let gguf_name = self
             .hf_to_gguf
             .get(name)

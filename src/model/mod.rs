@@ -6,6 +6,7 @@ pub mod config;
 pub mod fingerprint;
 pub mod gguf;
 pub mod gguf_header;
+pub mod gguf_linear;
 pub mod gguf_tokenizer;
 pub mod layout;
 pub mod layout_moe;
@@ -120,6 +121,7 @@ impl Model {
         let config_json = g.hf_config()?;
         let mut config = ModelConfig::from_json(&config_json, path)?;
         config.stored_group_size = g.layer_group_size();
+        config.gguf_linears = g.block_linears();
         let tokenizer = match gguf_tokenizer::tokenizer_json(g.metadata()) {
             Ok(json) => {
                 TokenizerSource::Rebuilt(json, gguf_tokenizer::tokenizer_config(g.metadata()))

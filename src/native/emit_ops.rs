@@ -244,7 +244,7 @@ fn matmul(e: &mut Emitter, n: &Node) -> Result<()> {
 }
 
 /// A pre-quantized linear (not an ONNX op): `top.A16MatMul` as llm_convert.py's `linear()`
-/// creates it, weight `[N, K/2]` uint8 used transposed, scales and zero points `[N, K/g]`.
+/// creates it, weight `[N, K·bits/8]` uint8 used transposed, scales and zero points `[N, K/g]`.
 fn a16_matmul(e: &mut Emitter, n: &Node) -> Result<()> {
     ensure!(
         n.inputs.len() == 4,

@@ -139,6 +139,34 @@ impl VerifyArgs {
 #[derive(serde::Deserialize)]
 struct ManifestQuantize {
     options: ManifestOptions,
+    #[serde(default)]
+    gguf_linears: std::collections::BTreeMap<String, KeptLinear>,
+}
+
+/// How convert kept a GGUF block linear (manifest `gguf_linears`).
+#[derive(serde::Deserialize)]
+struct KeptLinear {
+    bits: usize,
+    handling: String,
+}
+
+impl ManifestQuantize {
+    /// The quantization whose limits apply: the reference reads the GGUF dequantized, so the
+    /// file's own Q4_0 / Q8_0 blocks are held to 16-bit limits, and a layer requantized onto
+    /// 4 (8) bits to w4's (w8's).
+    fn limits(self) -> String {
+        let half = self.options.quantize;
+        let requantized = self
+            .gguf_linears
+            .values()
+            .filter(|l| l.handling == "requantized")
+            .map(|l| l.bits)
+            .min();
+        match requantized {
+            Some(bits) => format!("w{bits}{half}"),
+            None => half,
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -153,7 +181,7 @@ fn bmodel_quantize(bmodel: &Path) -> Option<String> {
         .ok()
         .and_then(|text| serde_json::from_str::<ManifestQuantize>(&text).ok());
     if let Some(m) = from_manifest {
-        return Some(m.options.quantize);
+        return Some(m.limits());
     }
     let name = bmodel.file_name()?.to_string_lossy().to_lowercase();
     ["w4bf16", "w4f16", "w8bf16", "w8f16", "bf16", "f16", "f32"]

@@ -75,6 +75,58 @@ impl QuantizedLinear {
     }
 }
 
+/// The inputs of TPU-MLIR's `A16MatMul` for a quantized linear, presented as virtual tensors
+/// `<prefix>.<suffix>` whose f32 values are bytes (exact: 0..=255) or scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum A16Part {
+    /// `[N, K·bits/8]`: the integers, two 4-bit ones per byte (even input feature low).
+    Qweight,
+    /// `[N, K/g]` f32.
+    Scales,
+    /// `[N, K/g]` zero points, one per byte.
+    Qzeros,
+}
+
+impl A16Part {
+    pub const ALL: [A16Part; 3] = [A16Part::Qweight, A16Part::Scales, A16Part::Qzeros];
+
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            A16Part::Qweight => "a16_qweight",
+            A16Part::Scales => "a16_scales",
+            A16Part::Qzeros => "a16_qzeros",
+        }
+    }
+
+    /// `name` as `(<prefix>, part)` when it names an A16 part.
+    pub fn split(name: &str) -> Option<(&str, A16Part)> {
+        let (prefix, suffix) = name.rsplit_once('.')?;
+        let part = A16Part::ALL.into_iter().find(|p| p.suffix() == suffix)?;
+        Some((prefix, part))
+    }
+
+    /// The part's shape for an `[n, k]` layer of `bits` in groups of `group`.
+    pub fn shape(self, n: usize, k: usize, bits: usize, group: usize) -> Vec<usize> {
+        match self {
+            A16Part::Qweight => vec![n, k * bits / 8],
+            A16Part::Scales | A16Part::Qzeros => vec![n, k / group],
+        }
+    }
+}
+
+impl QuantizedLinear {
+    /// The values of `part` (see [`A16Part`]) with the integers stored on `bits` (4 or 8).
+    pub fn a16(&self, part: A16Part, bits: usize) -> Vec<f32> {
+        let bytes = |v: &[u8]| v.iter().map(|&b| f32::from(b)).collect::<Vec<f32>>();
+        match (part, bits) {
+            (A16Part::Qweight, 4) => bytes(&unpack::pair_nibbles(&self.q)),
+            (A16Part::Qweight, _) => bytes(&self.q),
+            (A16Part::Scales, _) => self.scales.clone(),
+            (A16Part::Qzeros, _) => bytes(&self.zeros),
+        }
+    }
+}
+
 /// `inner` with its quantized layers checked and dequantized on read (`inner` itself when
 /// config.json has no `quantization_config`). `dir` names errors.
 pub fn view(
@@ -266,9 +318,9 @@ enum Part {
 
 const PARTS: [(&str, Part); 5] = [
     ("weight", Part::Weight),
-    ("a16_qweight", Part::A16Qweight),
-    ("a16_scales", Part::A16Scales),
-    ("a16_qzeros", Part::A16Qzeros),
+    (A16Part::Qweight.suffix(), Part::A16Qweight),
+    (A16Part::Scales.suffix(), Part::A16Scales),
+    (A16Part::Qzeros.suffix(), Part::A16Qzeros),
     ("a16_perm", Part::A16Perm),
 ];
 
