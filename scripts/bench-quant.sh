@@ -2,10 +2,11 @@
 # Benchmark (not a test): pre-quantized checkpoints on a real-shaped random model (one
 # Llama-2-7B layer: hidden 4096, intermediate 11008, 32 heads; vocab 4096), bf16 activations.
 #   unpack: the packed bytes (weights, scales, zero points) of the layer's 7 linears over the
-#     time to read and unpack them. Ours: `llm-convert reference --steps 0` (reads every
-#     tensor, unpacks and exactly dequantizes each linear to f32, one 1-token forward: an upper
-#     bound on our unpack time; the same run on the bf16 checkpoint is the cost of everything
-#     but the unpacking, subtracted for the second figure). Theirs: TPU-MLIR llm_convert.py's own
+#     time to read and unpack them. Ours: examples/unpack_throughput.rs, which reads every
+#     quantized linear's A16MatMul operands (integers two per byte, scales, zero points) as a
+#     conversion does and nothing else. Also shown: `llm-convert reference --steps 0` (reads
+#     every tensor, unpacks and exactly dequantizes each linear to f32, one 1-token forward;
+#     the same run on the bf16 checkpoint is the cost of everything but the unpacking). Theirs: TPU-MLIR llm_convert.py's own
 #     SafetensorsModelHandle.set_linear_weight on the same files (read + unpack into the
 #     A16MatMul operands), imported from the toolchain's python.
 #     For GPTQ (sym, g128) and compressed-tensors pack-quantized (asym, g128).
@@ -15,8 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
-cargo build --profile "$PROFILE" --locked -q
-BIN=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/llm-convert
+cargo build --profile "$PROFILE" --locked -q --bin llm-convert --example unpack_throughput
+OUT=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+BIN=$OUT/llm-convert
 PY=$($BIN toolchain show | sed -n 's/.*"python": "\(.*\)".*/\1/p')
 SITE=$($BIN toolchain show | sed -n 's/.*"site_packages": "\(.*\)".*/\1/p')
 WORK=$(mktemp -d /tmp/bench-quant.XXXXXX)
@@ -83,6 +85,9 @@ PYEOF
 
 measure() { "$PY" scripts/measure.py "$@"; }
 {
+  for m in gptq ct; do
+    $OUT/examples/unpack_throughput "$WORK/$m" "ours_a16_$m"
+  done
   for m in gptq ct bf16; do
     measure "ours_unpack_$m" -- $BIN reference -m "$WORK/$m" --tokens 1 --steps 0
   done
@@ -117,7 +122,10 @@ base = rows["ours_unpack_bf16"]["wall_s"]
 print(f"  `reference --steps 0` on the bf16 checkpoint (no unpacking): {base:.2f} s")
 for m in ("gptq", "ct"):
     o, t = rows[f"ours_unpack_{m}"]["wall_s"], rows[f"theirs_unpack_{m}"]["wall_s"]
+    a = rows[f"ours_a16_{m}"]["wall_s"]
     gb, extra = packed[m] / 1e9, o - base
+    print(f"  {m:<5} read + unpack only: ours {a:.3f} s = {gb / a:.3f} GB/s, "
+          f"llm_convert.py {t:.3f} s = {gb / t:.3f} GB/s: {t / a:.1f}x faster")
     # A difference under 10% of the run is noise, not a throughput.
     over = (f"{extra:.2f} s over bf16 = {gb / extra:.3f} GB/s" if extra > 0.1 * base
             else f"{extra:+.2f} s over bf16: within the noise")

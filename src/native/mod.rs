@@ -14,6 +14,7 @@ mod emit_prep;
 mod emit_slice;
 mod emit_text;
 mod emit_weights;
+mod merged;
 mod mlir_float;
 pub mod npz;
 pub mod passes;

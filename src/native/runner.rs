@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::compile_once::{self, Templates};
+use super::merged;
 use super::passes::{self, DeployArgs, TpucCall, TransformArgs};
 use crate::convert::worker::{self, ToolRunner};
 use crate::toolchain::{env, Layout};
@@ -138,10 +139,18 @@ impl NativeRunner {
             .with_context(|| format!("creating {}", context_dir.display()))?;
         let patched_from = match &self.once {
             Some(once) => self.deploy_once(once, &a, &module, cwd, log)?,
-            None => {
+            // --debug keeps model_deploy.py's steps and their intermediate files.
+            None if a.debug => {
                 for call in passes::deploy_calls(&a, &module) {
                     self.run_call(&call, cwd, log)?;
                 }
+                None
+            }
+            None => {
+                let calls = passes::deploy_calls(&a, &module);
+                let (lowering, rest) = calls.split_first().context("no deploy calls")?;
+                self.run_call(lowering, cwd, log)?;
+                self.run_call(&merged::merged_call(rest, &files.final_mlir)?, cwd, log)?;
                 None
             }
         };
