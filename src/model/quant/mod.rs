@@ -161,6 +161,7 @@ pub fn view(
         cfg,
         layers,
         dir: dir.to_path_buf(),
+        last: Default::default(),
     }))
 }
 
@@ -298,6 +299,9 @@ struct Dequantized {
     cfg: QuantConfig,
     layers: BTreeMap<String, Shape>,
     dir: PathBuf,
+    /// The layer unpacked last: a piece reads its parts one after another, so each layer is
+    /// unpacked once, not once per part.
+    last: std::sync::Mutex<Option<(String, std::sync::Arc<QuantizedLinear>)>>,
 }
 
 /// What the native backend's `A16MatMul` reads of a layer, as virtual tensors
@@ -334,8 +338,7 @@ impl Dequantized {
 
     /// The values of `part` of layer `prefix`, and their shape.
     fn part(&self, prefix: &str, s: Shape, part: Part) -> Result<(Vec<f32>, Vec<usize>)> {
-        let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
-            .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
+        let layer = self.unpacked(prefix)?;
         let groups = layer.groups();
         if part == Part::Weight {
             return Ok((layer.dequantize(), vec![s.n, s.k]));
@@ -347,23 +350,42 @@ impl Dequantized {
         Ok(match part {
             Part::Weight => unreachable!("returned above"),
             Part::A16Qweight => {
-                let q = match &perm {
-                    Some(p) => layer
-                        .q
-                        .chunks_exact(s.k)
-                        .flat_map(|row| p.iter().map(|&k| row[k]))
-                        .collect(),
-                    None => layer.q,
+                let packed = match &perm {
+                    Some(p) => {
+                        let q: Vec<u8> = layer
+                            .q
+                            .chunks_exact(s.k)
+                            .flat_map(|row| p.iter().map(|&k| row[k]))
+                            .collect();
+                        unpack::pair_nibbles(&q)
+                    }
+                    None => unpack::pair_nibbles(&layer.q),
                 };
-                (bytes(unpack::pair_nibbles(&q)), vec![s.n, s.k / 2])
+                (bytes(packed), vec![s.n, s.k / 2])
             }
-            Part::A16Scales => (layer.scales, vec![s.n, groups]),
-            Part::A16Qzeros => (bytes(layer.zeros), vec![s.n, groups]),
+            Part::A16Scales => (layer.scales.clone(), vec![s.n, groups]),
+            Part::A16Qzeros => (bytes(layer.zeros.clone()), vec![s.n, groups]),
             Part::A16Perm => {
                 let p = perm.unwrap_or_else(|| (0..s.k).collect());
                 (p.into_iter().map(|k| k as f32).collect(), vec![s.k])
             }
         })
+    }
+
+    /// Layer `prefix` unpacked (from the one-layer memo when it was the last one).
+    fn unpacked(&self, prefix: &str) -> Result<std::sync::Arc<QuantizedLinear>> {
+        let memo = || self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, layer)) = memo().as_ref() {
+            if name == prefix {
+                return Ok(layer.clone());
+            }
+        }
+        // Unpacked outside the lock: pieces exported in parallel read other layers meanwhile.
+        let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
+            .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
+        let layer = std::sync::Arc::new(layer);
+        *memo() = Some((prefix.to_string(), layer.clone()));
+        Ok(layer)
     }
 
     /// The input features in group order (stable), when `g_idx` is not already in order:
