@@ -13,6 +13,8 @@ are quantized with a known rule and stored in the method's exact packing:
   gptq     qweight int32 [K/8, N]: row 8r+i of q^T in bits 4i..4i+4 of row r; qzeros int32
            [K/g, N/8]: (z - 1) packed along N the same way; scales f16 [K/g, N]; g_idx int32 [K].
            With desc_act the groups follow g_idx, a random permutation of k // group_size.
+           8-bit (gptq8_*): the rule with 255 / 127.5 / 128 for 15 / 7.5 / 8, four values per
+           word (value i in bits 8i..8i+8), (z - 1) mod 256 in qzeros.
   awq      AutoAWQ GEMM: qweight int32 [K, N/8]: column 8c+j of q^T in bits 4*ORDER[j] of
            column c, ORDER = [0, 4, 1, 5, 2, 6, 3, 7]; qzeros int32 [K/g, N/8]: z packed the
            same way; scales f16 [K/g, N]; no g_idx.
@@ -54,10 +56,11 @@ AWQ_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
-# name: (config class, method, group_size, sym, desc_act)
+# name: (config class, method, group_size, sym, desc_act[, bits])
 FIXTURES = {
     "gptq_sym_g128": (Qwen2Config, "gptq", 128, True, False),
     "gptq_asym_desc_g32": (LlamaConfig, "gptq", 32, False, True),
+    "gptq8_asym_g64": (Qwen2Config, "gptq", 64, False, False, 8),
     "awq_g64": (LlamaConfig, "awq", 64, False, False),
     "ct_asym_g64": (Qwen2Config, "ct", 64, False, False),
     "ct_sym_g32": (LlamaConfig, "ct", 32, True, False),
@@ -86,9 +89,10 @@ def bf16(x):
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)).bfloat16().float().numpy()
 
 
-def quantize(w, group_size, sym, g_idx, rnd):
-    """w [N, K] f32 → q [N, K] (0..15), z [N, G], s [N, G] f32 (rounded by `rnd` to the
+def quantize(w, group_size, sym, g_idx, rnd, bits=4):
+    """w [N, K] f32 → q [N, K] (0..2^bits-1), z [N, G], s [N, G] f32 (rounded by `rnd` to the
     stored dtype), by the rule above."""
+    top, mid = (1 << bits) - 1, 1 << (bits - 1)
     n, k = w.shape
     groups = k // group_size
     q = np.zeros((n, k), np.int64)
@@ -98,13 +102,13 @@ def quantize(w, group_size, sym, g_idx, rnd):
         cols = np.nonzero(g_idx == g)[0]
         wg = w[:, cols]
         if sym:
-            sg = rnd(np.abs(wg).max(axis=1) / 7.5)
-            zg = np.full(n, 8)
+            sg = rnd(np.abs(wg).max(axis=1) / (top / 2))
+            zg = np.full(n, mid)
         else:
             lo, hi = np.minimum(wg.min(axis=1), 0), np.maximum(wg.max(axis=1), 0)
-            sg = rnd((hi - lo) / 15)
-            zg = np.clip(np.round(-lo / sg), 0, 15).astype(np.int64)
-        q[:, cols] = np.clip(np.round(wg / sg[:, None]) + zg[:, None], 0, 15)
+            sg = rnd((hi - lo) / top)
+            zg = np.clip(np.round(-lo / sg), 0, top).astype(np.int64)
+        q[:, cols] = np.clip(np.round(wg / sg[:, None]) + zg[:, None], 0, top)
         z[:, g], s[:, g] = zg, sg
     return q, z, s
 
@@ -115,17 +119,19 @@ def pack_to_int32(signed, num_bits, packed_dim):
     return pack(signed + (1 << (num_bits - 1)), packed_dim, range(8))
 
 
-def pack(values, axis, order):
-    """Packs 4-bit values 8 per int32 along `axis`; value j of a word at shift 4*order[j]."""
+def pack(values, axis, order, bits=4):
+    """Packs `bits`-bit values 32/bits per int32 along `axis`; value j of a word at shift
+    bits*order[j]."""
+    per = 32 // bits
     v = np.moveaxis(values.astype(np.uint32), axis, -1)
-    v = v.reshape(*v.shape[:-1], v.shape[-1] // 8, 8)
+    v = v.reshape(*v.shape[:-1], v.shape[-1] // per, per)
     word = np.zeros(v.shape[:-1], np.uint32)
-    for j in range(8):
-        word |= v[..., j] << np.uint32(4 * order[j])
+    for j in range(per):
+        word |= v[..., j] << np.uint32(bits * order[j])
     return np.moveaxis(word, -1, axis).view(np.int32)
 
 
-def make(out_dir, name, cls, method, group_size, sym, desc_act):
+def make(out_dir, name, cls, method, group_size, sym, desc_act, bits=4):
     d = os.path.join(out_dir, name)
     torch.manual_seed(zlib.crc32(name.encode()))
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -148,12 +154,14 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
             g_idx = np.arange(k) // group_size
             if desc_act:
                 g_idx = g_idx[rng.permutation(k)]
-            q, z, s = quantize(w, group_size, sym, g_idx, rnd)
+            q, z, s = quantize(w, group_size, sym, g_idx, rnd, bits)
             deq = (q - z[:, g_idx]) * s[:, g_idx]
             dequantized[prefix + ".weight"] = torch.from_numpy(deq.astype(np.float32))
             if method == "gptq":
-                stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 0, range(8)))
-                stored[prefix + ".qzeros"] = torch.from_numpy(pack((z - 1).T, 1, range(8)))
+                stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 0, range(8), bits))
+                # v1 format: zero - 1, kept in its bits (a zero of 0 wraps to the top value).
+                zm1 = (z - 1) % (1 << bits)
+                stored[prefix + ".qzeros"] = torch.from_numpy(pack(zm1.T, 1, range(8), bits))
                 stored[prefix + ".g_idx"] = torch.from_numpy(g_idx.astype(np.int32))
             elif method == "awq":
                 stored[prefix + ".qweight"] = torch.from_numpy(pack(q.T, 1, AWQ_ORDER))
@@ -173,7 +181,7 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act):
     path = os.path.join(d, "config.json")
     c = json.load(open(path))
     if method == "gptq":
-        qc = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "sym": sym,
+        qc = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": sym,
               "desc_act": desc_act, "checkpoint_format": "gptq", "true_sequential": True}
     elif method == "awq":
         qc = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,

@@ -13,9 +13,10 @@ use common::quant::{expected, Expected};
 use llm_convert::model::Model;
 use safetensors::{Dtype, SafeTensors};
 
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 6] = [
     "gptq_sym_g128",
     "gptq_asym_desc_g32",
+    "gptq8_asym_g64",
     "awq_g64",
     "ct_asym_g64",
     "ct_sym_g32",
@@ -102,7 +103,7 @@ fn read_config(dir: &Path) -> serde_json::Value {
 
 /// The documented layouts, element by element: AutoGPTQ packs `qweight[k / 8, n]` with input
 /// feature k at bit `4 (k % 8)`; `qzeros[g, n / 8]` with n at bit `4 (n % 8)`, storing z - 1;
-/// AutoAWQ GEMM packs `qweight[k, n / 8]` and `qzeros[g, n / 8]` with n at bit
+/// 8-bit GPTQ packs four values per word the same way (value i at bit 8i). AutoAWQ GEMM packs `qweight[k, n / 8]` and `qzeros[g, n / 8]` with n at bit
 /// `4 · [0, 4, 1, 5, 2, 6, 3, 7][n % 8]`; scales `[g, n]`; the group of k is `g_idx[k]`
 /// (GPTQ) or `k / group_size`. compressed-tensors (`pack_to_int32`) packs
 /// `weight_packed[n, k / 8]` with k at bit `4 (k % 8)` and `weight_zero_point[n / 8, g]` with
@@ -113,6 +114,7 @@ fn decode_independently(
     prefix: &str,
     method: Method,
     group: usize,
+    bits: usize,
 ) -> (Vec<usize>, Vec<f32>) {
     let get = |s: &str| &t[&format!("{prefix}.{s}")];
     let nib = |word: i32, pos: usize| ((word as u32) >> (4 * pos)) & 0xF;
@@ -142,10 +144,13 @@ fn decode_independently(
     let scales = floats(get("scales"));
     let n = get("scales").1[1];
     let awq_pos = |n: usize| [0, 4, 1, 5, 2, 6, 3, 7][n % 8];
+    // GPTQ of `bits`: 32 / bits values per word, value i at bits·i (the 4-bit case is `nib`).
+    let per = 32 / bits;
+    let val = |word: i32, pos: usize| ((word as u32) >> (bits * pos)) & ((1 << bits) - 1);
     let k = if awq {
         get("qweight").1[0]
     } else {
-        get("qweight").1[0] * 8
+        get("qweight").1[0] * per
     };
     let g_idx: Vec<usize> = match t.get(&format!("{prefix}.g_idx")) {
         Some(g) => i32s(g).iter().map(|&v| v as usize).collect(),
@@ -161,10 +166,9 @@ fn decode_independently(
                     nib(qz[g * (n / 8) + row / 8], awq_pos(row)),
                 )
             } else {
-                (
-                    nib(qw[(col / 8) * n + row], col % 8),
-                    nib(qz[g * (n / 8) + row / 8], row % 8) + 1,
-                )
+                // v1 zero points are stored minus one, wrapping within the bits.
+                let z = (val(qz[g * (n / per) + row / per], row % per) + 1) % (1 << bits);
+                (val(qw[(col / per) * n + row], col % per), z)
             };
             w[row * k + col] = (q as f32 - z as f32) * scales[g * n + row];
         }
@@ -200,7 +204,8 @@ fn packing_matches_the_documented_layout() {
         let layers = quantized_layers(&stored);
         assert_eq!(layers.len(), 14, "{name}");
         for prefix in &layers {
-            let (shape, w) = decode_independently(&stored, prefix, method_of(&cfg), group);
+            let bits = cfg["quantization_config"]["bits"].as_u64().unwrap_or(4) as usize;
+            let (shape, w) = decode_independently(&stored, prefix, method_of(&cfg), group, bits);
             let expect = &want[&format!("{prefix}.weight")];
             assert_eq!(shape, expect.1, "{name} {prefix}");
             assert_eq!(w, floats(expect), "{name} {prefix}");
@@ -537,6 +542,13 @@ fn convert_refuses_what_it_cannot_keep_exact() {
     let (code, err) = run(&fixture("awq_g64"), &["-q", "bf16"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("-q bf16 contradicts the checkpoint"), "{err}");
+    // An 8-bit checkpoint's integers do not fit a 4-bit compile.
+    let (code, err) = run(&fixture("gptq8_asym_g64"), &["-q", "w4bf16"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-q w4bf16 contradicts the checkpoint: it is 8-bit"),
+        "{err}"
+    );
     let (code, err) = run(&fixture("awq_g64"), &["-g", "128"]);
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -583,16 +595,27 @@ fn convert_refuses_what_it_cannot_keep_exact() {
 }
 
 /// A GPTQ (qwen2, biases, sym, g128), a GPTQ desc_act (llama, asym, g32, permuted g_idx:
-/// its rows reordered into group order and x gathered the same way) and an AWQ (llama, asym,
+/// its rows reordered into group order and x gathered the same way), an 8-bit GPTQ (qwen2,
+/// asym, g64: an 8-bit A16MatMul) and an AWQ (llama, asym,
 /// g64) checkpoint convert on the real toolchain and the bmodel matches the exactly dequantized reference at f16 thresholds
 /// (not w4 ones), with transformers' tokens on the dequantized weights. (That the blocks get
 /// the checkpoint's own integers is shown by `native_block_npz_holds_the_checkpoint_integers`.)
 #[test]
 fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
-    for name in ["gptq_sym_g128", "gptq_asym_desc_g32", "awq_g64"] {
+    for name in [
+        "gptq_sym_g128",
+        "gptq_asym_desc_g32",
+        "gptq8_asym_g64",
+        "awq_g64",
+    ] {
         let dir = fixture(name);
         let c = common::converted(&dir, 64, &[]);
-        assert_eq!(c.manifest["options"]["quantize"], "w4f16", "{name}");
+        let own = if name.starts_with("gptq8") {
+            "w8f16"
+        } else {
+            "w4f16"
+        };
+        assert_eq!(c.manifest["options"]["quantize"], own, "{name}");
         let exp = expected(&dir);
         let out = verify_at(&c.bmodel, &dir, &exp, "f16");
         let err = String::from_utf8_lossy(&out.stderr);

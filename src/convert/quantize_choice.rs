@@ -41,9 +41,9 @@ pub fn keeps_gguf_quant(q: Quantize, cfg: &ModelConfig, backend: Backend) -> boo
     q == Quantize::Auto && !cfg.gguf_linears.is_empty() && backend == Backend::Native
 }
 
-/// A pre-quantized checkpoint's mode: its 4-bit weights with the checkpoint's activation dtype
-/// (AWQ: f16, as llm_convert.py forces w4f16); `-q auto` picks it, any other -q but a w4 mode
-/// contradicts the checkpoint.
+/// A pre-quantized checkpoint's mode: its 4- (8-)bit weights with the checkpoint's activation
+/// dtype (AWQ: f16, as llm_convert.py forces w4f16); `-q auto` picks it, any other -q but a
+/// w4 (w8) mode contradicts the checkpoint.
 fn checkpoint_quantize(
     q: Quantize,
     qc: &crate::model::quant::QuantConfig,
@@ -93,13 +93,18 @@ fn checkpoint_quantize(
             "convert the model's unquantized checkpoint with -q",
         ));
     }
-    let own = match (qc.packing, cfg.torch_dtype.as_deref()) {
-        (Packing::Gptq | Packing::CompressedTensors, Some("bfloat16")) => Quantize::W4bf16,
-        _ => Quantize::W4f16,
+    let bf16 = matches!(qc.packing, Packing::Gptq | Packing::CompressedTensors)
+        && cfg.torch_dtype.as_deref() == Some("bfloat16");
+    let own = match (qc.bits, bf16) {
+        (8, true) => Quantize::W8bf16,
+        (8, false) => Quantize::W8f16,
+        (_, true) => Quantize::W4bf16,
+        (_, false) => Quantize::W4f16,
     };
+    let same_width = q.name().get(..2) == own.name().get(..2);
     match q {
         Quantize::Auto => Ok(own),
-        Quantize::W4bf16 | Quantize::W4f16 => Ok(q),
+        _ if q.is_weight_only() && same_width => Ok(q),
         other => Err(refuse(
             &model.join("config.json"),
             &format!(

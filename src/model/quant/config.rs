@@ -101,9 +101,12 @@ impl QuantConfig {
                 "the config is incomplete: re-download the checkpoint",
             )
         })?;
-        if bits != 4 {
+        // 8-bit: GPTQ's packing (4 per word) maps onto an 8-bit A16MatMul; AWQ's GEMM
+        // kernels and packing are 4-bit only.
+        let allowed = bits == 4 || (bits == 8 && packing == Packing::Gptq);
+        if !allowed {
             return Err(bad(
-                format!("{bits}-bit {method} checkpoints are not supported (only 4-bit)"),
+                format!("{bits}-bit {method} checkpoints are not supported (4-bit, and 8-bit GPTQ, are)"),
                 "use the model's 4-bit release, or its unquantized checkpoint with -q w8bf16",
             ));
         }

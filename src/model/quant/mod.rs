@@ -310,7 +310,7 @@ struct Dequantized {
 enum Part {
     /// The dequantized float weight `<prefix>.weight`.
     Weight,
-    /// `[N, K/2]`: two 4-bit integers per byte, the even input feature in the low nibble.
+    /// `[N, K·bits/8]`: the integers (4-bit ones two per byte, the even input feature low).
     A16Qweight,
     /// `[N, K/g]` f32.
     A16Scales,
@@ -350,18 +350,24 @@ impl Dequantized {
         Ok(match part {
             Part::Weight => unreachable!("returned above"),
             Part::A16Qweight => {
-                let packed = match &perm {
+                let bits = self.cfg.bits;
+                let shape = A16Part::Qweight.shape(s.n, s.k, bits, self.cfg.group_size);
+                let values = match &perm {
                     Some(p) => {
                         let q: Vec<u8> = layer
                             .q
                             .chunks_exact(s.k)
                             .flat_map(|row| p.iter().map(|&k| row[k]))
                             .collect();
-                        unpack::pair_nibbles(&q)
+                        let permuted = QuantizedLinear {
+                            q,
+                            ..(*layer).clone()
+                        };
+                        permuted.a16(A16Part::Qweight, bits)
                     }
-                    None => unpack::pair_nibbles(&layer.q),
+                    None => layer.a16(A16Part::Qweight, bits),
                 };
-                (bytes(packed), vec![s.n, s.k / 2])
+                (values, shape)
             }
             Part::A16Scales => (layer.scales.clone(), vec![s.n, groups]),
             Part::A16Qzeros => (bytes(layer.zeros.clone()), vec![s.n, groups]),
@@ -448,12 +454,12 @@ pub fn read_layer(
         Packing::Gptq | Packing::AwqGemm => {
             let (q, order) = match cfg.packing {
                 Packing::Gptq => (
-                    crate::util::transpose(&unpack::along_rows(&words, k / per, n), k, n),
+                    crate::util::transpose(&unpack::along_rows(&words, k / per, n, cfg.bits), k, n),
                     &unpack::PLAIN_ORDER,
                 ),
                 _ => (
                     crate::util::transpose(
-                        &unpack::along_cols(&words, k, n / per, &unpack::AWQ_ORDER),
+                        &unpack::along_cols(&words, k, n / per, cfg.bits, &unpack::AWQ_ORDER),
                         k,
                         n,
                     ),
@@ -461,7 +467,7 @@ pub fn read_layer(
                 ),
             };
             let zwords = w.read_i32(&name(zeros))?;
-            let mut z = unpack::along_cols(&zwords, groups, n / per, order);
+            let mut z = unpack::along_cols(&zwords, groups, n / per, cfg.bits, order);
             for z in &mut z {
                 // v1 GPTQ stores zero - 1, so a stored 15 is 16: kept in a byte, as TPU-MLIR does.
                 *z = z.wrapping_add(cfg.zero_offset);
@@ -474,11 +480,11 @@ pub fn read_layer(
         }
         Packing::CompressedTensors => {
             // Values and zero points are both stored plus 8, so (q - z) is the signed one's.
-            let q = unpack::along_cols(&words, n, k / per, &unpack::PLAIN_ORDER);
+            let q = unpack::along_cols(&words, n, k / per, cfg.bits, &unpack::PLAIN_ORDER);
             let z = match w.meta(&name(zeros)) {
                 Some(_) => {
                     let zwords = w.read_i32(&name(zeros))?;
-                    unpack::along_rows(&zwords, n / per, groups)
+                    unpack::along_rows(&zwords, n / per, groups, cfg.bits)
                 }
                 None => vec![8; n * groups],
             };
@@ -517,7 +523,10 @@ impl WeightSource for Dequantized {
         let groups = s.k / self.cfg.group_size;
         let (shape, dtype) = match part {
             Part::Weight => (vec![s.n, s.k], s.scale_dtype),
-            Part::A16Qweight => (vec![s.n, s.k / 2], StoredDtype::F32),
+            Part::A16Qweight => (
+                A16Part::Qweight.shape(s.n, s.k, self.cfg.bits, self.cfg.group_size),
+                StoredDtype::F32,
+            ),
             Part::A16Scales | Part::A16Qzeros => (vec![s.n, groups], StoredDtype::F32),
             Part::A16Perm => (vec![s.k], StoredDtype::F32),
         };
