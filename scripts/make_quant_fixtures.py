@@ -23,7 +23,8 @@ are quantized with a known rule and stored in the method's exact packing:
            [N, K/8]: input feature 8c+i of row n in bits 4i..4i+4 of [n, c]; weight_zero_point
            int32 [N/8, K/g] (asym only): the signed zero z - 8 plus 8, packed along N the same
            way; weight_scale [N, K/g] in the model's dtype (bf16 here, the rule's rounding too);
-           weight_shape int32 [2] = [N, K]; lm_head in `ignore`.
+           weight_shape int32 [2] = [N, K]; lm_head in `ignore`. 8-bit (ct8_*): offset 128, four
+           values per word (value i in bits 8i..8i+8).
 
   fp8      transformers' FineGrainedFP8 layout (DeepSeek-V3, Qwen3-FP8): per block of
            weight_block_size [bn, bk] of W [N, K] (edge blocks partial), s = max|w| / 448 (f32),
@@ -64,6 +65,7 @@ FIXTURES = {
     "awq_g64": (LlamaConfig, "awq", 64, False, False),
     "ct_asym_g64": (Qwen2Config, "ct", 64, False, False),
     "ct_sym_g32": (LlamaConfig, "ct", 32, True, False),
+    "ct8_asym_g32": (LlamaConfig, "ct", 32, False, False, 8),
 }
 # name: (config class, weight_block_size); blocks that do not divide 128 / 256 leave partial
 # edge blocks, and non-square ones catch a transposed scale grid.
@@ -116,7 +118,7 @@ def quantize(w, group_size, sym, g_idx, rnd, bits=4):
 def pack_to_int32(signed, num_bits, packed_dim):
     """compressed-tensors' packing: signed values plus 2^(bits-1), 32/bits per int32 word along
     `packed_dim`, value i of a word at bit num_bits * i."""
-    return pack(signed + (1 << (num_bits - 1)), packed_dim, range(8))
+    return pack(signed + (1 << (num_bits - 1)), packed_dim, range(8), num_bits)
 
 
 def pack(values, axis, order, bits=4):
@@ -169,10 +171,12 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act, bits=4):
             if method in ("gptq", "awq"):
                 stored[prefix + ".scales"] = torch.from_numpy(np.ascontiguousarray(s.T)).half()
             else:
-                stored[prefix + ".weight_packed"] = torch.from_numpy(pack_to_int32(q - 8, 4, 1))
+                mid = 1 << (bits - 1)
+                stored[prefix + ".weight_packed"] = torch.from_numpy(
+                    pack_to_int32(q - mid, bits, 1))
                 if not sym:
                     stored[prefix + ".weight_zero_point"] = torch.from_numpy(
-                        pack_to_int32(z - 8, 4, 0))
+                        pack_to_int32(z - mid, bits, 0))
                 stored[prefix + ".weight_scale"] = torch.from_numpy(s).to(dtype)
                 stored[prefix + ".weight_shape"] = torch.tensor([n, k], dtype=torch.int32)
     save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(d, "model.safetensors"),
@@ -187,7 +191,7 @@ def make(out_dir, name, cls, method, group_size, sym, desc_act, bits=4):
         qc = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
               "version": "gemm", "modules_to_not_convert": None}
     else:
-        weights = {"num_bits": 4, "type": "int", "symmetric": sym, "strategy": "group",
+        weights = {"num_bits": bits, "type": "int", "symmetric": sym, "strategy": "group",
                    "group_size": group_size, "actorder": None, "dynamic": False,
                    "observer": "minmax", "block_structure": None}
         qc = {"quant_method": "compressed-tensors", "format": "pack-quantized",

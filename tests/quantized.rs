@@ -13,13 +13,14 @@ use common::quant::{expected, Expected};
 use llm_convert::model::Model;
 use safetensors::{Dtype, SafeTensors};
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
     "gptq_sym_g128",
     "gptq_asym_desc_g32",
     "gptq8_asym_g64",
     "awq_g64",
     "ct_asym_g64",
     "ct_sym_g32",
+    "ct8_asym_g32",
 ];
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -103,7 +104,8 @@ fn read_config(dir: &Path) -> serde_json::Value {
 
 /// The documented layouts, element by element: AutoGPTQ packs `qweight[k / 8, n]` with input
 /// feature k at bit `4 (k % 8)`; `qzeros[g, n / 8]` with n at bit `4 (n % 8)`, storing z - 1;
-/// 8-bit GPTQ packs four values per word the same way (value i at bit 8i). AutoAWQ GEMM packs `qweight[k, n / 8]` and `qzeros[g, n / 8]` with n at bit
+/// 8-bit GPTQ and compressed-tensors pack four values per word the same way (value i at bit
+/// 8i; compressed-tensors' offset is then 128). AutoAWQ GEMM packs `qweight[k, n / 8]` and `qzeros[g, n / 8]` with n at bit
 /// `4 · [0, 4, 1, 5, 2, 6, 3, 7][n % 8]`; scales `[g, n]`; the group of k is `g_idx[k]`
 /// (GPTQ) or `k / group_size`. compressed-tensors (`pack_to_int32`) packs
 /// `weight_packed[n, k / 8]` with k at bit `4 (k % 8)` and `weight_zero_point[n / 8, g]` with
@@ -118,21 +120,25 @@ fn decode_independently(
 ) -> (Vec<usize>, Vec<f32>) {
     let get = |s: &str| &t[&format!("{prefix}.{s}")];
     let nib = |word: i32, pos: usize| ((word as u32) >> (4 * pos)) & 0xF;
+    // `bits`-bit values: 32 / bits per word, value i at bits·i (the 4-bit case is `nib`).
+    let per = 32 / bits;
+    let val = |word: i32, pos: usize| ((word as u32) >> (bits * pos)) & ((1 << bits) - 1);
     if method == Method::Ct {
         let qw = i32s(get("weight_packed"));
         let scales = floats(get("weight_scale"));
-        let (n, k) = (get("weight_packed").1[0], get("weight_packed").1[1] * 8);
+        let (n, k) = (get("weight_packed").1[0], get("weight_packed").1[1] * per);
         assert_eq!(i32s(get("weight_shape")), [n as i32, k as i32]);
         let groups = k / group;
         let zp = t.get(&format!("{prefix}.weight_zero_point")).map(i32s);
+        let offset = 1i32 << (bits - 1);
         let mut w = vec![0f32; n * k];
         for row in 0..n {
             for col in 0..k {
                 let g = col / group;
-                let q = nib(qw[row * (k / 8) + col / 8], col % 8) as i32 - 8;
-                let z = zp
-                    .as_ref()
-                    .map_or(0, |z| nib(z[(row / 8) * groups + g], row % 8) as i32 - 8);
+                let q = val(qw[row * (k / per) + col / per], col % per) as i32 - offset;
+                let z = zp.as_ref().map_or(0, |z| {
+                    val(z[(row / per) * groups + g], row % per) as i32 - offset
+                });
                 w[row * k + col] = (q - z) as f32 * scales[row * groups + g];
             }
         }
@@ -144,9 +150,6 @@ fn decode_independently(
     let scales = floats(get("scales"));
     let n = get("scales").1[1];
     let awq_pos = |n: usize| [0, 4, 1, 5, 2, 6, 3, 7][n % 8];
-    // GPTQ of `bits`: 32 / bits values per word, value i at bits·i (the 4-bit case is `nib`).
-    let per = 32 / bits;
-    let val = |word: i32, pos: usize| ((word as u32) >> (bits * pos)) & ((1 << bits) - 1);
     let k = if awq {
         get("qweight").1[0]
     } else {
@@ -204,7 +207,11 @@ fn packing_matches_the_documented_layout() {
         let layers = quantized_layers(&stored);
         assert_eq!(layers.len(), 14, "{name}");
         for prefix in &layers {
-            let bits = cfg["quantization_config"]["bits"].as_u64().unwrap_or(4) as usize;
+            let qc = &cfg["quantization_config"];
+            let bits = qc["bits"]
+                .as_u64()
+                .or_else(|| qc["config_groups"]["group_0"]["weights"]["num_bits"].as_u64())
+                .unwrap() as usize;
             let (shape, w) = decode_independently(&stored, prefix, method_of(&cfg), group, bits);
             let expect = &want[&format!("{prefix}.weight")];
             assert_eq!(shape, expect.1, "{name} {prefix}");
@@ -672,28 +679,40 @@ fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
 
 /// A compressed-tensors pack-quantized checkpoint (qwen2, bf16, asym, g64, lm_head ignored)
 /// converts as w4bf16 on the real toolchain (A16MatMul on its integers, as
-/// `native_block_npz_holds_the_checkpoint_integers` shows) and the bmodel matches the exactly
-/// dequantized reference at bf16 thresholds, with transformers' tokens.
+/// `native_block_npz_holds_the_checkpoint_integers` shows), an 8-bit one (llama, asym, g32) as
+/// w8bf16 (an 8-bit A16MatMul), and each bmodel matches the exactly dequantized reference at
+/// bf16 thresholds, with transformers' tokens (the 8-bit one's 4th is a bf16 near tie).
 #[test]
 fn compressed_tensors_converts_and_verifies_at_bf16_thresholds() {
-    let dir = fixture("ct_asym_g64");
-    let c = common::converted(&dir, 64, &[]);
-    assert_eq!(c.manifest["options"]["quantize"], "w4bf16");
-    let exp = expected(&dir);
-    let out = verify_at(&c.bmodel, &dir, &exp, "bf16");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "verify failed\n{err}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let cos = report["min_cosine"].as_f64().unwrap();
-    println!(
-        "ct_asym_g64: min block cosine {cos:.7}, tokens {}",
-        report["tokens"]
-    );
-    assert_eq!(report["pass"], true, "{report}");
-    // bf16 rounding of the activations only (a w4 re-quantization sits near 0.99 or below).
-    assert!(cos > 0.999, "min cosine {cos}");
-    let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
-    assert_eq!(tokens, exp.tokens[..4], "tokens differ from transformers'");
+    for (name, own) in [("ct_asym_g64", "w4bf16"), ("ct8_asym_g32", "w8bf16")] {
+        let dir = fixture(name);
+        let c = common::converted(&dir, 64, &[]);
+        assert_eq!(c.manifest["options"]["quantize"], own, "{name}");
+        let exp = expected(&dir);
+        let out = verify_at(&c.bmodel, &dir, &exp, "bf16");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: verify failed\n{err}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cos = report["min_cosine"].as_f64().unwrap();
+        println!(
+            "{name}: min block cosine {cos:.7}, tokens {}",
+            report["tokens"]
+        );
+        assert_eq!(report["pass"], true, "{report}");
+        // bf16 rounding of the activations only (a w4 re-quantization sits near 0.99 or below).
+        assert!(cos > 0.999, "{name}: min cosine {cos}");
+        // transformers' tokens, up to a step where the bf16 bmodel picks the runner-up of a
+        // near tie (verify's tie margin; free-running tokens part after it).
+        let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
+        let ties: Vec<usize> = serde_json::from_value(report["near_ties"].clone()).unwrap();
+        if let Some(step) = (0..4).find(|&i| tokens[i] != exp.tokens[i]) {
+            assert!(
+                ties.contains(&step),
+                "{name}: token {step} differs from transformers' and is no near tie: {tokens:?} vs {:?}",
+                &exp.tokens[..4]
+            );
+        }
+    }
 }
 
 #[test]

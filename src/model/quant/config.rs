@@ -221,9 +221,9 @@ fn compressed_tensors(qc: &Value, config: &Path) -> Result<QuantConfig, InputErr
         )));
     }
     let bits = w.get("num_bits").and_then(Value::as_i64).unwrap_or(0);
-    if bits != 4 {
+    if bits != 4 && bits != 8 {
         return Err(bad(format!(
-            "{} {bits} is not supported (only 4-bit)",
+            "{} {bits} is not supported (4 and 8 are)",
             weights("num_bits")
         )));
     }
@@ -262,7 +262,7 @@ fn compressed_tensors(qc: &Value, config: &Path) -> Result<QuantConfig, InputErr
     Ok(QuantConfig {
         method: "compressed-tensors".into(),
         packing: Packing::CompressedTensors,
-        bits: 4,
+        bits: bits as usize,
         group_size: group_size as usize,
         sym: w.get("symmetric").and_then(Value::as_bool).unwrap_or(true),
         // activation order: `weight_g_idx` groups the input features out of order.
@@ -361,7 +361,7 @@ mod tests {
         let c = parse(ct(w2, json!({}))).unwrap();
         assert!(c.sym && c.desc_act);
         let refusals = [
-            (json!({"num_bits": 8}), json!({}), "num_bits 8"),
+            (json!({"num_bits": 2}), json!({}), "num_bits 2"),
             (
                 json!({"type": "float"}),
                 json!({}),

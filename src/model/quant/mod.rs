@@ -479,14 +479,15 @@ pub fn read_layer(
             )
         }
         Packing::CompressedTensors => {
-            // Values and zero points are both stored plus 8, so (q - z) is the signed one's.
+            // Values and zero points are both stored plus 2^(bits-1), so (q - z) is the
+            // signed one's; a symmetric layer's zero is that offset.
             let q = unpack::along_cols(&words, n, k / per, cfg.bits, &unpack::PLAIN_ORDER);
             let z = match w.meta(&name(zeros)) {
                 Some(_) => {
                     let zwords = w.read_i32(&name(zeros))?;
                     unpack::along_rows(&zwords, n / per, groups, cfg.bits)
                 }
-                None => vec![8; n * groups],
+                None => vec![1 << (cfg.bits - 1); n * groups],
             };
             (q, z, scales)
         }
