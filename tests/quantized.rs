@@ -645,18 +645,22 @@ fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
     }
 }
 
-/// TPU-MLIR's own llm_convert.py reads the same tiny GPTQ and AWQ checkpoints (its own
+/// TPU-MLIR's own llm_convert.py reads the same tiny GPTQ (4- and 8-bit) and AWQ checkpoints (its own
 /// unpacking: a check of the fixtures' packing by a third reader) and its bmodels run in our
 /// runner with the tokens ours give.
 #[test]
 fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
-    for name in ["gptq_sym_g128", "awq_g64"] {
+    for (name, q) in [
+        ("gptq_sym_g128", "w4f16"),
+        ("gptq8_asym_g64", "w8f16"),
+        ("awq_g64", "w4f16"),
+    ] {
         let dir = fixture(name);
         let tmp = tempfile::tempdir().unwrap();
         let theirs = common::llm_convert_py(
             &dir,
             &tmp.path().join("theirs"),
-            &["-s", "64", "-q", "w4f16", "-c", "bm1684x"],
+            &["-s", "64", "-q", q, "-c", "bm1684x"],
         );
         let exp = expected(&dir);
         let out = verify_at(&theirs, &dir, &exp, "f16");
