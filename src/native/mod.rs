@@ -8,6 +8,7 @@
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
 
 pub mod compile_once;
+mod direct_coeff;
 pub mod emit;
 mod emit_ops;
 mod emit_prep;
