@@ -1,10 +1,10 @@
 //! `--compile-once`: every layer patched from a template of its shape is byte-identical
 //! (create time aside) to a full compile of that layer, at bf16 and w4bf16, static and
 //! dynamic; a layer of another shape (the last block, which holds the final norm) falls back
-//! to a full compile. At bf16 the patched layers' coefficients are made in Rust (no tpuc-opt
-//! call), at w4bf16 by the coefficient call; a wrong Rust rounding (the control) is caught by
-//! the template's own bytes and leaves the shape on tpuc-opt. The models are 4-layer copies of the 2-layer fixtures (layers 2 and 3
-//! are layers 0 and 1 scaled, so each has weights of its own).
+//! to a full compile. The patched layers' coefficients are made in Rust (no tpuc-opt call);
+//! a wrong Rust rounding (the control) is caught by the template's own bytes and leaves the
+//! shape on the coefficient call. The models are 4-layer copies of the 2-layer fixtures
+//! (layers 2 and 3 are layers 0 and 1 scaled, so each has weights of its own).
 
 mod common;
 
@@ -211,7 +211,7 @@ fn qwen2_bf16_truncation_is_caught() {
 
 #[test]
 fn qwen2_w4bf16_static() {
-    check("qwen2", &["-q", "w4bf16"], &[]).assert_coefficients("tpuc-opt");
+    check("qwen2", &["-q", "w4bf16"], &[]).assert_coefficients("rust");
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn qwen2_bf16_dynamic_history() {
 
 #[test]
 fn llama_tied_w4bf16_dynamic() {
-    check("llama_tied", &["-q", "w4bf16", "--dynamic"], &[]).assert_coefficients("tpuc-opt");
+    check("llama_tied", &["-q", "w4bf16", "--dynamic"], &[]).assert_coefficients("rust");
 }
 
 /// The 2-layer fixture: its last block is another shape than its first, so nothing is patched.

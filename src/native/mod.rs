@@ -9,6 +9,7 @@
 
 pub mod compile_once;
 mod direct_coeff;
+mod direct_w4;
 pub mod emit;
 mod emit_ops;
 mod emit_prep;
