@@ -1,8 +1,10 @@
 //! `--compile-once`: every layer patched from a template of its shape is byte-identical
 //! (create time aside) to a full compile of that layer, at bf16 and w4bf16, static and
 //! dynamic; a layer of another shape (the last block, which holds the final norm) falls back
-//! to a full compile. The models are 4-layer copies of the 2-layer fixtures (layers 2 and 3
-//! are layers 0 and 1 scaled, so each has weights of its own).
+//! to a full compile. The patched layers' coefficients are made in Rust (no tpuc-opt call);
+//! a wrong Rust rounding (the control) is caught by the template's own bytes and leaves the
+//! shape on the coefficient call. The models are 4-layer copies of the 2-layer fixtures
+//! (layers 2 and 3 are layers 0 and 1 scaled, so each has weights of its own).
 
 mod common;
 
@@ -60,16 +62,35 @@ fn deeper(fixture: &str, layers: usize) -> tempfile::TempDir {
     dir
 }
 
-fn build(model: &Path, extra: &[&str]) -> Value {
+/// The tool's test hook: the Rust coefficients truncate to bf16 instead of rounding.
+const TRUNCATE: (&str, &str) = ("LLM_CONVERT_TEST_BF16_TRUNCATE", "1");
+
+fn build(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--jobs", "2"];
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let mut args = vec![
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "--jobs",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+    args.extend_from_slice(&["--cache-dir", cache.to_str().unwrap()]);
     args.extend_from_slice(extra);
-    let m = common::convert_seq64(
-        model,
-        &dir.path().join("out"),
-        &dir.path().join("cache"),
-        &args,
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_llm-convert"))
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running llm-convert");
+    assert!(
+        o.status.success(),
+        "llm-convert {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
     );
+    let m: Value = serde_json::from_slice(&o.stdout).expect("--json prints the manifest");
     // The pieces live in the temp cache: keep their masked bytes before it goes.
     let mut m = m;
     for p in m["pieces"].as_array_mut().unwrap() {
@@ -84,14 +105,35 @@ fn sha(b: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(b).to_vec()
 }
 
-/// Full compile and compile-once of the same model and flags: every piece the same bytes
-/// (create time aside); returns (patched pieces, compiled pieces) of the compile-once run.
-fn assert_patches_match(model: &Path, extra: &[&str]) -> (Vec<String>, Vec<String>) {
+/// What a compile-once run did: its patched pieces (with how their coefficients were made)
+/// and its compiled pieces.
+struct Once {
+    patched: Vec<(String, String)>,
+    compiled: Vec<String>,
+}
+
+impl Once {
+    fn patched(&self) -> Vec<&str> {
+        self.patched.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Every patched piece's coefficients were made by `how` (`rust` or `tpuc-opt`).
+    fn assert_coefficients(&self, how: &str) {
+        assert!(!self.patched.is_empty());
+        for (name, by) in &self.patched {
+            assert_eq!(by, how, "{name}'s coefficients: {:?}", self.patched);
+        }
+    }
+}
+
+/// Full compile and compile-once of the same model and flags (the compile-once run with
+/// `env`): every piece the same bytes (create time aside).
+fn assert_patches_match(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Once {
     common::toolchain();
-    let full = build(model, extra);
+    let full = build(model, extra, &[]);
     let mut with = extra.to_vec();
     with.push("--compile-once");
-    let once = build(model, &with);
+    let once = build(model, &with, env);
     let masked: HashMap<&str, &Value> = full["pieces"]
         .as_array()
         .unwrap()
@@ -111,7 +153,8 @@ fn assert_patches_match(model: &Path, extra: &[&str]) -> (Vec<String>, Vec<Strin
             let mut pieces = once["pieces"].as_array().unwrap().iter();
             let t = pieces.find(|q| q["name"] == t).unwrap();
             assert_ne!(p["masked"], t["masked"], "{name} kept {t}'s weights");
-            patched.push(name.to_string());
+            let how = p["patched_coefficients"].as_str().unwrap_or_default();
+            patched.push((name.to_string(), how.to_string()));
         } else {
             compiled.push(name.to_string());
         }
@@ -125,16 +168,17 @@ fn assert_patches_match(model: &Path, extra: &[&str]) -> (Vec<String>, Vec<Strin
         full["bmodel_sha256_without_create_time"], once["bmodel_sha256_without_create_time"],
         "{extra:?}: the combined bmodels differ"
     );
-    (patched, compiled)
+    Once { patched, compiled }
 }
 
-fn check(fixture: &str, extra: &[&str]) {
+fn check(fixture: &str, extra: &[&str], env: &[(&str, &str)]) -> Once {
     let model = deeper(fixture, 4);
-    let (patched, compiled) = assert_patches_match(model.path(), extra);
+    let once = assert_patches_match(model.path(), extra, env);
+    let (patched, compiled) = (once.patched(), &once.compiled);
     // Layers 1 and 2 are patched from layer 0; layer 3 holds the final norm: its own shape.
     for name in ["block_1", "block_2", "block_cache_1", "block_cache_2"] {
         assert!(
-            patched.iter().any(|p| p == name),
+            patched.contains(&name),
             "{extra:?}: {name} not patched: {patched:?}"
         );
     }
@@ -150,16 +194,24 @@ fn check(fixture: &str, extra: &[&str]) {
             "{extra:?}: {name} not compiled: {compiled:?}"
         );
     }
+    once
 }
 
 #[test]
 fn qwen2_bf16_static() {
-    check("qwen2", &["-q", "bf16"]);
+    check("qwen2", &["-q", "bf16"], &[]).assert_coefficients("rust");
+}
+
+/// The control: with the Rust coefficients truncated to bf16, the template's self-check
+/// refuses them, and the layers are patched from the coefficient call, still byte-identical.
+#[test]
+fn qwen2_bf16_truncation_is_caught() {
+    check("qwen2", &["-q", "bf16"], &[TRUNCATE]).assert_coefficients("tpuc-opt");
 }
 
 #[test]
 fn qwen2_w4bf16_static() {
-    check("qwen2", &["-q", "w4bf16"]);
+    check("qwen2", &["-q", "w4bf16"], &[]).assert_coefficients("rust");
 }
 
 #[test]
@@ -174,19 +226,21 @@ fn qwen2_bf16_dynamic_history() {
             "--chunk_length",
             "16",
         ],
-    );
+        &[],
+    )
+    .assert_coefficients("rust");
 }
 
 #[test]
 fn llama_tied_w4bf16_dynamic() {
-    check("llama_tied", &["-q", "w4bf16", "--dynamic"]);
+    check("llama_tied", &["-q", "w4bf16", "--dynamic"], &[]).assert_coefficients("rust");
 }
 
 /// The 2-layer fixture: its last block is another shape than its first, so nothing is patched.
 #[test]
 fn a_differing_shape_falls_back() {
-    let (patched, _) = assert_patches_match(&common::fixtures().join("qwen2"), &["-q", "w4bf16"]);
-    assert!(patched.is_empty(), "{patched:?}");
+    let once = assert_patches_match(&common::fixtures().join("qwen2"), &["-q", "w4bf16"], &[]);
+    assert!(once.patched.is_empty(), "{:?}", once.patched);
 }
 
 #[test]
@@ -215,8 +269,11 @@ fn onnx_backend_refuses_it() {
 /// which the template's self-check catches: they compile fully, still byte-identical.
 #[test]
 fn gemma3_local_and_global_layers() {
-    let (patched, compiled) =
-        assert_patches_match(&common::fixtures().join("gemma3_text"), &["-q", "w4bf16"]);
-    assert_eq!(patched, ["block_1"], "{compiled:?}");
-    assert!(compiled.iter().any(|p| p == "block_2"));
+    let once = assert_patches_match(
+        &common::fixtures().join("gemma3_text"),
+        &["-q", "w4bf16"],
+        &[],
+    );
+    assert_eq!(once.patched(), ["block_1"], "{:?}", once.compiled);
+    assert!(once.compiled.iter().any(|p| p == "block_2"));
 }

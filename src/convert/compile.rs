@@ -40,6 +40,8 @@ pub struct Compiled {
     pub deploy_s: f64,
     /// Compile-once: the template this step's bmodel was patched from (None: compiled).
     pub patched_from: Option<String>,
+    /// How a patched step's coefficients were made: `rust` or `tpuc-opt`.
+    pub patched_coefficients: Option<String>,
 }
 
 /// Parallel workers: --jobs, else the cores, bounded by memory and the number of jobs.
@@ -208,6 +210,7 @@ fn compile_step(
         transform_s,
         deploy_s: 0.0,
         patched_from: None,
+        patched_coefficients: None,
     };
     if opts.only_mlir {
         return Ok((compiled, None));
@@ -217,6 +220,8 @@ fn compile_step(
         .map_err(|e| fail("model_deploy.py", e))?;
     compiled.patched_from =
         std::fs::read_to_string(work.join(crate::native::compile_once::MARKER)).ok();
+    compiled.patched_coefficients =
+        std::fs::read_to_string(work.join(crate::native::compile_once::COEFF_MARKER)).ok();
     let produced = work.join(format!("{name}.bmodel"));
     if !produced.is_file() {
         return Err(fail(

@@ -28,6 +28,10 @@ pub struct PieceRecord {
     /// compiled fully, or taken from the cache).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patched_from: Option<String>,
+    /// How a patched piece's coefficients were made: `rust` (from its Top weights, by a
+    /// recipe its template's bytes confirmed) or `tpuc-opt` (the coefficient call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patched_coefficients: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

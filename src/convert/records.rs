@@ -45,6 +45,7 @@ pub fn collect(
                     None => None,
                 },
                 patched_from: c.as_ref().and_then(|c| c.patched_from.clone()),
+                patched_coefficients: c.as_ref().and_then(|c| c.patched_coefficients.clone()),
                 bmodel,
             });
         }

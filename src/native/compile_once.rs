@@ -19,11 +19,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::direct_coeff::{self, Recipe};
 use super::passes::{self, py, DeployArgs, TpucCall};
 
 /// Names the marker a patched step leaves in its work dir (the template's net name inside), so
 /// the pipeline can record which pieces were patched.
 pub const MARKER: &str = "compile_once_template.txt";
+
+/// Names the marker that says how a patched step's coefficients were made: `rust`
+/// ([`direct_coeff`]) or `tpuc-opt` ([`coeff_call`]).
+pub const COEFF_MARKER: &str = "compile_once_coefficients.txt";
 
 /// One `top.Weight` of an addressed MLIR.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub struct Template {
     base: u64,
     /// The io-alone config its compile saved, if it saved one.
     io_alone: Option<Vec<u8>>,
+    /// How its shape's coefficients derive from Top weights without tpuc-opt, if they do.
+    recipe: Option<Recipe>,
 }
 
 /// The templates of one run, shared by its workers, by shape key.
@@ -115,7 +122,9 @@ impl Templates {
     /// blob is seen to rebuild from its final MLIR's weight slots, and a patch of itself from
     /// `coeff_mlir` (what [`coeff_call`] wrote for it, over the same npz name) to give its own
     /// bytes: the cheap passes must give this shape's weights the values the full pipeline
-    /// does (gemma3's decode blocks: 64 bytes of coefficients differ). Returns why not, if not.
+    /// does (gemma3's decode blocks: 64 bytes of coefficients differ). Returns why not, if not;
+    /// else how later layers' coefficients will be made (a line for the log): in Rust where a
+    /// [`Recipe`] learnt from this layer rebuilds its whole blob, else by [`coeff_call`].
     pub fn register(
         &self,
         mut claim: Claim,
@@ -123,7 +132,7 @@ impl Templates {
         a: &DeployArgs,
         cwd: &Path,
         coeff_mlir: &Path,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let files = passes::deploy_files(a, module);
         let bmodel = read(&cwd.join(&a.model))?;
         let final_mlir = read_text(&cwd.join(&files.final_mlir))?;
@@ -132,9 +141,11 @@ impl Templates {
         let npz = read_npz(&cwd.join(passes::weight_file(&final_mlir)?))?;
         let spans = crate::bmodel::patch::coeff_spans(&bmodel)?;
         let blob = coeff_blob(&slots, &npz, base, spans.coeff.1)?;
-        if blob[..] != bmodel[spans.coeff.0..spans.coeff.0 + spans.coeff.1] {
+        let own = &bmodel[spans.coeff.0..spans.coeff.0 + spans.coeff.1];
+        if blob[..] != *own {
             bail!("its coefficient blob does not rebuild from its final MLIR and weights");
         }
+        let recipe = learn_recipe(&slots, &npz, base, own, a, cwd);
         let io_alone = if a.save_io_alone_config.is_empty() {
             None
         } else {
@@ -146,14 +157,42 @@ impl Templates {
             slots,
             base,
             io_alone,
+            recipe: recipe.as_ref().ok().map(|(r, _)| r.clone()),
         };
         if patched(&t, module, coeff_mlir, cwd)? != t.bmodel {
             bail!("a patch of itself from the coefficient call is not its own bytes");
         }
+        // The whole bmodel through the Rust path too, as a later layer's will be made.
+        if t.recipe.is_some() && patched_direct(&t, module, a, cwd)? != t.bmodel {
+            bail!("a patch of itself from Rust coefficients is not its own bytes");
+        }
         self.set(&claim.key, State::Ready(Arc::new(t)));
         claim.filled = true;
-        Ok(())
+        Ok(match recipe {
+            Ok((_, n)) => format!("coefficients in Rust ({n} weights from Top weights)"),
+            Err(e) => format!("coefficients by tpuc-opt ({e:#})"),
+        })
     }
+}
+
+/// The recipe of a template whose final slots and weights (`npz`) lay out `own` blob from
+/// `base`, with the number of weights it derives; Err: why its coefficients need tpuc-opt.
+fn learn_recipe(
+    slots: &[Slot],
+    npz: &HashMap<String, Vec<u8>>,
+    base: u64,
+    own: &[u8],
+    a: &DeployArgs,
+    cwd: &Path,
+) -> Result<(Recipe, usize)> {
+    let top_text = read_text(&cwd.join(&a.mlir))?;
+    let top = read_npz(&cwd.join(passes::weight_file(&top_text)?))?;
+    let recipe = direct_coeff::learn(slots, npz, &top_text, &top)?;
+    let w = direct_coeff::weights(&recipe, slots, &top_text, &top)?;
+    if coeff_blob(slots, &w, base, own.len())? != own {
+        bail!("the blob of Rust coefficients is not the template's");
+    }
+    Ok((recipe, slots.len()))
 }
 
 /// The shape key of a layer whose Top MLIR is `a.mlir` in `cwd`; None
@@ -270,6 +309,22 @@ pub fn patched(t: &Template, module: &str, coeff_mlir: &Path, cwd: &Path) -> Res
     let npz = read_npz(&cwd.join(passes::weight_file(&text)?))?;
     let spans = crate::bmodel::patch::coeff_spans(&t.bmodel)?;
     let blob = coeff_blob(&slots, &npz, t.base, spans.coeff.1)?;
+    crate::bmodel::patch::patch(&t.bmodel, &blob, module)
+}
+
+/// The layer's bmodel from `t` with coefficients made in Rust from its Top MLIR (`a.mlir`)
+/// and weights in `cwd`; Err (and the caller runs [`coeff_call`]) where `t` has no recipe or
+/// the layer's weights do not follow it.
+pub fn patched_direct(t: &Template, module: &str, a: &DeployArgs, cwd: &Path) -> Result<Vec<u8>> {
+    let recipe = t
+        .recipe
+        .as_ref()
+        .context("no Rust recipe for its coefficients")?;
+    let top_text = read_text(&cwd.join(&a.mlir))?;
+    let top = read_npz(&cwd.join(passes::weight_file(&top_text)?))?;
+    let w = direct_coeff::weights(recipe, &t.slots, &top_text, &top)?;
+    let spans = crate::bmodel::patch::coeff_spans(&t.bmodel)?;
+    let blob = coeff_blob(&t.slots, &w, t.base, spans.coeff.1)?;
     crate::bmodel::patch::patch(&t.bmodel, &blob, module)
 }
 

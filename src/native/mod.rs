@@ -8,6 +8,8 @@
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
 
 pub mod compile_once;
+mod direct_coeff;
+mod direct_w4;
 pub mod emit;
 mod emit_ops;
 mod emit_prep;

@@ -154,9 +154,12 @@ impl NativeRunner {
                 None
             }
         };
-        if let Some(t) = patched_from {
-            let marker = cwd.join(compile_once::MARKER);
-            std::fs::write(&marker, t).with_context(|| format!("writing {}", marker.display()))?;
+        if let Some((t, how)) = patched_from {
+            for (name, text) in [(compile_once::MARKER, t), (compile_once::COEFF_MARKER, how)] {
+                let marker = cwd.join(name);
+                std::fs::write(&marker, text)
+                    .with_context(|| format!("writing {}", marker.display()))?;
+            }
             return Ok(());
         }
         // mlir_to_model's epilogue: the debug copies next to the bmodel.
@@ -188,7 +191,7 @@ impl NativeRunner {
     }
 
     /// The deploy calls with compile-once: a patch of this shape's template (returning its
-    /// name), or else a full compile, which becomes the template when none exists yet.
+    /// name and how its coefficients were made), or else a full compile, which becomes the template when none exists yet.
     fn deploy_once(
         &self,
         once: &Templates,
@@ -196,7 +199,7 @@ impl NativeRunner {
         module: &str,
         cwd: &Path,
         log: &Path,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<(String, String)>> {
         let calls = passes::deploy_calls(a, module);
         let key = compile_once::shape_key(a, module, cwd)?;
         let (template, claim) = match key.as_deref() {
@@ -205,7 +208,7 @@ impl NativeRunner {
         };
         if let (Some(t), [lowering, final_call, ..]) = (template, calls.as_slice()) {
             match self.patch(&t, lowering, final_call, a, module, cwd, log) {
-                Ok(()) => return Ok(Some(t.name.clone())),
+                Ok(how) => return Ok(Some((t.name.clone(), how.to_string()))),
                 Err(e) => append(
                     log,
                     &format!("[native] compile-once: full compile ({e:#})\n"),
@@ -220,16 +223,17 @@ impl NativeRunner {
             let check = compile_once::coeff_call(lowering, final_call, a, &out)
                 .and_then(|call| self.run_call(&call, cwd, log))
                 .and_then(|()| once.register(claim, module, a, cwd, &cwd.join(&out)));
-            if let Err(e) = check {
-                append(
-                    log,
-                    &format!("[native] compile-once: not a template ({e:#})\n"),
-                )?;
-            }
+            let line = match check {
+                Ok(how) => format!("[native] compile-once: a template, {how}\n"),
+                Err(e) => format!("[native] compile-once: not a template ({e:#})\n"),
+            };
+            append(log, &line)?;
         }
         Ok(None)
     }
 
+    /// Patches this layer into `t`'s bmodel, its coefficients made in Rust where `t` has a
+    /// recipe and the layer's weights follow it, else by the coefficient call; returns which.
     #[allow(clippy::too_many_arguments)]
     fn patch(
         &self,
@@ -240,23 +244,34 @@ impl NativeRunner {
         module: &str,
         cwd: &Path,
         log: &Path,
-    ) -> Result<()> {
+    ) -> Result<&'static str> {
         let t0 = Instant::now();
-        let out = compile_once::coeff_mlir(a, module);
-        let call = compile_once::coeff_call(lowering, final_call, a, &out)?;
-        self.run_call(&call, cwd, log)?;
-        let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;
+        let (bytes, how) = match compile_once::patched_direct(t, module, a, cwd) {
+            Ok(bytes) => (bytes, "rust"),
+            Err(e) => {
+                append(
+                    log,
+                    &format!("[native] compile-once: coefficients by tpuc-opt ({e:#})\n"),
+                )?;
+                let out = compile_once::coeff_mlir(a, module);
+                let call = compile_once::coeff_call(lowering, final_call, a, &out)?;
+                self.run_call(&call, cwd, log)?;
+                let bytes = compile_once::patched(t, module, &cwd.join(&out), cwd)?;
+                (bytes, "tpuc-opt")
+            }
+        };
         compile_once::save_io_alone(t, a, cwd)?;
         let model = cwd.join(&a.model);
         std::fs::write(&model, bytes).with_context(|| format!("writing {}", model.display()))?;
         append(
             log,
             &format!(
-                "[native] compile-once: patched template {}: {:.3} s\n",
+                "[native] compile-once: patched template {} (coefficients by {how}): {:.3} s\n",
                 t.name,
                 t0.elapsed().as_secs_f64()
             ),
-        )
+        )?;
+        Ok(how)
     }
 }
 
