@@ -2,7 +2,16 @@
 
 use anyhow::{Context, Result};
 
-use super::passes::TpucCall;
+use super::passes::{DeployArgs, TpucCall};
+
+/// Whether a deploy's calls may be merged: on one BM1684X core only, where the bytes were
+/// compared (`tests/backends.rs` on every piece kind). On BM1688 with two cores the merged
+/// run's block_cache differs in 24 bytes and its lm_head in size, and that bmodel hung the
+/// bm1688 simulator (every engine thread waiting on a sync id): there the separate processes
+/// stay.
+pub fn applies(a: &DeployArgs) -> bool {
+    a.chip == "bm1684x" && a.num_core == 1
+}
 
 /// `calls` (a deploy's after its lowering, see [`deploy_calls`](super::passes::deploy_calls))
 /// as one tpuc-opt run: every pass of every call in order on the first call's input, one

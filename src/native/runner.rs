@@ -139,8 +139,9 @@ impl NativeRunner {
             .with_context(|| format!("creating {}", context_dir.display()))?;
         let patched_from = match &self.once {
             Some(once) => self.deploy_once(once, &a, &module, cwd, log)?,
-            // --debug keeps model_deploy.py's steps and their intermediate files.
-            None if a.debug => {
+            // --debug keeps model_deploy.py's steps and their intermediate files; other chips
+            // and core counts too (see `merged::applies`).
+            None if a.debug || !merged::applies(&a) => {
                 for call in passes::deploy_calls(&a, &module) {
                     self.run_call(&call, cwd, log)?;
                 }
