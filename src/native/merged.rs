@@ -6,9 +6,9 @@ use super::passes::{DeployArgs, TpucCall};
 
 /// Whether a deploy's calls may be merged: on one BM1684X core only, where the bytes were
 /// compared (`tests/backends.rs` on every piece kind). On BM1688 with two cores the merged
-/// run's block_cache differs in 24 bytes and its lm_head in size, and that bmodel hung the
-/// bm1688 simulator (every engine thread waiting on a sync id): there the separate processes
-/// stay.
+/// run's block_cache differs in 24 bytes and its lm_head in size, and a test verifying such a
+/// bmodel hung in the bm1688 simulator (every engine thread waiting on a sync id): there the
+/// separate processes stay.
 pub fn applies(a: &DeployArgs) -> bool {
     a.chip == "bm1684x" && a.num_core == 1
 }
