@@ -601,6 +601,30 @@ fn convert_refuses_what_it_cannot_keep_exact() {
     );
 }
 
+/// Fixture `name` converted with `-q` omitted, which must pick `own`, and its bmodel verified
+/// at `dtype`'s thresholds (passing): the expectation, verify's report and its min cosine.
+fn converted_and_verified(
+    name: &str,
+    own: &str,
+    dtype: &str,
+) -> (Expected, serde_json::Value, f64) {
+    let dir = fixture(name);
+    let c = common::converted(&dir, 64, &[]);
+    assert_eq!(c.manifest["options"]["quantize"], own, "{name}");
+    let exp = expected(&dir);
+    let out = verify_at(&c.bmodel, &dir, &exp, dtype);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name}: verify failed\n{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cos = report["min_cosine"].as_f64().unwrap();
+    println!(
+        "{name}: min block cosine {cos:.7}, tokens {}",
+        report["tokens"]
+    );
+    assert_eq!(report["pass"], true, "{name}: {report}");
+    (exp, report, cos)
+}
+
 /// A GPTQ (qwen2, biases, sym, g128), a GPTQ desc_act (llama, asym, g32, permuted g_idx:
 /// its rows reordered into group order and x gathered the same way), an 8-bit GPTQ (qwen2,
 /// asym, g64: an 8-bit A16MatMul) and an AWQ (llama, asym,
@@ -615,25 +639,12 @@ fn gptq_and_awq_convert_and_verify_at_f16_thresholds() {
         "gptq8_asym_g64",
         "awq_g64",
     ] {
-        let dir = fixture(name);
-        let c = common::converted(&dir, 64, &[]);
         let own = if name.starts_with("gptq8") {
             "w8f16"
         } else {
             "w4f16"
         };
-        assert_eq!(c.manifest["options"]["quantize"], own, "{name}");
-        let exp = expected(&dir);
-        let out = verify_at(&c.bmodel, &dir, &exp, "f16");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{name}: verify failed\n{err}");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let cos = report["min_cosine"].as_f64().unwrap();
-        println!(
-            "{name}: min block cosine {cos:.7}, tokens {}",
-            report["tokens"]
-        );
-        assert_eq!(report["pass"], true, "{name}");
+        let (exp, report, cos) = converted_and_verified(name, own, "f16");
         // f16 rounding of the activations only.
         assert!(cos > 0.9999, "{name}: min cosine {cos}");
         let tokens: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
@@ -689,20 +700,7 @@ fn llm_convert_py_reads_the_same_checkpoints_with_the_same_tokens() {
 #[test]
 fn compressed_tensors_converts_and_verifies_at_bf16_thresholds() {
     for (name, own) in [("ct_asym_g64", "w4bf16"), ("ct8_asym_g32", "w8bf16")] {
-        let dir = fixture(name);
-        let c = common::converted(&dir, 64, &[]);
-        assert_eq!(c.manifest["options"]["quantize"], own, "{name}");
-        let exp = expected(&dir);
-        let out = verify_at(&c.bmodel, &dir, &exp, "bf16");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{name}: verify failed\n{err}");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let cos = report["min_cosine"].as_f64().unwrap();
-        println!(
-            "{name}: min block cosine {cos:.7}, tokens {}",
-            report["tokens"]
-        );
-        assert_eq!(report["pass"], true, "{report}");
+        let (exp, report, cos) = converted_and_verified(name, own, "bf16");
         // bf16 rounding of the activations only (a w4 re-quantization sits near 0.99 or below).
         assert!(cos > 0.999, "{name}: min cosine {cos}");
         // transformers' tokens, up to a step where the bf16 bmodel picks the runner-up of a

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::fingerprint::{self, Fingerprint, Memo};
 use super::gguf_linear::{self, Handling, LinearFormat};
-use super::quant::{A16Part, QuantizedLinear};
+use super::quant::{A16Part, LastLayer, QuantizedLinear};
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
 use crate::family::{Family, Gguf};
@@ -36,6 +36,8 @@ pub struct GgufFile {
     n_kv_head: usize,
     /// Of the stored blocks, by GGUF name.
     fingerprints: Memo,
+    /// The block linear whose A16 parts were read last.
+    last_a16: LastLayer,
 }
 
 impl GgufFile {
@@ -106,6 +108,7 @@ impl GgufFile {
             n_head: 0,
             n_kv_head: 0,
             fingerprints: Memo::default(),
+            last_a16: LastLayer::default(),
         };
         g.n_head = g.meta_usize("attention.head_count")?;
         g.n_kv_head = g
@@ -391,7 +394,7 @@ impl WeightSource for GgufFile {
 
     fn read_f32(&self, name: &str) -> Result<Tensor> {
         if let Some((prefix, part, f)) = self.a16_part(name) {
-            let layer = self.a16_layer(prefix, f)?;
+            let layer = self.last_a16.get_or(prefix, || self.a16_layer(prefix, f))?;
             let shape = part.shape(layer.n, layer.k, f.bits, gguf_linear::GROUP);
             return Ok(Tensor::from_vec(
                 layer.a16(part, f.bits),

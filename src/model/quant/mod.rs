@@ -14,6 +14,7 @@ pub mod unpack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -124,6 +125,31 @@ impl QuantizedLinear {
             (A16Part::Scales, _) => self.scales.clone(),
             (A16Part::Qzeros, _) => bytes(&self.zeros),
         }
+    }
+}
+
+/// The layer unpacked last: a piece reads a layer's A16 parts one after another, so each
+/// layer is unpacked (or requantized) once, not once per part.
+#[derive(Default)]
+pub struct LastLayer(Mutex<Option<(String, Arc<QuantizedLinear>)>>);
+
+impl LastLayer {
+    /// Layer `prefix`, from the memo when it was the last one, else made by `make`.
+    pub fn get_or(
+        &self,
+        prefix: &str,
+        make: impl FnOnce() -> Result<QuantizedLinear>,
+    ) -> Result<Arc<QuantizedLinear>> {
+        let memo = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, layer)) = memo().as_ref() {
+            if name == prefix {
+                return Ok(layer.clone());
+            }
+        }
+        // Made outside the lock: pieces exported in parallel read other layers meanwhile.
+        let layer = Arc::new(make()?);
+        *memo() = Some((prefix.to_string(), layer.clone()));
+        Ok(layer)
     }
 }
 
@@ -299,9 +325,7 @@ struct Dequantized {
     cfg: QuantConfig,
     layers: BTreeMap<String, Shape>,
     dir: PathBuf,
-    /// The layer unpacked last: a piece reads its parts one after another, so each layer is
-    /// unpacked once, not once per part.
-    last: std::sync::Mutex<Option<(String, std::sync::Arc<QuantizedLinear>)>>,
+    last: LastLayer,
 }
 
 /// What the native backend's `A16MatMul` reads of a layer, as virtual tensors
@@ -379,19 +403,11 @@ impl Dequantized {
     }
 
     /// Layer `prefix` unpacked (from the one-layer memo when it was the last one).
-    fn unpacked(&self, prefix: &str) -> Result<std::sync::Arc<QuantizedLinear>> {
-        let memo = || self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((name, layer)) = memo().as_ref() {
-            if name == prefix {
-                return Ok(layer.clone());
-            }
-        }
-        // Unpacked outside the lock: pieces exported in parallel read other layers meanwhile.
-        let layer = read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
-            .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))?;
-        let layer = std::sync::Arc::new(layer);
-        *memo() = Some((prefix.to_string(), layer.clone()));
-        Ok(layer)
+    fn unpacked(&self, prefix: &str) -> Result<Arc<QuantizedLinear>> {
+        self.last.get_or(prefix, || {
+            read_layer(&self.cfg, self.inner.as_ref(), prefix, &self.dir)
+                .with_context(|| format!("unpacking {} layer {prefix}", self.cfg.method))
+        })
     }
 
     /// The input features in group order (stable), when `g_idx` is not already in order:
