@@ -1,4 +1,4 @@
-//! `--compile-once`: every layer patched from a template of its shape is byte-identical
+//! `--compile-once` (the default): every layer patched from a template of its shape is byte-identical
 //! (create time aside) to a full compile of that layer, at bf16 and w4bf16, static and
 //! dynamic; a layer of another shape (the last block, which holds the final norm) falls back
 //! to a full compile. The patched layers' coefficients are made in Rust (no tpuc-opt call);
@@ -126,14 +126,14 @@ impl Once {
     }
 }
 
-/// Full compile and compile-once of the same model and flags (the compile-once run with
-/// `env`): every piece the same bytes (create time aside).
+/// Full compile (`--compile-once=false`) and compile-once (the default) of the same model and
+/// flags (the compile-once run with `env`): every piece the same bytes (create time aside).
 fn assert_patches_match(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Once {
     common::toolchain();
-    let full = build(model, extra, &[]);
-    let mut with = extra.to_vec();
-    with.push("--compile-once");
-    let once = build(model, &with, env);
+    let mut without = extra.to_vec();
+    without.push("--compile-once=false");
+    let full = build(model, &without, &[]);
+    let once = build(model, extra, env);
     let masked: HashMap<&str, &Value> = full["pieces"]
         .as_array()
         .unwrap()

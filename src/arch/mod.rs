@@ -139,6 +139,17 @@ impl Piece {
         }
     }
 
+    /// The decoder layer of a block piece (None: not one).
+    pub fn layer(&self) -> Option<usize> {
+        match self {
+            Piece::Block(i)
+            | Piece::BlockCache(i)
+            | Piece::BlockCacheStage(i, _)
+            | Piece::BlockKv(i) => Some(*i),
+            _ => None,
+        }
+    }
+
     /// The piece kind, as `templates/deploy.json` names it.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -53,15 +53,17 @@ pub fn worker_count(opts: &ConvertOptions, jobs: usize) -> usize {
     opts.jobs.unwrap_or(cores.min(by_mem)).clamp(1, jobs.max(1))
 }
 
-/// `n` runners: lazily started TPU-MLIR workers, or one process per step (`--spawn-tools`).
+/// `n` runners: native ones (compile-once's templates shared, for the nets in `layers`),
+/// lazily started TPU-MLIR workers, or one process per step (`--spawn-tools`).
 pub fn start_runners(
     layout: &Layout,
     opts: &ConvertOptions,
     folder: &Path,
     n: usize,
     wrap: WrapRunner,
+    layers: std::collections::HashSet<String>,
 ) -> Vec<Box<dyn ToolRunner>> {
-    let templates = std::sync::Arc::new(crate::native::compile_once::Templates::default());
+    let templates = std::sync::Arc::new(crate::native::compile_once::Templates::for_nets(layers));
     (0..n)
         .map(|i| {
             let runner: Box<dyn ToolRunner> = if opts.backend == Backend::Native {

@@ -293,8 +293,14 @@ impl Run<'_> {
         let workers = compile::worker_count(self.opts, plan.piece_count());
         // Workers start on their first job, so their ~6-10 s import overlaps the rest of the
         // export.
-        let runners =
-            compile::start_runners(self.layout, self.opts, self.folder, workers, self.wrap);
+        let runners = compile::start_runners(
+            self.layout,
+            self.opts,
+            self.folder,
+            workers,
+            self.wrap,
+            plan.patchable_nets(),
+        );
         let progress = Progress::new(plan.jobs.len() as u64, "converting", self.quiet);
         progress.note(&format!(
             "{} pieces, {} workers, cache {}",

@@ -153,11 +153,13 @@ pub struct ConvertArgs {
     /// Python); `onnx` exports ONNX for TPU-MLIR's model_transform.py + model_deploy.py.
     #[arg(long, value_enum, default_value = "native")]
     pub backend: super::backend::Backend,
-    /// Native backend: compile one layer of each shape fully and patch every other layer of
-    /// that shape's weights into a copy (byte-identical to a full compile, create time aside;
-    /// anything else compiles fully).
-    #[arg(long = "compile-once")]
-    pub compile_once: bool,
+    /// Native backend (on by default): compile one layer of each shape fully and patch every
+    /// other layer of that shape's weights into a copy (byte-identical to a full compile,
+    /// create time aside; anything else compiles fully). `--compile-once=false` compiles every
+    /// layer fully.
+    #[arg(long = "compile-once", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub compile_once: Option<bool>,
     /// Compile only shard I of N (1-based, balanced by expected compile time) into the cache
     /// and write no bmodel; `llm-convert combine` with the same flags and a cache holding
     /// every shard's pieces then writes it.
@@ -419,7 +421,7 @@ impl ConvertArgs {
                 "omit --jobs for the default",
             ));
         }
-        if self.compile_once && self.backend != super::backend::Backend::Native {
+        if self.compile_once == Some(true) && self.backend != super::backend::Backend::Native {
             return Err(refuse(
                 here,
                 "--compile-once patches layers in the native backend only",
@@ -511,7 +513,8 @@ impl ConvertArgs {
             cache_dir: self.cache_dir.clone(),
             spawn_tools: self.spawn_tools,
             backend: self.backend,
-            compile_once: self.compile_once,
+            compile_once: self.backend == super::backend::Backend::Native
+                && self.compile_once.unwrap_or(true),
             shard: self.shard,
             gguf_own_quant,
         })

@@ -101,6 +101,30 @@ impl Plan {
     pub fn piece_count(&self) -> usize {
         self.jobs.iter().map(|j| j.steps.len()).sum()
     }
+
+    /// The layer nets compile-once may patch from a template: every layer of a kind but the
+    /// last (which holds the final norm, a shape of its own), where at least two remain. The
+    /// others compile as without it: a template no layer is patched from costs its checks.
+    pub fn patchable_nets(&self) -> std::collections::HashSet<String> {
+        patchable(self.jobs.iter().map(|j| j.piece()))
+    }
+}
+
+/// [`Plan::patchable_nets`] of a plan whose jobs' nets are `pieces`.
+fn patchable(pieces: impl Iterator<Item = Piece>) -> std::collections::HashSet<String> {
+    let mut by_kind = std::collections::BTreeMap::<&str, Vec<Piece>>::new();
+    for p in pieces.filter(|p| p.layer().is_some()) {
+        by_kind.entry(p.kind()).or_default().push(p);
+    }
+    let mut nets = std::collections::HashSet::new();
+    for mut layers in by_kind.into_values() {
+        layers.sort_by_key(|p| p.layer());
+        layers.pop();
+        if layers.len() >= 2 {
+            nets.extend(layers.iter().map(|p| p.name()));
+        }
+    }
+    nets
 }
 
 impl JobPlan {
@@ -230,6 +254,21 @@ mod tests {
         ];
         let sizes: Vec<usize> = job_groups(&pieces).iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 3, 1]);
+    }
+
+    #[test]
+    fn patchable_nets_are_layers_but_the_last_where_two_remain() {
+        let three = [Piece::Embedding, Piece::LmHead]
+            .into_iter()
+            .chain((0..3).flat_map(|i| [Piece::Block(i), Piece::BlockCache(i)]));
+        let mut nets: Vec<String> = patchable(three).into_iter().collect();
+        nets.sort();
+        assert_eq!(
+            nets,
+            ["block_0", "block_1", "block_cache_0", "block_cache_1"]
+        );
+        let two = (0..2).flat_map(|i| [Piece::Block(i), Piece::BlockCache(i)]);
+        assert!(patchable(two).is_empty());
     }
 
     #[test]

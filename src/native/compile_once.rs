@@ -12,7 +12,7 @@
 //! weights, and a patch only made if the layer's weight slots (address, type, op) are the
 //! template's, so every assumption is checked on the bytes themselves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -55,6 +55,10 @@ pub struct Template {
 /// The templates of one run, shared by its workers, by shape key.
 #[derive(Default)]
 pub struct Templates {
+    /// The nets that may share a shape with another of the run (its layers): only they are
+    /// worth a template, whose checks cost a net nothing is patched from (embedding, lm_head)
+    /// more than its plain compile.
+    nets: HashSet<String>,
     map: Mutex<HashMap<String, State>>,
     changed: Condvar,
 }
@@ -84,6 +88,19 @@ impl Drop for Claim<'_> {
 }
 
 impl Templates {
+    /// The templates of a run whose layers (nets that may repeat a shape) are `nets`.
+    pub fn for_nets(nets: HashSet<String>) -> Templates {
+        Templates {
+            nets,
+            ..Templates::default()
+        }
+    }
+
+    /// Whether the net `module` is one of the run's layers.
+    pub fn covers(&self, module: &str) -> bool {
+        self.nets.contains(module)
+    }
+
     /// The template of `key`; while another worker compiles one, waits for it (a patch is
     /// cheaper than the wait). Else a claim: the caller compiles fully and registers it.
     pub fn get_or_claim(&self, key: &str) -> (Option<Arc<Template>>, Option<Claim<'_>>) {

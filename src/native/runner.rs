@@ -137,21 +137,11 @@ impl NativeRunner {
         let context_dir = model.with_extension("");
         std::fs::create_dir_all(&context_dir)
             .with_context(|| format!("creating {}", context_dir.display()))?;
-        let patched_from = match &self.once {
+        let once = self.once.as_deref().filter(|o| o.covers(&module));
+        let patched_from = match once {
             Some(once) => self.deploy_once(once, &a, &module, cwd, log)?,
-            // --debug keeps model_deploy.py's steps and their intermediate files; other chips
-            // and core counts too (see `merged::applies`).
-            None if a.debug || !merged::applies(&a) => {
-                for call in passes::deploy_calls(&a, &module) {
-                    self.run_call(&call, cwd, log)?;
-                }
-                None
-            }
             None => {
-                let calls = passes::deploy_calls(&a, &module);
-                let (lowering, rest) = calls.split_first().context("no deploy calls")?;
-                self.run_call(lowering, cwd, log)?;
-                self.run_call(&merged::merged_call(rest, &files.final_mlir)?, cwd, log)?;
+                self.deploy_calls(&a, &passes::deploy_calls(&a, &module), &files, cwd, log)?;
                 None
             }
         };
@@ -191,6 +181,28 @@ impl NativeRunner {
         Ok(())
     }
 
+    /// A full compile's tpuc-opt calls: the calls after the lowering merged into one process
+    /// where that gives the same bytes (see `merged::applies`); --debug keeps model_deploy.py's
+    /// steps and their intermediate files.
+    fn deploy_calls(
+        &self,
+        a: &DeployArgs,
+        calls: &[TpucCall],
+        files: &passes::DeployFiles,
+        cwd: &Path,
+        log: &Path,
+    ) -> Result<()> {
+        match calls.split_first() {
+            Some((lowering, rest)) if !a.debug && merged::applies(a) && !rest.is_empty() => {
+                self.run_call(lowering, cwd, log)?;
+                self.run_call(&merged::merged_call(rest, &files.final_mlir)?, cwd, log)
+            }
+            _ => calls
+                .iter()
+                .try_for_each(|call| self.run_call(call, cwd, log)),
+        }
+    }
+
     /// The deploy calls with compile-once: a patch of this shape's template (returning its
     /// name and how its coefficients were made), or else a full compile, which becomes the template when none exists yet.
     fn deploy_once(
@@ -216,9 +228,8 @@ impl NativeRunner {
                 )?,
             }
         }
-        for call in &calls {
-            self.run_call(call, cwd, log)?;
-        }
+        let files = passes::deploy_files(a, module);
+        self.deploy_calls(a, &calls, &files, cwd, log)?;
         if let (Some(claim), [lowering, final_call, ..]) = (claim, calls.as_slice()) {
             let out = compile_once::coeff_mlir(a, module);
             let check = compile_once::coeff_call(lowering, final_call, a, &out)
