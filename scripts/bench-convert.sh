@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): converts SmolLM2-135M at w4bf16, seq 512, for BM1684X with
-# llm-convert (native backend, the default, with --compile-once, and --backend onnx) and with TPU-MLIR's own
+# llm-convert (native backend with compile-once, the default; --compile-once=false; --backend onnx) and with TPU-MLIR's own
 # llm_convert.py (same wheel, same GGUF weights, same flags), cold and warm, and prints wall
 # time, peak RSS of the whole process tree, and the ratios.
 #   cold: empty output folder (and, for llm-convert, an empty piece cache)
@@ -17,7 +17,7 @@ FLAGS=(-s 512 -q w4bf16 -c bm1684x)
 {
   measure ours_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours" --cache-dir "$WORK/cache"
   cp "$WORK/ours/manifest.json" "$WORK/ours-cold-manifest.json"
-  measure once_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/once" --cache-dir "$WORK/cache-once" --compile-once
+  measure full_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/full" --cache-dir "$WORK/cache-full" --compile-once=false
   measure onnx_cold -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/onnx" --cache-dir "$WORK/cache-onnx" --backend onnx
   measure theirs_cold -- "${tpu_env[@]}" python3 "$TPUC_ROOT/python/tools/llm_convert.py" -m "$GGUF" "${FLAGS[@]}" -o "$WORK/theirs"
   measure ours_warm -- $BIN -m models/smollm2-135m-instruct "${FLAGS[@]}" -o "$WORK/ours" --cache-dir "$WORK/cache"
@@ -29,7 +29,7 @@ rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1]))}
 m = json.load(open(sys.argv[2]))
 warm = json.load(open(sys.argv[3]))
 print(f"\n{'run':<12} {'llm-convert':>22} {'llm_convert.py':>22} {'ours/theirs wall':>17} {'mem':>6}")
-for run, ours in (("cold", "ours_cold"), ("cold once", "once_cold"), ("cold onnx", "onnx_cold"),
+for run, ours in (("cold", "ours_cold"), ("cold full", "full_cold"), ("cold onnx", "onnx_cold"),
                   ("warm", "ours_warm")):
     o, t = rows[ours], rows[f"theirs_{run.split()[0]}"]
     print(f"{run:<12} {o['wall_s']:>9.1f} s {o['peak_rss_mb']:>6} MB {t['wall_s']:>9.1f} s {t['peak_rss_mb']:>6} MB"
