@@ -117,11 +117,10 @@ impl NpzWriter {
             .finish()
             .with_context(|| format!("finishing {}", self.tmp.display()))?;
         inner.flush()?;
-        inner
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()
-            .ok();
+        // No fsync: the archive is a step's input in a work folder that a crash discards
+        // (nothing durable is derived from it unchecked), and syncing a vocabulary-sized one
+        // waits for the disk on the export thread every compile waits for.
+        drop(inner.into_inner().map_err(|e| e.into_error())?);
         std::fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("renaming {} into place", self.tmp.display()))?;
         Ok(self.data_bytes)
