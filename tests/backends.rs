@@ -64,3 +64,58 @@ fn backends_agree_on_qwen2_dynamic_history_sample() {
 fn backends_agree_on_qwen2_moe_w4bf16() {
     assert_same_bmodel("qwen2_moe", &["-q", "w4bf16"]);
 }
+
+/// A bf16 checkpoint at a bf16 half precision: the native backend writes its vocabulary
+/// tables (the embedding, the untied lm_head) to the Top weights as bf16 (half the bytes to
+/// write and for tpuc-opt to read), the ONNX backend as f32; the bmodels are the same.
+#[test]
+fn backends_agree_on_bf16_tables() {
+    let fixture = "llama_rope3_bf16";
+    assert_same_bmodel(fixture, &["-q", "w4bf16"]);
+    // The native build wrote bf16 tables (`--only_mlir` keeps the Top weights it compiled).
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (common::fixtures().join(fixture), dir.path().join("out"));
+    let o = common::llm_convert(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-s",
+        "64",
+        "-q",
+        "w4bf16",
+        "--only_mlir",
+        "-o",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for piece in ["embedding", "embedding_cache", "lm_head"] {
+        let npz = find(
+            dir.path(),
+            &format!("{piece}_top_f32_all_origin_weight.npz"),
+        )
+        .unwrap_or_else(|| panic!("--only_mlir keeps {piece}'s origin npz"));
+        // Members are stored uncompressed: the npy header is in the bytes.
+        let bytes = std::fs::read(&npz).unwrap();
+        let has = |d: &[u8]| bytes.windows(d.len()).any(|w| w == d);
+        assert!(
+            has(b"'descr': '<u2'") && !has(b"'descr': '<f4'"),
+            "{piece}: the table is not written as bf16 ({})",
+            npz.display()
+        );
+    }
+}
+
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(p) = find(&path, name) {
+                return Some(p);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}

@@ -1,11 +1,12 @@
 //! embedding, embedding_cache, lm_head, and the `--do_sample` heads (greedy_head, sample_head).
 
 use super::softcap::maybe_softcap;
+use super::PieceOptions;
 use crate::graph::{Attr, Elem, Graph};
 use crate::model::ModelConfig;
 
 /// `input_ids [1, len] int32 → [1, len, hidden]` (× MiniCPM's scale_emb).
-pub fn embedding(cfg: &ModelConfig, len: usize, name: &str) -> Graph {
+pub fn embedding(cfg: &ModelConfig, opts: &PieceOptions, len: usize, name: &str) -> Graph {
     let mut g = Graph::new(name);
     let ids = g.input("input_ids", Elem::I32, &[1, len]);
     let table = g.weight(
@@ -13,6 +14,9 @@ pub fn embedding(cfg: &ModelConfig, len: usize, name: &str) -> Graph {
         &[cfg.vocab_size, cfg.hidden_size],
         false,
     );
+    if opts.bf16_tables {
+        g.bf16_if_exact.push(table.clone());
+    }
     let x = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
     let x = g.scale(&x, cfg.embedding_scale());
     // Output names match TPU-MLIR llm_convert.py's bmodels.
@@ -23,7 +27,8 @@ pub fn embedding(cfg: &ModelConfig, len: usize, name: &str) -> Graph {
 /// `hidden_states [1, hidden] → token_id [1, 1] int32` (fused top-1), or with `logits`
 /// (`--do_sample`) `→ m_logits [1, V] f32`. The final norm lives in the last block (single
 /// device), so this is only the projection.
-pub fn lm_head(cfg: &ModelConfig, logits_out: bool) -> Graph {
+pub fn lm_head(cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
+    let logits_out = opts.do_sample;
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
     let mut g = Graph::new("lm_head");
     let x = g.input("hidden_states", Elem::F32, &[1, h]);
@@ -37,6 +42,9 @@ pub fn lm_head(cfg: &ModelConfig, logits_out: bool) -> Graph {
     // combined bmodel stores one table for embedding and lm_head (model_tool --combine shares
     // identical weight blobs); `x · Wᵀ` would make TPU-MLIR fold in a transposed copy.
     let w = g.weight(w, &[v, h], false);
+    if opts.bf16_tables {
+        g.bf16_if_exact.push(w.clone());
+    }
     let xt = g.reshape(&x, &[h as i64, 1]);
     let logits = g.op("MatMul", &[&w, &xt], vec![]);
     let logits = g.reshape(&logits, &[1, v as i64]);

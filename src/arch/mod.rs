@@ -37,6 +37,11 @@ pub struct PieceOptions {
     /// A GGUF's quantized block linears become A16MatMuls on the file's own blocks (see
     /// `model::gguf_linear`) instead of float weights.
     pub gguf_own_quant: bool,
+    /// The native backend at a bf16 half precision: the vocabulary tables (embedding, lm_head)
+    /// go to the Top weights as bf16 where every value is one (a bf16 checkpoint's). TPU-MLIR
+    /// lowers them to the same bmodel bytes with half the bytes to write and read; F16 and F32
+    /// lowerings refuse bf16 weights, so only bf16 may.
+    pub bf16_tables: bool,
 }
 
 impl PieceOptions {
@@ -54,6 +59,7 @@ impl PieceOptions {
             decode_stages: Vec::new(),
             max_pixels: None,
             gguf_own_quant: false,
+            bf16_tables: false,
         })
     }
 
@@ -69,6 +75,11 @@ impl PieceOptions {
 
     pub fn with_gguf_own_quant(mut self, own: bool) -> PieceOptions {
         self.gguf_own_quant = own;
+        self
+    }
+
+    pub fn with_bf16_tables(mut self, bf16: bool) -> PieceOptions {
+        self.bf16_tables = bf16;
         self
     }
 
@@ -192,9 +203,9 @@ pub fn pieces(cfg: &ModelConfig, opts: &PieceOptions) -> Vec<Piece> {
 /// The graph of one piece.
 pub fn build(piece: Piece, cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
     match piece {
-        Piece::Embedding => heads::embedding(cfg, opts.max_input_length, "embedding"),
-        Piece::EmbeddingCache => heads::embedding(cfg, 1, "embedding_cache"),
-        Piece::LmHead => heads::lm_head(cfg, opts.do_sample),
+        Piece::Embedding => heads::embedding(cfg, opts, opts.max_input_length, "embedding"),
+        Piece::EmbeddingCache => heads::embedding(cfg, opts, 1, "embedding_cache"),
+        Piece::LmHead => heads::lm_head(cfg, opts),
         Piece::GreedyHead => heads::greedy_head(cfg),
         Piece::SampleHead => heads::sample_head(cfg, opts.seq_length),
         Piece::Block(i) => decoder::prefill_block(cfg, opts, i),

@@ -50,6 +50,7 @@ fn graph_into(h: &mut StableHasher, graph: &Graph, weights: &dyn WeightSource) -
         nodes,
         initializers,
         f32_ops,
+        bf16_if_exact,
         ..
     } = graph;
     h.str(name);
@@ -68,6 +69,10 @@ fn graph_into(h: &mut StableHasher, graph: &Graph, weights: &dyn WeightSource) -
         initializer_into(h, init, weights).with_context(|| format!("initializer {}", init.name))?;
     }
     h.strs(f32_ops);
+    // Only graphs that have some say so (the others keep the keys they had).
+    if !bf16_if_exact.is_empty() {
+        h.str("bf16 if exact").strs(bf16_if_exact);
+    }
     Ok(())
 }
 

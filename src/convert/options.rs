@@ -562,7 +562,10 @@ impl ConvertOptions {
         Ok(self
             .piece_shape()
             .piece_options()?
-            .with_gguf_own_quant(self.gguf_own_quant))
+            .with_gguf_own_quant(self.gguf_own_quant)
+            .with_bf16_tables(
+                self.backend == super::backend::Backend::Native && self.quantize.half() == "bf16",
+            ))
     }
 
     /// `<model>_<q>_seq<S>_<chip>_<n>dev[_history]_{static|dynamic}` (other chips: `_<c>core`).

@@ -24,7 +24,7 @@ use super::emit_text::{attr_dict, op_line, quoted, ranked, symbol, Loc, Locs, UN
 pub(super) use super::emit_text::{b, f64a, floats, i64a, ints, si32, Attrs, Value};
 use super::emit_weights::{tensor_values, Tensor, TensorData};
 use super::npz::NpzWriter;
-use crate::graph::{Elem, Graph};
+use crate::graph::{Elem, Graph, InitData};
 use crate::model::WeightSource;
 
 /// What [`write_origin`] wrote.
@@ -51,13 +51,18 @@ pub fn origin_path(dir: &Path, name: &str) -> PathBuf {
 /// reading weights one at a time from `weights`.
 pub fn write_origin(graph: &Graph, weights: &dyn WeightSource, dir: &Path) -> Result<Origin> {
     let npz_name = weight_file_name(&graph.name);
-    let emitted = emit(graph, weights, &npz_name)
+    let bf16 = bf16_tables(graph, weights)?;
+    let emitted = emit(graph, weights, &npz_name, &bf16)
         .with_context(|| format!("emitting the Top MLIR of piece {}", graph.name))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let npz = dir.join(&npz_name);
     let mut w = NpzWriter::create(&npz)?;
     for &t in &emitted.members {
         let tensor = &emitted.tensors[t];
+        if let Some(bits) = bf16.get(&tensor.name) {
+            w.add_bf16(&tensor.name, &tensor.dims, bits)?;
+            continue;
+        }
         let values = tensor_values(graph, weights, &emitted.tensors, tensor)
             .with_context(|| format!("weight {} of piece {}", tensor.name, graph.name))?;
         if tensor.uint8(graph) {
@@ -80,6 +85,26 @@ pub fn write_origin(graph: &Graph, weights: &dyn WeightSource, dir: &Path) -> Re
     })
 }
 
+/// The bf16 bit patterns of the graph's [`Graph::bf16_if_exact`] checkpoint tensors whose every
+/// value is a bf16 (a bf16 checkpoint's are), by name; any other stays f32.
+fn bf16_tables(graph: &Graph, weights: &dyn WeightSource) -> Result<HashMap<String, Vec<u16>>> {
+    let mut out = HashMap::new();
+    for init in &graph.initializers {
+        if !graph.bf16_if_exact.contains(&init.name) {
+            continue;
+        }
+        let InitData::Weight { name, transpose } = &init.data else {
+            continue;
+        };
+        let values = crate::graph::checkpoint_values(weights, name, *transpose, &init.dims)
+            .with_context(|| format!("weight {} of piece {}", init.name, graph.name))?;
+        if let Some(bits) = super::npz::bf16_bits_if_exact(&values) {
+            out.insert(init.name.clone(), bits);
+        }
+    }
+    Ok(out)
+}
+
 /// The MLIR text of `graph` (with `weight_file` as its npz name) and which tensors go to the npz.
 pub(super) struct Emitted {
     pub text: String,
@@ -87,9 +112,16 @@ pub(super) struct Emitted {
     members: Vec<usize>,
 }
 
-fn emit(graph: &Graph, weights: &dyn WeightSource, weight_file: &str) -> Result<Emitted> {
+/// The tensors named in `bf16` are `bf16` weights; every other float one is `f32`.
+fn emit(
+    graph: &Graph,
+    weights: &dyn WeightSource,
+    weight_file: &str,
+    bf16: &HashMap<String, Vec<u16>>,
+) -> Result<Emitted> {
     let (nodes, outputs) = emit_prep::onnx_opt(graph)?;
     let mut e = Emitter::new(graph, weights);
+    e.bf16 = bf16.keys().cloned().collect();
     for init in &graph.initializers {
         let dims = if init.dims.is_empty() {
             vec![1]
@@ -152,6 +184,8 @@ pub(super) struct Emitter<'a> {
     locs: Locs,
     args: Vec<String>,
     none: Value,
+    /// Checkpoint tensors written as bf16 (see [`bf16_tables`]).
+    bf16: HashSet<String>,
 }
 
 impl<'a> Emitter<'a> {
@@ -176,6 +210,7 @@ impl<'a> Emitter<'a> {
                 ty: String::new(),
                 loc: 0,
             },
+            bf16: HashSet::new(),
         };
         let id = e.number();
         e.body
@@ -375,7 +410,13 @@ impl<'a> Emitter<'a> {
         }
         let t = self.tensor(name)?;
         let dims = t.dims.clone();
-        let elem = if t.uint8(self.graph) { "ui8" } else { "f32" };
+        let elem = if t.uint8(self.graph) {
+            "ui8"
+        } else if self.bf16.contains(name) {
+            "bf16"
+        } else {
+            "f32"
+        };
         let id = self.number();
         let loc = self.locs.name(name);
         let ty = ranked(&dims, elem);

@@ -80,6 +80,12 @@ impl NpzWriter {
         self.add_raw(key, "<f4", dims, data.len(), le_bytes(data))
     }
 
+    /// Adds a bf16 array as its bit patterns (numpy has no bf16: TPU-MLIR reads `<u2` members
+    /// of `bf16` weights).
+    pub fn add_bf16(&mut self, key: &str, dims: &[usize], bits: &[u16]) -> Result<()> {
+        self.add_raw(key, "<u2", dims, bits.len(), bytemuck::cast_slice(bits))
+    }
+
     /// Adds a uint8 array (A16MatMul's packed weights and zero points).
     pub fn add_u8(&mut self, key: &str, dims: &[usize], data: &[u8]) -> Result<()> {
         self.add_raw(key, "|u1", dims, data.len(), data)
@@ -127,6 +133,17 @@ impl NpzWriter {
     }
 }
 
+/// The bf16 bit patterns of `values` if each is a bf16 exactly (its low 16 bits zero), else None.
+pub fn bf16_bits_if_exact(values: &[f32]) -> Option<Vec<u16>> {
+    values
+        .iter()
+        .map(|v| {
+            let b = v.to_bits();
+            (b & 0xffff == 0).then_some((b >> 16) as u16)
+        })
+        .collect()
+}
+
 /// Byte values carried as f32 (exact for 0..=255) back to bytes; anything else is a bug upstream.
 pub fn bytes_of(key: &str, values: &[f32]) -> Result<Vec<u8>> {
     values
@@ -154,6 +171,19 @@ mod tests {
 
     fn dict(dims: &[usize]) -> String {
         String::from_utf8(npy_header(dims)[10..].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn bf16_bits_only_of_exact_values() {
+        let exact = [1.0f32, -2.5, 0.0, f32::from_bits(0x3f81_0000)];
+        assert_eq!(
+            bf16_bits_if_exact(&exact),
+            Some(vec![0x3f80, 0xc020, 0x0000, 0x3f81])
+        );
+        assert_eq!(
+            bf16_bits_if_exact(&[1.0, f32::from_bits(0x3f80_0001)]),
+            None
+        );
     }
 
     #[test]
