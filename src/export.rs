@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use crate::arch::{self, Piece, PieceOptions};
 use crate::convert::options::PieceArgs;
 use crate::model::{BundledModels, Model};
+use crate::native::emit::Share;
+use crate::native::shared_npz::SharedArchives;
 
 /// `export-onnx`: the piece flags mean what they mean to convert (the same builder as
 /// `convert --only_onnx`).
@@ -65,6 +67,9 @@ pub struct Exported {
     pub piece: Piece,
     pub path: PathBuf,
     pub weight_bytes: u64,
+    /// The native export's weight archive is a hard link of a sibling piece's (see
+    /// `native::shared_npz`).
+    pub weights_linked: bool,
     pub seconds: f64,
     /// Graph output names, in order.
     pub outputs: Vec<String>,
@@ -133,28 +138,38 @@ pub fn export_piece(
     export_with(model, piece, opts, out_dir, |graph| {
         let path = out_dir.join(format!("{}.onnx", piece.file_stem()));
         let bytes = crate::onnx::write(graph, model.weights.as_ref(), &path)?;
-        Ok((path, bytes))
+        Ok((path, bytes, false))
     })
 }
 
-/// Writes the native backend's `<out_dir>/<piece>_origin.mlir` and its weight npz.
+/// Writes the native backend's `<out_dir>/<piece>_origin.mlir` and its weight npz; with
+/// `share`, the npz may be (or be offered as) one archive with the `siblings` pieces'.
 pub fn export_piece_native(
     model: &Model,
     piece: Piece,
     opts: &PieceOptions,
     out_dir: &Path,
+    share: Option<(&SharedArchives, &[Piece])>,
 ) -> Result<Exported> {
     export_with(model, piece, opts, out_dir, |graph| {
         // A directory per step: a decode stage's module is named like its block_cache_i.
         let dir = out_dir.join(piece.file_stem());
-        let o = crate::native::emit::write_origin(graph, model.weights.as_ref(), &dir)?;
+        let share = share.map(|(archives, siblings)| Share {
+            archives,
+            siblings: siblings
+                .iter()
+                .map(|&p| arch::build(p, &model.config, opts))
+                .collect(),
+        });
+        let o =
+            crate::native::emit::write_origin(graph, model.weights.as_ref(), &dir, share.as_ref())?;
         anyhow::ensure!(
             o.mlir == native_export_path(out_dir, piece),
             "internal error: {} written, {} planned",
             o.mlir.display(),
             native_export_path(out_dir, piece).display()
         );
-        Ok((o.mlir, o.weight_bytes))
+        Ok((o.mlir, o.weight_bytes, o.linked))
     })
 }
 
@@ -163,14 +178,14 @@ pub fn native_export_path(out_dir: &Path, piece: Piece) -> PathBuf {
     crate::native::emit::origin_path(&out_dir.join(piece.file_stem()), &piece.name())
 }
 
-/// Builds the piece's graph, has `write` serialise it (returning the file and its weight
-/// bytes), and writes the quantize table next to it.
+/// Builds the piece's graph, has `write` serialise it (returning the file, its weight bytes
+/// and whether they are a sibling's), and writes the quantize table next to it.
 fn export_with(
     model: &Model,
     piece: Piece,
     opts: &PieceOptions,
     out_dir: &Path,
-    write: impl FnOnce(&crate::graph::Graph) -> Result<(PathBuf, u64)>,
+    write: impl FnOnce(&crate::graph::Graph) -> Result<(PathBuf, u64, bool)>,
 ) -> Result<Exported> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let t0 = Instant::now();
@@ -179,7 +194,7 @@ fn export_with(
     let dynamic_input_shapes = graph
         .is_dynamic()
         .then(|| graph.inputs.iter().map(|i| i.dims.clone()).collect());
-    let (path, weight_bytes) =
+    let (path, weight_bytes, weights_linked) =
         write(&graph).with_context(|| format!("exporting piece {}", piece.name()))?;
     let quantize_table = match graph.quantize_table() {
         Some(text) => {
@@ -193,6 +208,7 @@ fn export_with(
         piece,
         path,
         weight_bytes,
+        weights_linked,
         seconds: t0.elapsed().as_secs_f64(),
         outputs,
         dynamic_input_shapes,

@@ -34,6 +34,28 @@ fn assert_same_bmodel(fixture: &str, extra: &[&str]) {
         native["bmodel_sha256_without_create_time"], onnx["bmodel_sha256_without_create_time"],
         "{fixture} {extra:?}: the native and onnx backends built different bmodels"
     );
+    // The native export wrote one weight archive per layer (and one for the two embedding
+    // pieces): every later piece reading the same tensors hard-linked it, so the equality
+    // above holds for pieces compiled from an archive with their siblings' members.
+    // (A tied lm_head reads the embedding's table as it is stored: it may link too.)
+    let linked = |p: &&Value| p["weights_linked"] == true;
+    for p in native["pieces"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let first = name == "embedding" || name.starts_with("block_") && !name.contains("cache");
+        let later = name.starts_with("block_cache_") || name == "embedding_cache";
+        if first || later {
+            assert_eq!(
+                linked(&p),
+                later,
+                "{fixture} {extra:?}: {name}'s weights_linked"
+            );
+        }
+    }
+    assert!(onnx["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| !linked(&p)));
 }
 
 /// w4bf16 (grouped weight quantization), tied embeddings, the fused-TopK lm_head.

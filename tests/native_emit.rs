@@ -267,7 +267,7 @@ impl Harness {
             if let Err(e) = self.worker.run("model_transform.py", &argv, &theirs, &log) {
                 panic!("{label}/{name}: model_transform.py: {e:#}");
             }
-            let origin = match write_origin(&graph, &model.weights, &ours) {
+            let origin = match write_origin(&graph, &model.weights, &ours, None) {
                 Ok(o) => o,
                 Err(e) => {
                     self.failures.push(format!("{label}/{name}: {e:#}"));
@@ -453,7 +453,7 @@ fn unmapped_ops_are_errors_naming_op_and_piece() {
         let y = g.op(op, &[&x, &two], vec![]);
         g.output(&y, "y", Elem::F32, &[1, 4]);
         let dir = tempfile::tempdir().unwrap();
-        let err = match write_origin(&g, &weights.weights, dir.path()) {
+        let err = match write_origin(&g, &weights.weights, dir.path(), None) {
             Ok(_) => panic!("{op}: emitted"),
             Err(e) => format!("{e:#}"),
         };
@@ -511,7 +511,7 @@ fn time_write_origin_against_onnx_write_on_smollm2() {
         llm_convert::onnx::write(&g, &model.weights, &dir.path().join("p.onnx")).unwrap();
         let onnx_s = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        write_origin(&g, &model.weights, dir.path()).unwrap();
+        write_origin(&g, &model.weights, dir.path(), None).unwrap();
         let native_s = t0.elapsed().as_secs_f64();
         // Of which reading (dequantising) the checkpoint tensors.
         let t0 = Instant::now();

@@ -161,6 +161,18 @@ impl Piece {
         }
     }
 
+    /// Whether `other` reads this piece's checkpoint tensors too (a layer's pieces; the
+    /// vocabulary pieces), so their native exports may share one weight archive.
+    pub fn shares_weights_with(&self, other: &Piece) -> bool {
+        let vocabulary =
+            |p: &Piece| matches!(p, Piece::Embedding | Piece::EmbeddingCache | Piece::LmHead);
+        self != other
+            && match (self.layer(), other.layer()) {
+                (Some(a), Some(b)) => a == b,
+                _ => vocabulary(self) && vocabulary(other),
+            }
+    }
+
     /// The piece kind, as `templates/deploy.json` names it.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -18,6 +18,9 @@ pub struct PieceRecord {
     pub cached: bool,
     /// Exported by this run (a piece found in the cache is not).
     pub exported: bool,
+    /// Exported with its weight archive a hard link of another piece's that holds them all (a
+    /// layer's pieces read the same tensors; see `native::shared_npz`).
+    pub weights_linked: bool,
     pub transform_s: Option<f64>,
     pub deploy_s: Option<f64>,
     pub deploy_argv: Vec<String>,

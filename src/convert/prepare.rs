@@ -2,8 +2,9 @@
 //! stored bytes of the tensors they read (no export), then export only the jobs the cache
 //! lacks and hand them to the compilers as soon as they are ready.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 
 use anyhow::Result;
@@ -13,8 +14,10 @@ use super::cache::{self, PieceCache};
 use super::graph_key;
 use super::plan::{JobPlan, Plan};
 use super::progress::Progress;
-use crate::arch::PieceOptions;
+use crate::arch::{Piece, PieceOptions};
+use crate::graph::InitData;
 use crate::model::Model;
+use crate::native::shared_npz::SharedArchives;
 
 /// A planned job with its files and its cache key.
 #[derive(Clone)]
@@ -34,6 +37,8 @@ pub struct StepFiles {
     pub model_def: PathBuf,
     /// Bytes of weights it holds (a compile needs a few times this much memory).
     pub weight_bytes: u64,
+    /// Its weight archive is a hard link of a sibling piece's (native backend).
+    pub weights_linked: bool,
     pub quantize_table: Option<PathBuf>,
 }
 
@@ -61,8 +66,14 @@ impl Prepare<'_> {
         // this thread, which exports them for the compilers. Hashing overlaps exports and
         // compiles; a cached job costs no export.
         let (keyed_tx, keyed_rx) = std::sync::mpsc::channel::<PieceJob>();
+        let pieces: Vec<Piece> = plan
+            .jobs
+            .iter()
+            .flat_map(|j| j.steps.iter().map(|s| s.piece))
+            .collect();
         std::thread::scope(|s| {
             let hasher = s.spawn(move || -> Result<Vec<PieceJob>> {
+                self.hash_ahead(plan);
                 let mut jobs = Vec::with_capacity(plan.jobs.len());
                 for job_plan in &plan.jobs {
                     let job = self.key(job_plan.clone())?;
@@ -82,9 +93,10 @@ impl Prepare<'_> {
             });
             let mut export_s = 0.0;
             let mut exported: HashMap<String, Vec<StepFiles>> = HashMap::new();
+            let archives = SharedArchives::default();
             let exporting = (|| -> Result<()> {
                 for mut job in keyed_rx {
-                    job.files = self.export(&job.plan, &mut export_s)?;
+                    job.files = self.export(&job.plan, &mut export_s, &pieces, &archives)?;
                     job.exported = true;
                     exported.insert(job.plan.piece().file_stem(), job.files.clone());
                     if to_compile.send(job).is_err() {
@@ -111,18 +123,35 @@ impl Prepare<'_> {
     }
 
     /// Exports every step of a job: the one place a piece's compile input is written.
-    fn export(&self, job: &JobPlan, seconds: &mut f64) -> Result<Vec<StepFiles>> {
+    /// `pieces`: every step's piece of the run; the native export shares a weight archive
+    /// between those that read the same tensors, through `archives`.
+    fn export(
+        &self,
+        job: &JobPlan,
+        seconds: &mut f64,
+        pieces: &[Piece],
+        archives: &SharedArchives,
+    ) -> Result<Vec<StepFiles>> {
         let mut files = Vec::with_capacity(job.steps.len());
         for step in &job.steps {
-            let export = match self.backend {
-                Backend::Onnx => crate::export::export_piece,
-                Backend::Native => crate::export::export_piece_native,
+            let (model, opts, dir) = (self.model, self.piece_opts, self.export_dir);
+            let e = match self.backend {
+                Backend::Onnx => crate::export::export_piece(model, step.piece, opts, dir)?,
+                Backend::Native => {
+                    let siblings: Vec<Piece> = pieces
+                        .iter()
+                        .filter(|p| step.piece.shares_weights_with(p))
+                        .copied()
+                        .collect();
+                    let share = Some((archives, siblings.as_slice()));
+                    crate::export::export_piece_native(model, step.piece, opts, dir, share)?
+                }
             };
-            let e = export(self.model, step.piece, self.piece_opts, self.export_dir)?;
             *seconds += e.seconds;
             step.check_export(&e)?;
             files.push(StepFiles {
                 weight_bytes: e.weight_bytes,
+                weights_linked: e.weights_linked,
                 model_def: std::path::absolute(&e.path)?,
                 quantize_table: e
                     .quantize_table
@@ -132,6 +161,35 @@ impl Prepare<'_> {
             });
         }
         Ok(files)
+    }
+
+    /// Fingerprints every checkpoint tensor the plan reads, on every core, so the keys find
+    /// them remembered: an unchanged rerun is mostly this hashing. A failure is left for the
+    /// keying to report, naming its piece.
+    fn hash_ahead(&self, plan: &Plan) {
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
+        for step in plan.jobs.iter().flat_map(|j| &j.steps) {
+            let graph = crate::arch::build(step.piece, &self.model.config, self.piece_opts);
+            for init in graph.initializers {
+                if let InitData::Weight { name, .. } = init.data {
+                    if seen.insert(name.clone()) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..threads.min(names.len()) {
+                s.spawn(|| {
+                    while let Some(name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let _ = self.model.weights.fingerprint(name);
+                    }
+                });
+            }
+        });
     }
 
     /// The job's key, from each step's graph (built again: cheap) and the fingerprints of the
@@ -149,6 +207,7 @@ impl Prepare<'_> {
                     self.backend.export_path(self.export_dir, step.piece),
                 )?,
                 weight_bytes: 0,
+                weights_linked: false,
                 quantize_table: quantize_table
                     .as_ref()
                     .map(|_| std::path::absolute(self.export_dir.join(format!("{stem}.qtable"))))

@@ -33,6 +33,7 @@ pub fn collect(
                 cache_key: job.key.clone(),
                 cached: c.is_none(),
                 exported: job.exported,
+                weights_linked: job.exported && job.files.get(j).is_some_and(|f| f.weights_linked),
                 transform_s: c.as_ref().map(|c| c.transform_s),
                 deploy_s: c.as_ref().map(|c| c.deploy_s),
                 deploy_argv: step.deploy_argv.clone(),

@@ -21,6 +21,7 @@ mod mlir_float;
 pub mod npz;
 pub mod passes;
 pub mod runner;
+pub mod shared_npz;
 
 pub use runner::NativeRunner;
 

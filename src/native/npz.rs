@@ -116,6 +116,11 @@ impl NpzWriter {
         Ok(())
     }
 
+    /// The array bytes added so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
     /// Closes the archive and moves it into place; returns the array bytes written.
     pub fn finish(self) -> Result<u64> {
         let mut inner = self
