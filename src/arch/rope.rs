@@ -2,6 +2,9 @@
 //! frequency twice in a row for interleaved pairs), gathered by position_ids in the graph.
 //! Written from the formulas independently of `reference`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use super::mask::positions_f32;
 use crate::family::{LayerRope, RotaryPairs};
 use crate::graph::{Attr, Graph};
@@ -45,17 +48,54 @@ fn model_freqs(cfg: &ModelConfig, ext: Option<&[f64]>) -> Vec<f64> {
 }
 
 /// The tables of inverse frequencies `freqs`, cos/sin × `a` (longrope's attention factor).
+/// Every piece with rotary builds the same tables, an unchanged rerun too (to key it), so
+/// they are computed once per process and copied.
 fn tables_from(cfg: &ModelConfig, seq: usize, freqs: &[f64], a: f64) -> (Vec<f32>, Vec<f32>) {
+    type Key = (usize, bool, usize, Vec<u64>, u64);
+    static MEMO: Mutex<Option<HashMap<Key, (Vec<f32>, Vec<f32>)>>> = Mutex::new(None);
     let d = cfg.layer.attention.rotary.dim(cfg.head_dim);
+    let halves = matches!(cfg.layer.attention.rotary.pairs, RotaryPairs::HalfSplit);
+    let key = (
+        d,
+        halves,
+        seq,
+        freqs.iter().map(|f| f.to_bits()).collect(),
+        a.to_bits(),
+    );
+    if let Some(t) = MEMO
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref()?.get(&key).cloned())
+    {
+        return t;
+    }
+    let t = compute_tables(d, halves, seq, freqs, a);
+    if let Ok(mut m) = MEMO.lock() {
+        let m = m.get_or_insert_with(HashMap::new);
+        // A process converts one model at a time; tests convert many.
+        if m.len() >= 8 {
+            m.clear();
+        }
+        m.insert(key, t.clone());
+    }
+    t
+}
+
+fn compute_tables(
+    d: usize,
+    halves: bool,
+    seq: usize,
+    freqs: &[f64],
+    a: f64,
+) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(seq * d);
     let mut sin = Vec::with_capacity(seq * d);
     // Element j of a row turns at frequency `order[j]`.
-    let order: Vec<usize> = match cfg.layer.attention.rotary.pairs {
-        RotaryPairs::HalfSplit => (0..d).map(|j| j % (d / 2)).collect(),
-        RotaryPairs::Interleaved => (0..d).map(|j| j / 2).collect(),
+    let order: Vec<usize> = match halves {
+        true => (0..d).map(|j| j % (d / 2)).collect(),
+        false => (0..d).map(|j| j / 2).collect(),
     };
-    // Each frequency's values once per position (a row holds each twice): every piece with
-    // rotary builds these tables, an unchanged rerun too, to key it.
+    // Each frequency's values once per position (a row holds each twice).
     let mut row = Vec::with_capacity(freqs.len());
     for pos in 0..seq {
         row.clear();
