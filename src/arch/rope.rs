@@ -52,7 +52,8 @@ fn model_freqs(cfg: &ModelConfig, ext: Option<&[f64]>) -> Vec<f64> {
 /// they are computed once per process and copied.
 fn tables_from(cfg: &ModelConfig, seq: usize, freqs: &[f64], a: f64) -> (Vec<f32>, Vec<f32>) {
     type Key = (usize, bool, usize, Vec<u64>, u64);
-    static MEMO: Mutex<Option<HashMap<Key, (Vec<f32>, Vec<f32>)>>> = Mutex::new(None);
+    type Tables = (Vec<f32>, Vec<f32>);
+    static MEMO: Mutex<Option<HashMap<Key, Tables>>> = Mutex::new(None);
     let d = cfg.layer.attention.rotary.dim(cfg.head_dim);
     let halves = matches!(cfg.layer.attention.rotary.pairs, RotaryPairs::HalfSplit);
     let key = (
