@@ -58,12 +58,6 @@ fn assert_same_bmodel(fixture: &str, extra: &[&str]) {
         .all(|p| !linked(&p)));
 }
 
-/// w4bf16 (grouped weight quantization), tied embeddings, the fused-TopK lm_head.
-#[test]
-fn backends_agree_on_llama_tied_w4bf16() {
-    assert_same_bmodel("llama_tied", &["-q", "w4bf16"]);
-}
-
 /// `--dynamic` prefill blocks (in-graph mask, dynamic subnets), sampling heads, history-KV
 /// prefill and decode stages (io_alone configs shared between a job's steps).
 #[test]
@@ -94,7 +88,23 @@ fn backends_agree_on_qwen2_moe_w4bf16() {
 fn backends_agree_on_bf16_tables() {
     let fixture = "llama_rope3_bf16";
     assert_same_bmodel(fixture, &["-q", "w4bf16"]);
-    // The native build wrote bf16 tables (`--only_mlir` keeps the Top weights it compiled).
+    assert_tables_written_as_bf16(fixture);
+}
+
+/// w4bf16 (grouped weight quantization), tied embeddings, the fused-TopK lm_head; and an f32
+/// checkpoint's tables go to the Top weights rounded to bf16 as the BF16 lowering rounds
+/// them: the bmodels are the ONNX path's, whose lowering rounds the f32 tables itself (a
+/// rounding of ours that differed on any value would change the bytes).
+#[test]
+fn backends_agree_on_f32_tables_rounded_to_bf16() {
+    let fixture = "llama_tied";
+    assert_same_bmodel(fixture, &["-q", "w4bf16"]);
+    assert_tables_written_as_bf16(fixture);
+}
+
+/// The native build of `fixture` at w4bf16 wrote every vocabulary table as bf16 (`--only_mlir`
+/// keeps the Top weights it compiled).
+fn assert_tables_written_as_bf16(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (model, out) = (common::fixtures().join(fixture), dir.path().join("out"));
     let o = common::llm_convert(&[
@@ -122,7 +132,7 @@ fn backends_agree_on_bf16_tables() {
         let has = |d: &[u8]| bytes.windows(d.len()).any(|w| w == d);
         assert!(
             has(b"'descr': '<u2'") && !has(b"'descr': '<f4'"),
-            "{piece}: the table is not written as bf16 ({})",
+            "{fixture} {piece}: the table is not written as bf16 ({})",
             npz.display()
         );
     }

@@ -15,7 +15,7 @@ pub fn embedding(cfg: &ModelConfig, opts: &PieceOptions, len: usize, name: &str)
         false,
     );
     if opts.bf16_tables {
-        g.bf16_if_exact.push(table.clone());
+        g.bf16_tables.push(table.clone());
     }
     let x = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
     let x = g.scale(&x, cfg.embedding_scale());
@@ -43,7 +43,7 @@ pub fn lm_head(cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
     // identical weight blobs); `x · Wᵀ` would make TPU-MLIR fold in a transposed copy.
     let w = g.weight(w, &[v, h], false);
     if opts.bf16_tables {
-        g.bf16_if_exact.push(w.clone());
+        g.bf16_tables.push(w.clone());
     }
     let xt = g.reshape(&x, &[h as i64, 1]);
     let logits = g.op("MatMul", &[&w, &xt], vec![]);

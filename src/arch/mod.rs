@@ -38,9 +38,9 @@ pub struct PieceOptions {
     /// `model::gguf_linear`) instead of float weights.
     pub gguf_own_quant: bool,
     /// The native backend at a bf16 half precision: the vocabulary tables (embedding, lm_head)
-    /// go to the Top weights as bf16 where every value is one (a bf16 checkpoint's). TPU-MLIR
-    /// lowers them to the same bmodel bytes with half the bytes to write and read; F16 and F32
-    /// lowerings refuse bf16 weights, so only bf16 may.
+    /// go to the Top weights as bf16, rounded as the BF16 lowering would round them (a bf16
+    /// checkpoint's unchanged). TPU-MLIR lowers them to the same bmodel bytes with half the
+    /// bytes to write and read; F16 and F32 lowerings refuse bf16 weights, so only bf16 may.
     pub bf16_tables: bool,
 }
 

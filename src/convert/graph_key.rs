@@ -50,7 +50,7 @@ fn graph_into(h: &mut StableHasher, graph: &Graph, weights: &dyn WeightSource) -
         nodes,
         initializers,
         f32_ops,
-        bf16_if_exact,
+        bf16_tables,
         ..
     } = graph;
     h.str(name);
@@ -70,8 +70,8 @@ fn graph_into(h: &mut StableHasher, graph: &Graph, weights: &dyn WeightSource) -
     }
     h.strs(f32_ops);
     // Only graphs that have some say so (the others keep the keys they had).
-    if !bf16_if_exact.is_empty() {
-        h.str("bf16 if exact").strs(bf16_if_exact);
+    if !bf16_tables.is_empty() {
+        h.str("bf16 tables, rounded as lowered").strs(bf16_tables);
     }
     Ok(())
 }

@@ -106,9 +106,9 @@ pub struct Graph {
     pub f32_ops: Vec<String>,
     /// Set for the blocks of a pre-quantized checkpoint.
     pub weight_only: Option<WeightOnly>,
-    /// Initializers the native backend writes to its Top weights as bf16 where every value is
-    /// one (see `PieceOptions::bf16_tables`).
-    pub bf16_if_exact: Vec<String>,
+    /// Initializers the native backend writes to its Top weights as bf16, rounded as TPU-MLIR's
+    /// BF16 lowering rounds them (see `PieceOptions::bf16_tables`).
+    pub bf16_tables: Vec<String>,
     counter: usize,
 }
 

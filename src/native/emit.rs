@@ -26,7 +26,7 @@ use super::emit_weights::{tensor_values, Tensor, TensorData};
 use super::npz::NpzWriter;
 use super::shared_npz::{self, MemberId, SharedArchives};
 use crate::graph::{Elem, Graph, InitData};
-use crate::model::WeightSource;
+use crate::model::{StoredDtype, WeightSource};
 
 /// What [`write_origin`] wrote.
 pub struct Origin {
@@ -225,24 +225,28 @@ impl Emission {
     }
 }
 
-/// The bf16 bit patterns of the graph's [`Graph::bf16_if_exact`] checkpoint tensors stored as
-/// bf16 whose every value is one, by name; any other stays f32 (and is not read here: a GGUF's
-/// or an f32 checkpoint's table would otherwise be converted twice).
+/// The bf16 bit patterns of the graph's [`Graph::bf16_tables`], rounded as the BF16 lowering
+/// rounds them, by name; a table with a value the lowering treats apart (not finite, subnormal)
+/// stays f32. Where the graph keeps some op in f32, only a bf16 checkpoint's tables qualify.
 fn bf16_tables(graph: &Graph, weights: &dyn WeightSource) -> Result<HashMap<String, Vec<u16>>> {
     let mut out = HashMap::new();
     for init in &graph.initializers {
-        if !graph.bf16_if_exact.contains(&init.name) {
+        if !graph.bf16_tables.contains(&init.name) {
             continue;
         }
         let InitData::Weight { name, transpose } = &init.data else {
             continue;
         };
-        if weights.meta(name).map(|m| m.dtype) != Some(crate::model::StoredDtype::Bf16) {
+        // An op kept in f32 would see the rounding: then only a bf16 checkpoint's table,
+        // which the rounding leaves alone (and no other is read here only to be refused).
+        let exact_only = !graph.f32_ops.is_empty();
+        let stored_bf16 = weights.meta(name).map(|m| m.dtype) == Some(StoredDtype::Bf16);
+        if exact_only && !stored_bf16 {
             continue;
         }
         let values = crate::graph::checkpoint_values(weights, name, *transpose, &init.dims)
             .with_context(|| format!("weight {} of piece {}", init.name, graph.name))?;
-        if let Some(bits) = super::npz::bf16_bits_if_exact(&values) {
+        if let Some(bits) = super::npz::bf16_bits_as_lowered(&values, exact_only) {
             out.insert(init.name.clone(), bits);
         }
     }

@@ -138,13 +138,23 @@ impl NpzWriter {
     }
 }
 
-/// The bf16 bit patterns of `values` if each is a bf16 exactly (its low 16 bits zero), else None.
-pub fn bf16_bits_if_exact(values: &[f32]) -> Option<Vec<u16>> {
+/// The bf16 bit patterns TPU-MLIR's BF16 lowering makes of `values` on the BM chips
+/// (`f32_to_bf16` → `fp32_to_bf16_all`, round to nearest, ties to even, on the bit pattern);
+/// with `exact_only`, only if each is a bf16 already (its low 16 bits zero). None where a value
+/// is not finite or is an f32 subnormal: the lowering flushes subnormals its own way (and a
+/// bf16 subnormal too, so not even an exact one may go as bf16).
+pub fn bf16_bits_as_lowered(values: &[f32], exact_only: bool) -> Option<Vec<u16>> {
     values
         .iter()
         .map(|v| {
             let b = v.to_bits();
-            (b & 0xffff == 0).then_some((b >> 16) as u16)
+            let exp = (b >> 23) & 0xff;
+            let subnormal = exp == 0 && b & 0x7f_ffff != 0;
+            if exp == 0xff || subnormal || (exact_only && b & 0xffff != 0) {
+                return None;
+            }
+            let lsb = (b >> 16) & 1;
+            Some(((u64::from(b) + 0x7fff + u64::from(lsb)) >> 16) as u16)
         })
         .collect()
 }
@@ -179,16 +189,37 @@ mod tests {
     }
 
     #[test]
-    fn bf16_bits_only_of_exact_values() {
-        let exact = [1.0f32, -2.5, 0.0, f32::from_bits(0x3f81_0000)];
+    fn bf16_bits_round_half_to_even_and_refuse_what_the_lowering_treats_apart() {
+        let exact = [1.0f32, -2.5, 0.0, -0.0, f32::from_bits(0x3f81_0000)];
+        let exact_bits = Some(vec![0x3f80, 0xc020, 0x0000, 0x8000, 0x3f81]);
+        assert_eq!(bf16_bits_as_lowered(&exact, true), exact_bits);
+        assert_eq!(bf16_bits_as_lowered(&exact, false), exact_bits);
+        let inexact = [1.0, f32::from_bits(0x3f80_0001)];
+        assert_eq!(bf16_bits_as_lowered(&inexact, true), None);
+        // Below half, above half, ties to the even neighbour (down from even, up from odd),
+        // a carry into the exponent, and the largest f32 to infinity, as TPU-MLIR's does.
+        let bits = |b: &[u32]| b.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
+        let rounded = bits(&[
+            0x3f80_7fff,
+            0x3f80_8001,
+            0x3f80_8000,
+            0x3f81_8000,
+            0xbf81_8000,
+            0x3fff_ffff,
+            0x7f7f_ffff,
+        ]);
         assert_eq!(
-            bf16_bits_if_exact(&exact),
-            Some(vec![0x3f80, 0xc020, 0x0000, 0x3f81])
+            bf16_bits_as_lowered(&rounded, false),
+            Some(vec![0x3f80, 0x3f81, 0x3f80, 0x3f82, 0xbf82, 0x4000, 0x7f80])
         );
-        assert_eq!(
-            bf16_bits_if_exact(&[1.0, f32::from_bits(0x3f80_0001)]),
-            None
-        );
+        for refused in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::from_bits(1),
+            f32::from_bits(0x0001_0000),
+        ] {
+            assert_eq!(bf16_bits_as_lowered(&[1.0, refused], false), None);
+        }
     }
 
     #[test]
