@@ -14,7 +14,9 @@ pub fn embedding(cfg: &ModelConfig, opts: &PieceOptions, len: usize, name: &str)
         &[cfg.vocab_size, cfg.hidden_size],
         false,
     );
-    if opts.bf16_tables {
+    // A scale after the Gather (gemma, MiniCPM) is folded into the table by the top passes,
+    // which then round what a bf16 table would already have rounded: only unscaled tables.
+    if opts.bf16_tables && cfg.embedding_scale() == 1.0 {
         g.bf16_tables.push(table.clone());
     }
     let x = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
@@ -42,7 +44,8 @@ pub fn lm_head(cfg: &ModelConfig, opts: &PieceOptions) -> Graph {
     // combined bmodel stores one table for embedding and lm_head (model_tool --combine shares
     // identical weight blobs); `x · Wᵀ` would make TPU-MLIR fold in a transposed copy.
     let w = g.weight(w, &[v, h], false);
-    if opts.bf16_tables {
+    // As the embedding's: a scaled input (MiniCPM) may be folded into the weight.
+    if opts.bf16_tables && cfg.lm_head_input_scale() == 1.0 {
         g.bf16_tables.push(w.clone());
     }
     let xt = g.reshape(&x, &[h as i64, 1]);
