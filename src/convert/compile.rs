@@ -42,6 +42,9 @@ pub struct Compiled {
     pub patched_from: Option<String>,
     /// How a patched step's coefficients were made: `rust` or `tpuc-opt`.
     pub patched_coefficients: Option<String>,
+    /// When a worker started and finished the step, seconds after the compile stage began.
+    pub started_s: f64,
+    pub finished_s: f64,
 }
 
 /// Parallel workers: --jobs, else the cores, bounded by memory and the number of jobs.
@@ -91,6 +94,7 @@ pub fn compile_piece(
     folder: &Path,
     cache: &PieceCache,
     opts: &ConvertOptions,
+    epoch: std::time::Instant,
 ) -> Result<Vec<Compiled>> {
     let io_alone =
         std::path::absolute(folder.join(job.plan.piece().file_stem()))?.join(IO_ALONE_FILE);
@@ -106,7 +110,10 @@ pub fn compile_piece(
                 .map(|q| q.display().to_string())
                 .unwrap_or_default(),
         };
-        let (c, bmodel) = compile_step(step, &paths, runner, folder, opts)?;
+        let started_s = epoch.elapsed().as_secs_f64();
+        let (mut c, bmodel) = compile_step(step, &paths, runner, folder, opts)?;
+        c.started_s = started_s;
+        c.finished_s = epoch.elapsed().as_secs_f64();
         done.push(c);
         produced.push(bmodel);
     }
@@ -213,6 +220,8 @@ fn compile_step(
         deploy_s: 0.0,
         patched_from: None,
         patched_coefficients: None,
+        started_s: 0.0,
+        finished_s: 0.0,
     };
     if opts.only_mlir {
         return Ok((compiled, None));

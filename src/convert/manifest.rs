@@ -18,11 +18,17 @@ pub struct PieceRecord {
     pub cached: bool,
     /// Exported by this run (a piece found in the cache is not).
     pub exported: bool,
+    /// When its export finished, seconds after the compile stage began.
+    pub exported_s: Option<f64>,
     /// Exported with its weight archive a hard link of another piece's that holds them all (a
     /// layer's pieces read the same tensors; see `native::shared_npz`).
     pub weights_linked: bool,
     pub transform_s: Option<f64>,
     pub deploy_s: Option<f64>,
+    /// When a worker started and finished it, seconds after the compile stage began (with
+    /// `timings`, where a run's wall time went).
+    pub started_s: Option<f64>,
+    pub finished_s: Option<f64>,
     pub deploy_argv: Vec<String>,
     pub bmodel: Option<PathBuf>,
     pub bmodel_bytes: Option<u64>,

@@ -308,6 +308,7 @@ impl Run<'_> {
             workers,
             self.cache_root.display()
         ));
+        let t_work = Instant::now();
         let prepare = Prepare {
             model,
             piece_opts,
@@ -317,18 +318,18 @@ impl Run<'_> {
             compile_cached: self.opts.only_mlir,
             cache_only: self.cache_only,
             progress: &progress,
+            epoch: t_work,
         };
-        let t_work = Instant::now();
         let budget = scheduler::memory_budget().saturating_sub(WORKER_MEM * workers as u64);
         let (tx, rx) = std::sync::mpsc::channel::<PieceJob>();
         let (prepared, compiled) = std::thread::scope(|s| {
             let progress = &progress;
             let compiler = s.spawn(move || {
                 scheduler::run_stream(rx, runners, budget, progress, |job, runner| {
-                    compile::compile_piece(job, runner, self.folder, self.cache, self.opts)
+                    compile::compile_piece(job, runner, self.folder, self.cache, self.opts, t_work)
                 })
             });
-            let prepared = prepare.run(plan, &tx);
+            let prepared = prepare.run(plan, &plan.compile_order(self.opts.compile_once), &tx);
             if prepared.is_err() {
                 worker::kill_all_children();
             }

@@ -108,6 +108,23 @@ impl Plan {
     pub fn patchable_nets(&self) -> std::collections::HashSet<String> {
         patchable(self.jobs.iter().map(|j| j.piece()))
     }
+
+    /// The order to export and compile the jobs in (the combine keeps the plan's): with
+    /// compile-once, each layer likely to be a template first, as every later layer of its
+    /// shape waits for it; then the full compiles, most weights first (the longest, so none is
+    /// left alone at the end); then the layers to patch, in order.
+    pub fn compile_order(&self, compile_once: bool) -> Vec<usize> {
+        let patchable = if compile_once {
+            self.patchable_nets()
+        } else {
+            Default::default()
+        };
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|j| (j.piece(), j.steps[0].weight_elems));
+        order(jobs, &patchable)
+    }
 }
 
 /// [`Plan::patchable_nets`] of a plan whose jobs' nets are `pieces`.
@@ -125,6 +142,30 @@ fn patchable(pieces: impl Iterator<Item = Piece>) -> std::collections::HashSet<S
         }
     }
     nets
+}
+
+/// [`Plan::compile_order`] of jobs (their net and weight elements) and patchable nets.
+fn order(
+    jobs: impl Iterator<Item = (Piece, u64)>,
+    patchable: &std::collections::HashSet<String>,
+) -> Vec<usize> {
+    // Compile-once's shape key holds the net name's length (block_9, block_10): the first
+    // patchable layer of each kind and length is its shape's template.
+    let mut seen = std::collections::HashSet::new();
+    let ranks: Vec<_> = jobs
+        .map(|(p, weight_elems)| {
+            if !patchable.contains(&p.name()) {
+                (1, u64::MAX - weight_elems)
+            } else if seen.insert((p.kind(), p.name().len())) {
+                (0, 0)
+            } else {
+                (2, 0)
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    order.sort_by_key(|&i| ranks[i]);
+    order
 }
 
 impl JobPlan {
@@ -269,6 +310,35 @@ mod tests {
         );
         let two = (0..2).flat_map(|i| [Piece::Block(i), Piece::BlockCache(i)]);
         assert!(patchable(two).is_empty());
+    }
+
+    #[test]
+    fn likely_templates_first_then_full_compiles_largest_first_then_patches() {
+        let mut jobs = vec![(Piece::Embedding, 100), (Piece::LmHead, 200)];
+        jobs.extend((0..12).flat_map(|i| [(Piece::Block(i), 10), (Piece::BlockCache(i), 10)]));
+        let patchable = patchable(jobs.iter().map(|j| j.0));
+        let names = |order: Vec<usize>| -> Vec<String> {
+            order.iter().take(8).map(|&i| jobs[i].0.name()).collect()
+        };
+        assert_eq!(
+            names(order(jobs.iter().copied(), &patchable)),
+            [
+                "block_0",
+                "block_cache_0",
+                "block_10",
+                "block_cache_10",
+                "lm_head",
+                "embedding",
+                "block_11",
+                "block_cache_11"
+            ]
+        );
+        // Without compile-once: the plan's order but the largest first.
+        let none = Default::default();
+        assert_eq!(
+            names(order(jobs.iter().copied(), &none))[..4],
+            ["lm_head", "embedding", "block_0", "block_cache_0"]
+        );
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub struct PieceJob {
     /// One per step of the plan: where the export writes them (written only if `exported`).
     pub files: Vec<StepFiles>,
     pub key: String,
-    /// Whether this run exported the job (it was not in the cache, or `--only_mlir`).
-    pub exported: bool,
+    /// When this run finished exporting the job, seconds after the compile stage began (None:
+    /// not exported, it was in the cache; `--only_mlir` exports every job).
+    pub exported_s: Option<f64>,
 }
 
 /// What the export wrote for one step (absolute paths: the tools run in the step's work dir).
@@ -55,12 +56,20 @@ pub struct Prepare<'a> {
     /// `plan` and `combine`: nothing is compiled; jobs not in the cache are only listed.
     pub cache_only: bool,
     pub progress: &'a Progress,
+    /// When the compile stage began (the manifest's times count from it).
+    pub epoch: std::time::Instant,
 }
 
 impl Prepare<'_> {
-    /// Keys every job, exports the ones to compile and sends them to `to_compile`. Returns
-    /// every job (cached ones included), in the plan's order, and the export seconds.
-    pub fn run(&self, plan: &Plan, to_compile: &Sender<PieceJob>) -> Result<(Vec<PieceJob>, f64)> {
+    /// Keys every job, exports the ones to compile in `order` (indices of the plan's jobs) and
+    /// sends them to `to_compile`. Returns every job (cached ones included), in the plan's
+    /// order, and the export seconds.
+    pub fn run(
+        &self,
+        plan: &Plan,
+        order: &[usize],
+        to_compile: &Sender<PieceJob>,
+    ) -> Result<(Vec<PieceJob>, f64)> {
         // Two stages: a second thread keys each job (sha256 of the stored tensors, each once:
         // ~1 s per GB with SHA extensions, ~10 s without) and passes the ones to compile to
         // this thread, which exports them for the compilers. Hashing overlaps exports and
@@ -74,9 +83,9 @@ impl Prepare<'_> {
         std::thread::scope(|s| {
             let hasher = s.spawn(move || -> Result<Vec<PieceJob>> {
                 self.hash_ahead(plan);
-                let mut jobs = Vec::with_capacity(plan.jobs.len());
-                for job_plan in &plan.jobs {
-                    let job = self.key(job_plan.clone())?;
+                let mut jobs: Vec<Option<PieceJob>> = vec![None; plan.jobs.len()];
+                for &i in order {
+                    let job = self.key(plan.jobs[i].clone())?;
                     let name = job.plan.piece().file_stem();
                     let stored = (0..job.files.len())
                         .all(|j| self.cache.get(&job.key, &cache::step_ext(j)).is_some());
@@ -87,18 +96,22 @@ impl Prepare<'_> {
                     } else if keyed_tx.send(job.clone()).is_err() {
                         break; // the export stopped; its error is reported below
                     }
-                    jobs.push(job);
+                    jobs[i] = Some(job);
                 }
-                Ok(jobs)
+                // (Fewer where the compilers stopped: their error is the one reported.)
+                Ok(jobs.into_iter().flatten().collect())
             });
             let mut export_s = 0.0;
-            let mut exported: HashMap<String, Vec<StepFiles>> = HashMap::new();
+            let mut exported: HashMap<String, (Vec<StepFiles>, Option<f64>)> = HashMap::new();
             let archives = SharedArchives::default();
             let exporting = (|| -> Result<()> {
                 for mut job in keyed_rx {
                     job.files = self.export(&job.plan, &mut export_s, &pieces, &archives)?;
-                    job.exported = true;
-                    exported.insert(job.plan.piece().file_stem(), job.files.clone());
+                    job.exported_s = Some(self.epoch.elapsed().as_secs_f64());
+                    exported.insert(
+                        job.plan.piece().file_stem(),
+                        (job.files.clone(), job.exported_s),
+                    );
                     if to_compile.send(job).is_err() {
                         // The compilers stopped (a piece failed); their error is the one to
                         // report.
@@ -113,9 +126,9 @@ impl Prepare<'_> {
             exporting?;
             let mut jobs = jobs?;
             for job in &mut jobs {
-                if let Some(files) = exported.remove(&job.plan.piece().file_stem()) {
+                if let Some((files, at)) = exported.remove(&job.plan.piece().file_stem()) {
                     job.files = files;
-                    job.exported = true;
+                    job.exported_s = at;
                 }
             }
             Ok((jobs, export_s))
@@ -232,7 +245,7 @@ impl Prepare<'_> {
             plan,
             files,
             key,
-            exported: false,
+            exported_s: None,
         })
     }
 }

@@ -32,10 +32,14 @@ pub fn collect(
                 kind: step.piece.kind().into(),
                 cache_key: job.key.clone(),
                 cached: c.is_none(),
-                exported: job.exported,
-                weights_linked: job.exported && job.files.get(j).is_some_and(|f| f.weights_linked),
+                exported: job.exported_s.is_some(),
+                exported_s: job.exported_s,
+                weights_linked: job.exported_s.is_some()
+                    && job.files.get(j).is_some_and(|f| f.weights_linked),
                 transform_s: c.as_ref().map(|c| c.transform_s),
                 deploy_s: c.as_ref().map(|c| c.deploy_s),
+                started_s: c.as_ref().map(|c| c.started_s),
+                finished_s: c.as_ref().map(|c| c.finished_s),
                 deploy_argv: step.deploy_argv.clone(),
                 bmodel_bytes: bmodel
                     .as_ref()
