@@ -31,15 +31,20 @@ pub struct FileStamp {
 impl FileStamp {
     /// The stamp `path` has now (following symlinks).
     pub fn of(path: &Path) -> std::io::Result<FileStamp> {
-        let m = std::fs::metadata(path)?;
+        Ok(FileStamp::of_metadata(&std::fs::metadata(path)?))
+    }
+
+    /// The stamp of a file's metadata (an open file's: the file a map reads, whatever its
+    /// path names later).
+    pub fn of_metadata(m: &std::fs::Metadata) -> FileStamp {
         let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
-        Ok(FileStamp {
+        FileStamp {
             dev: m.dev(),
             inode: m.ino(),
             size: m.len(),
             mtime_ns: ns(m.mtime(), m.mtime_nsec()),
             ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        })
+        }
     }
 
     /// How long from `now` until any later write is sure to change this stamp (zero: already),

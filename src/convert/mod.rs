@@ -308,6 +308,7 @@ impl Run<'_> {
             workers,
             self.cache_root.display()
         ));
+        let recalled = crate::model::fingerprint_store::recall(&model.weights, self.cache_root);
         let t_work = Instant::now();
         let prepare = Prepare {
             model,
@@ -340,6 +341,10 @@ impl Run<'_> {
             (prepared, compiled)
         });
         let (jobs, export_s) = prepared?;
+        if let Some(Err(e)) = recalled.map(|r| r.keep(&model.weights)) {
+            // Only a rerun's speed depends on it.
+            eprintln!("warning: the checkpoint's fingerprints were not kept: {e:#}");
+        }
         let compiled =
             compiled.map_err(|e| e.context("compilation stopped; no bmodel was written"))?;
         progress.done();

@@ -134,6 +134,18 @@ impl Memo {
         }
         Ok(fp)
     }
+
+    /// Takes fingerprints computed by an earlier run of the same bytes (`fingerprint_store`).
+    pub fn seed(&self, known: HashMap<String, Fingerprint>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.extend(known);
+        }
+    }
+
+    /// Every fingerprint remembered so far.
+    pub fn snapshot(&self) -> HashMap<String, Fingerprint> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,11 @@ use serde_json::json;
 use super::fingerprint::{self, Fingerprint, Memo};
 use super::gguf_linear::{self, Handling, LinearFormat};
 use super::quant::{A16Part, LastLayer, QuantizedLinear};
+use super::weights::StoredFingerprints;
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
 use crate::family::{Family, Gguf};
+use crate::file_stamp::FileStamp;
 
 pub struct GgufFile {
     path: PathBuf,
@@ -36,6 +38,8 @@ pub struct GgufFile {
     n_kv_head: usize,
     /// Of the stored blocks, by GGUF name.
     fingerprints: Memo,
+    /// The path with the stamp of the file opened (every read opens the path again).
+    stamp: [(PathBuf, FileStamp); 1],
     /// The block linear whose A16 parts were read last.
     last_a16: LastLayer,
 }
@@ -49,7 +53,10 @@ impl GgufFile {
                 InputError::invalid(path, format!("cannot open: {e}"), "check permissions")
             }
         })?;
-        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata().map_err(|e| {
+            InputError::invalid(path, format!("cannot stat: {e}"), "check the file")
+        })?;
+        let (file_len, stamp) = (meta.len(), FileStamp::of_metadata(&meta));
         let unreadable = |why: String| {
             InputError::invalid(
                 path,
@@ -108,6 +115,7 @@ impl GgufFile {
             n_head: 0,
             n_kv_head: 0,
             fingerprints: Memo::default(),
+            stamp: [(path.to_path_buf(), stamp)],
             last_a16: LastLayer::default(),
         };
         g.n_head = g.meta_usize("attention.head_count")?;
@@ -437,6 +445,13 @@ impl WeightSource for GgufFile {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn stored_fingerprints(&self) -> Option<StoredFingerprints<'_>> {
+        Some(StoredFingerprints {
+            memo: &self.fingerprints,
+            files: &self.stamp,
+        })
     }
 }
 

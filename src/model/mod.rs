@@ -4,6 +4,7 @@
 pub mod bundled;
 pub mod config;
 pub mod fingerprint;
+pub mod fingerprint_store;
 pub mod gguf;
 pub mod gguf_header;
 pub mod gguf_linear;

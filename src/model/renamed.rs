@@ -70,6 +70,10 @@ impl WeightSource for RenamedWeights {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn stored_fingerprints(&self) -> Option<crate::model::weights::StoredFingerprints<'_>> {
+        self.inner.stored_fingerprints()
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,10 @@ impl WeightSource for Repacked {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn stored_fingerprints(&self) -> Option<crate::model::weights::StoredFingerprints<'_>> {
+        self.inner.stored_fingerprints()
+    }
 }
 
 /// Rows `[kv_heads][groups q heads, 1 k head, 1 v head][head_dim]` (weight `[rows, cols]` or

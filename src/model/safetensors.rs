@@ -14,8 +14,10 @@ use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 
 use super::fingerprint::{self, Fingerprint, Memo};
+use super::weights::StoredFingerprints;
 use super::weights::{StoredDtype, TensorMeta, WeightSource};
 use crate::error::InputError;
+use crate::file_stamp::FileStamp;
 
 struct Shard {
     path: PathBuf,
@@ -23,6 +25,8 @@ struct Shard {
     /// Byte offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
+    /// Of the file mapped, when opened.
+    stamp: FileStamp,
 }
 
 pub struct SafetensorsWeights {
@@ -30,6 +34,8 @@ pub struct SafetensorsWeights {
     /// Tensor name → shard index.
     index: HashMap<String, usize>,
     fingerprints: Memo,
+    /// Every shard's path with the stamp of the file mapped.
+    stamps: Vec<(PathBuf, FileStamp)>,
 }
 
 impl SafetensorsWeights {
@@ -75,6 +81,7 @@ impl SafetensorsWeights {
             shards.push(shard);
         }
         Ok(SafetensorsWeights {
+            stamps: shards.iter().map(|s| (s.path.clone(), s.stamp)).collect(),
             shards,
             index,
             fingerprints: Memo::default(),
@@ -242,12 +249,17 @@ fn open_shard(path: &Path) -> Result<Shard, InputError> {
     // SAFETY: the map is read-only; a checkpoint modified while we run is outside our contract.
     let mmap = unsafe { Mmap::map(&file) }
         .map_err(|e| InputError::invalid(path, format!("cannot mmap: {e}"), "check the file"))?;
+    let stamp = file
+        .metadata()
+        .map(|m| FileStamp::of_metadata(&m))
+        .map_err(|e| InputError::invalid(path, format!("cannot stat: {e}"), "check the file"))?;
     let (header_len, metadata) = parse_header(&mmap, path)?;
     Ok(Shard {
         path: path.to_path_buf(),
         mmap,
         data_start: 8 + header_len,
         metadata,
+        stamp,
     })
 }
 
@@ -393,6 +405,13 @@ impl WeightSource for SafetensorsWeights {
                 }
                 Ok(())
             })
+        })
+    }
+
+    fn stored_fingerprints(&self) -> Option<StoredFingerprints<'_>> {
+        Some(StoredFingerprints {
+            memo: &self.fingerprints,
+            files: &self.stamps,
         })
     }
 

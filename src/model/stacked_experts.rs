@@ -133,4 +133,8 @@ impl WeightSource for PerExpert {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn stored_fingerprints(&self) -> Option<crate::model::weights::StoredFingerprints<'_>> {
+        self.inner.stored_fingerprints()
+    }
 }

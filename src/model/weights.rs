@@ -32,6 +32,12 @@ pub struct TensorMeta {
     pub dtype: StoredDtype,
 }
 
+/// See [`WeightSource::stored_fingerprints`].
+pub struct StoredFingerprints<'a> {
+    pub memo: &'a super::fingerprint::Memo,
+    pub files: &'a [(PathBuf, crate::file_stamp::FileStamp)],
+}
+
 /// A set of named tensors read lazily. Names and shapes are Hugging Face's (torch order).
 pub trait WeightSource: Send + Sync {
     /// Metadata of a tensor, without reading its data.
@@ -46,6 +52,12 @@ pub trait WeightSource: Send + Sync {
     fn fingerprint(&self, name: &str) -> Result<Fingerprint>;
     /// Where the weights come from, for messages.
     fn describe(&self) -> String;
+    /// The memo of stored tensors' fingerprints and the files they hash, each with its stamp
+    /// when opened, so a later run can take them over (`fingerprint_store`); views pass their
+    /// source's on.
+    fn stored_fingerprints(&self) -> Option<StoredFingerprints<'_>> {
+        None
+    }
     /// Reads an int32 tensor's values exactly (packed quantized weights). Sources without
     /// integer tensors have none.
     fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
@@ -127,6 +139,10 @@ impl WeightSource for FiniteWeights {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn stored_fingerprints(&self) -> Option<StoredFingerprints<'_>> {
+        self.inner.stored_fingerprints()
     }
 }
 
