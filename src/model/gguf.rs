@@ -66,11 +66,18 @@ impl GgufFile {
         };
         // Our own checked walk first: candle's reader panics on some values (alignment 0).
         let mut reader = BufReader::new(file);
-        super::gguf_header::check(&mut reader, file_len).map_err(unreadable)?;
+        let header_end = super::gguf_header::check(&mut reader, file_len).map_err(unreadable)?;
+        // candle's reader asks the file for its position at every string (a syscall each: a
+        // tokenizer's 50k-150k strings took most of an unchanged rerun): it reads the header,
+        // checked to lie within the file, from memory.
+        let mut header =
+            vec![0u8; usize::try_from(header_end).map_err(|e| unreadable(e.to_string()))?];
         reader
             .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| reader.read_exact(&mut header))
             .map_err(|e| unreadable(e.to_string()))?;
-        let content = Content::read(&mut reader).map_err(|e| unreadable(e.to_string()))?;
+        let content = Content::read(&mut std::io::Cursor::new(&header))
+            .map_err(|e| unreadable(e.to_string()))?;
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
             _ => {

@@ -29,9 +29,10 @@ struct Walker<R> {
     version: Version,
 }
 
-/// Checks the header of a GGUF file of `file_len` bytes read from `reader` (at its start).
-/// The error says what is wrong, in words for a user.
-pub fn check<R: Read + Seek>(reader: R, file_len: u64) -> Result<(), String> {
+/// Checks the header of a GGUF file of `file_len` bytes read from `reader` (at its start);
+/// returns where the header ends (the tensor infos' end, before the data's alignment). The
+/// error says what is wrong, in words for a user.
+pub fn check<R: Read + Seek>(reader: R, file_len: u64) -> Result<u64, String> {
     let mut w = Walker {
         reader,
         pos: 0,
@@ -102,8 +103,8 @@ pub fn check<R: Read + Seek>(reader: R, file_len: u64) -> Result<(), String> {
             .ok_or_else(|| format!("tensor \"{name}\": its size overflows"))?;
         tensors.push((name, offset, bytes));
     }
-    let data_start = w
-        .pos
+    let header_end = w.pos;
+    let data_start = header_end
         .div_ceil(alignment)
         .checked_mul(alignment)
         .ok_or("the tensor data offset overflows")?;
@@ -125,7 +126,7 @@ pub fn check<R: Read + Seek>(reader: R, file_len: u64) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(header_end)
 }
 
 /// The ggml types candle reads, by their number in the file (ggml.h's `ggml_type`).
@@ -330,7 +331,7 @@ mod tests {
         b
     }
 
-    fn run(b: &[u8]) -> Result<(), String> {
+    fn run(b: &[u8]) -> Result<u64, String> {
         check(Cursor::new(b), b.len() as u64)
     }
 
