@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use crate::arch::{self, Piece, PieceOptions};
 use crate::convert::options::PieceArgs;
 use crate::model::{BundledModels, Model};
-use crate::native::emit::Share;
+use crate::native::origin::Share;
 use crate::native::shared_npz::SharedArchives;
 
 /// `export-onnx`: the piece flags mean what they mean to convert (the same builder as
@@ -161,8 +161,12 @@ pub fn export_piece_native(
                 .map(|&p| arch::build(p, &model.config, opts))
                 .collect(),
         });
-        let o =
-            crate::native::emit::write_origin(graph, model.weights.as_ref(), &dir, share.as_ref())?;
+        let o = crate::native::origin::write_origin(
+            graph,
+            model.weights.as_ref(),
+            &dir,
+            share.as_ref(),
+        )?;
         anyhow::ensure!(
             o.mlir == native_export_path(out_dir, piece),
             "internal error: {} written, {} planned",
@@ -175,7 +179,7 @@ pub fn export_piece_native(
 
 /// `<out_dir>/<piece file stem>/<net name>_origin.mlir`.
 pub fn native_export_path(out_dir: &Path, piece: Piece) -> PathBuf {
-    crate::native::emit::origin_path(&out_dir.join(piece.file_stem()), &piece.name())
+    crate::native::origin::origin_path(&out_dir.join(piece.file_stem()), &piece.name())
 }
 
 /// Builds the piece's graph, has `write` serialise it (returning the file, its weight bytes

@@ -1,5 +1,5 @@
 //! The native backend's emitter against TPU-MLIR's own ONNX front end: for every piece of the
-//! fixtures below, `native::emit::write_origin` must write the origin MLIR text and weight npz
+//! fixtures below, `native::origin::write_origin` must write the origin MLIR text and weight npz
 //! that `model_transform.py` writes for the ONNX file `onnx::write` makes of the same graph (run
 //! as the convert runs it, in one long-lived TPU-MLIR worker), and tpuc-opt's top passes must
 //! turn both into the same `<name>.mlir` and weights.
@@ -13,8 +13,8 @@ use std::time::Instant;
 use llm_convert::arch::{self, PieceOptions};
 use llm_convert::convert::worker::{PythonWorker, ToolRunner};
 use llm_convert::model::Model;
-use llm_convert::native::emit::write_origin;
 use llm_convert::native::npz::NpzWriter;
+use llm_convert::native::origin::write_origin;
 use llm_convert::toolchain::{env, Layout};
 
 /// `model_transform.py`'s arguments, as `convert::plan::transform_argv` builds them.

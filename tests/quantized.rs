@@ -475,7 +475,7 @@ fn native_block_npz_holds_the_checkpoint_integers() {
         let graph = arch::build(piece, &model.config, &opts);
         let out = tempfile::tempdir().unwrap();
         let origin =
-            llm_convert::native::emit::write_origin(&graph, &model.weights, out.path(), None)
+            llm_convert::native::origin::write_origin(&graph, &model.weights, out.path(), None)
                 .unwrap();
         let mlir = std::fs::read_to_string(&origin.mlir).unwrap();
         assert_eq!(mlir.matches("\"top.A16MatMul\"").count(), 7, "{name}");

@@ -139,19 +139,29 @@ mod tests {
         std::thread::sleep(crate::file_stamp::SETTLE * 2);
     }
 
-    #[test]
-    fn a_rerun_takes_them_over_until_a_byte_changes() {
+    /// A folder with a settled checkpoint `m.safetensors` and where its cache goes.
+    fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let (file, cache) = (dir.path().join("m.safetensors"), dir.path().join("cache"));
         write_checkpoint(&file, 0);
-        let first = SafetensorsWeights::open_files(std::slice::from_ref(&file)).unwrap();
+        (dir, file, cache)
+    }
+
+    fn open(file: &Path) -> SafetensorsWeights {
+        SafetensorsWeights::open_files(std::slice::from_ref(&file.to_path_buf())).unwrap()
+    }
+
+    #[test]
+    fn a_rerun_takes_them_over_until_a_byte_changes() {
+        let (_dir, file, cache) = fixture();
+        let first = open(&file);
         let recalled = recall(&first, &cache).expect("a settled file");
         let memo = |w: &SafetensorsWeights| w.stored_fingerprints().unwrap().memo.snapshot();
         assert!(memo(&first).is_empty(), "nothing kept yet");
         let fp = first.fingerprint("w").unwrap();
         recalled.keep(&first).unwrap();
 
-        let again = SafetensorsWeights::open_files(std::slice::from_ref(&file)).unwrap();
+        let again = open(&file);
         recall(&again, &cache).unwrap();
         assert_eq!(
             memo(&again).get("w"),
@@ -161,7 +171,7 @@ mod tests {
 
         // Rewritten with other bytes: nothing is taken over, and the hash sees the change.
         write_checkpoint(&file, 1);
-        let changed = SafetensorsWeights::open_files(std::slice::from_ref(&file)).unwrap();
+        let changed = open(&file);
         recall(&changed, &cache).unwrap();
         assert!(memo(&changed).is_empty());
         assert_ne!(changed.fingerprint("w").unwrap(), fp);
@@ -169,10 +179,8 @@ mod tests {
 
     #[test]
     fn a_file_replaced_after_opening_keeps_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (file, cache) = (dir.path().join("m.safetensors"), dir.path().join("cache"));
-        write_checkpoint(&file, 0);
-        let opened = SafetensorsWeights::open_files(std::slice::from_ref(&file)).unwrap();
+        let (_dir, file, cache) = fixture();
+        let opened = open(&file);
         std::fs::remove_file(&file).unwrap();
         write_checkpoint(&file, 1);
         assert!(recall(&opened, &cache).is_none());

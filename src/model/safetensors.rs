@@ -14,8 +14,7 @@ use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 
 use super::fingerprint::{self, Fingerprint, Memo};
-use super::weights::StoredFingerprints;
-use super::weights::{StoredDtype, TensorMeta, WeightSource};
+use super::weights::{StoredDtype, StoredFingerprints, TensorMeta, WeightSource};
 use crate::error::InputError;
 use crate::file_stamp::FileStamp;
 
@@ -25,8 +24,6 @@ struct Shard {
     /// Byte offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
-    /// Of the file mapped, when opened.
-    stamp: FileStamp,
 }
 
 pub struct SafetensorsWeights {
@@ -67,8 +64,10 @@ impl SafetensorsWeights {
     pub fn open_files(files: &[PathBuf]) -> Result<SafetensorsWeights, InputError> {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
+        let mut stamps = Vec::with_capacity(files.len());
         for (i, path) in files.iter().enumerate() {
-            let shard = open_shard(path)?;
+            let (shard, stamp) = open_shard(path)?;
+            stamps.push((path.clone(), stamp));
             for name in shard.metadata.tensors().keys() {
                 if index.insert(name.clone(), i).is_some() {
                     return Err(InputError::invalid(
@@ -81,7 +80,7 @@ impl SafetensorsWeights {
             shards.push(shard);
         }
         Ok(SafetensorsWeights {
-            stamps: shards.iter().map(|s| (s.path.clone(), s.stamp)).collect(),
+            stamps,
             shards,
             index,
             fingerprints: Memo::default(),
@@ -238,7 +237,8 @@ impl ShardIndex {
     }
 }
 
-fn open_shard(path: &Path) -> Result<Shard, InputError> {
+/// The shard and the stamp of the file mapped.
+fn open_shard(path: &Path) -> Result<(Shard, FileStamp), InputError> {
     let file = File::open(path).map_err(|e| {
         InputError::invalid(
             path,
@@ -254,13 +254,13 @@ fn open_shard(path: &Path) -> Result<Shard, InputError> {
         .map(|m| FileStamp::of_metadata(&m))
         .map_err(|e| InputError::invalid(path, format!("cannot stat: {e}"), "check the file"))?;
     let (header_len, metadata) = parse_header(&mmap, path)?;
-    Ok(Shard {
+    let shard = Shard {
         path: path.to_path_buf(),
         mmap,
         data_start: 8 + header_len,
         metadata,
-        stamp,
-    })
+    };
+    Ok((shard, stamp))
 }
 
 /// Validates a whole safetensors file's bytes: the header, every tensor inside the data

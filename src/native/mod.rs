@@ -2,7 +2,9 @@
 //! TPU-MLIR Top-dialect MLIR plus its weight `.npz`, and compiled by calling `tpuc-opt` with the
 //! pass pipeline model_transform.py + model_deploy.py run — no Python process.
 //!
-//! - `emit`: Graph → `<name>_origin.mlir` (the ops TPU-MLIR's ONNX front end would create).
+//! - `emit`: Graph → the origin MLIR text (the ops TPU-MLIR's ONNX front end would create).
+//! - `origin`: writing that text and its weight archive (bf16 tables, archives shared by a
+//!   layer's pieces).
 //! - `npz`: the uncompressed weight archive tpuc-opt reads.
 //! - `passes`: the tpuc-opt pass lists of each model_deploy flag set, and running them.
 //! - `compile_once`: identically shaped layers compiled once, the others patched in.
@@ -19,6 +21,7 @@ mod emit_weights;
 mod merged;
 mod mlir_float;
 pub mod npz;
+pub mod origin;
 pub mod passes;
 pub mod runner;
 pub mod shared_npz;
